@@ -1,0 +1,75 @@
+"""The embedded simulator as a backend: N engines as tensors on one device."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from torch_student_env.sim import rng
+from torch_student_env.sim.engine import EngineState, SimTables, Transition, advance, reset_engines
+from torch_student_env.sim.params import SimParams
+
+
+class LocalBackend:
+    """Runs `sim.engine` on `device`. Env i's episode k is keyed by hash(seed, i, k) alone."""
+
+    def __init__(self, num_envs: int, device: torch.device, max_flights: int, params: SimParams, seed: int) -> None:
+        self.num_envs = num_envs
+        self.device = device
+        self.max_flights = max_flights
+        self.tables = SimTables(params, device)
+        self._state: EngineState | None = None
+        self.seed(seed)
+
+    def seed(self, seed: int) -> None:
+        """Restart every engine's episode counter under `seed` (the next reset is episode 0)."""
+        self._seed = seed
+        env_index = torch.arange(self.num_envs, device=self.device, dtype=torch.int64)
+        self._env_key = rng.mix32(rng.seed_key(seed, self.device) ^ env_index)  # (N,)
+        self._episode = torch.full((self.num_envs,), -1, dtype=torch.int64, device=self.device)
+
+    def reset(self, mask: torch.Tensor | None) -> torch.Tensor:
+        """Start the next episode of the masked engines; first rows (N, 10) for all."""
+        if mask is None or self._state is None:
+            mask = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+        self._episode = self._episode + mask.long()
+        fresh, first_rows = reset_engines(rng.mix32(self._env_key ^ self._episode), self.tables)
+        self._state = fresh if self._state is None else fresh.where(mask, self._state)
+        return first_rows
+
+    def advance(self, actions: torch.Tensor, active: torch.Tensor, n_rows: int) -> Transition:
+        """Act and fly up to `n_rows` flights (see `sim.engine.advance`)."""
+        self._state, transition = advance(self._state, actions, active, n_rows, self.max_flights, self.tables)
+        return transition
+
+    @property
+    def engine_state(self) -> EngineState:
+        """The current engines (read-only dataclass of tensors)."""
+        return self._state
+
+    def privileged(self) -> dict[str, torch.Tensor]:
+        """Hidden health: scalar health, its cap, the 10 ODSMR deviations, repair count."""
+        s = self._state
+        return {
+            "health": (1.0 - s.damage).clamp(0.0, 1.0),
+            "health_cap": 1.0 - s.damage_floor,
+            "health_params": s.health_params(),
+            "repairs": s.repairs.clone(),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Seed, episode counters and every engine tensor (cloned)."""
+        engines = {k: v.clone() for k, v in asdict(self._state).items()} if self._state is not None else None
+        return {"seed": self._seed, "episode": self._episode.clone(), "engines": engines}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict` (tensors moved to this backend's device)."""
+        self.seed(state["seed"])
+        self._episode = state["episode"].to(self.device).clone()
+        engines = state["engines"]
+        self._state = None if engines is None else EngineState(**{k: v.to(self.device).clone() for k, v in engines.items()})
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,68 @@
+"""`EnvConfig`: the shape-changing settings of an env, validated once at construction."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+import torch
+
+from torch_student_env.sim.params import SimParams
+from torch_student_env.spec import MAX_STEP_SIZE
+
+
+def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if value < low or (high is not None and value > high):
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+
+
+def check_step_size(value: object) -> int:
+    """Validate a step size (flights per step): an int in [1, 50], the challenge's limit."""
+    _check_int("step_size", value, 1, MAX_STEP_SIZE)
+    return value  # type: ignore[return-value]
+
+
+def check_seed(value: object) -> int:
+    """Validate a seed: a non-negative int."""
+    _check_int("seed", value, 0)
+    return value  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Settings that fix shapes and placement; the dynamics live in `SimParams`.
+
+    `history` is the window length W (default: `step_size`). `max_steps_per_episode` counts
+    flights, as the challenge's server does. `seed=None` draws one from the OS and records it.
+    """
+
+    num_envs: int = 4
+    step_size: int = 10
+    history: int | None = None
+    max_steps_per_episode: int = 1000
+    auto_reset: bool = True
+    privileged: bool = False
+    device: torch.device | str = "cpu"
+    seed: int | None = None
+    validate_actions: bool = True
+    sim_params: SimParams = field(default_factory=SimParams)
+
+    def __post_init__(self) -> None:
+        _check_int("num_envs", self.num_envs, 1)
+        check_step_size(self.step_size)
+        if self.history is None:
+            object.__setattr__(self, "history", self.step_size)
+        _check_int("history", self.history, 1, 4096)
+        _check_int("max_steps_per_episode", self.max_steps_per_episode, 1)
+        if self.seed is None:
+            object.__setattr__(self, "seed", secrets.randbits(63))
+        check_seed(self.seed)
+        try:
+            object.__setattr__(self, "device", torch.device(self.device))
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda:0', got {self.device!r}") from err
+        if not isinstance(self.sim_params, SimParams):
+            raise TypeError(f"sim_params must be a SimParams, got {type(self.sim_params).__name__}")

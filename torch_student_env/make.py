@@ -1,0 +1,61 @@
+"""`make_env`: one call to build a `TorchStudentEnv` on the embedded simulator or a remote server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from torch_student_env.config import EnvConfig
+from torch_student_env.env import TorchStudentEnv
+from torch_student_env.sim.params import SimParams
+
+BACKENDS = ("local", "remote")
+
+
+def make_env(
+    num_envs: int = 4,
+    step_size: int = 10,
+    *,
+    history: int | None = None,
+    device: torch.device | str = "cpu",
+    seed: int | None = None,
+    backend: str = "local",
+    auto_reset: bool = True,
+    privileged: bool = False,
+    max_steps_per_episode: int = 1000,
+    validate_actions: bool = True,
+    sim_params: SimParams | None = None,
+    **remote_options: Any,
+) -> TorchStudentEnv:
+    """Build a batched env of `num_envs` engines.
+
+    `backend="local"` (default) runs the embedded simulator on `device`; `backend="remote"`
+    speaks the challenge's HTTP protocol (`server_url=`, `user_token=`, see `backends.remote`).
+    See `EnvConfig` for the meaning of each setting.
+    """
+    config = EnvConfig(
+        num_envs=num_envs,
+        step_size=step_size,
+        history=history,
+        max_steps_per_episode=max_steps_per_episode,
+        auto_reset=auto_reset,
+        privileged=privileged,
+        device=device,
+        seed=seed,
+        validate_actions=validate_actions,
+        sim_params=sim_params if sim_params is not None else SimParams(),
+    )
+    if backend == "local":
+        if remote_options:
+            raise TypeError(f"options {sorted(remote_options)} only apply to backend='remote'")
+        from torch_student_env.backends.local import LocalBackend
+
+        impl = LocalBackend(config.num_envs, config.device, config.max_steps_per_episode, config.sim_params, config.seed)
+    elif backend == "remote":
+        from torch_student_env.backends.remote import RemoteBackend
+
+        impl = RemoteBackend(config, **remote_options)
+    else:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return TorchStudentEnv(config, impl)
