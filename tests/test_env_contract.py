@@ -1,0 +1,111 @@
+"""The API contract of DESIGN.md: keys, shapes, dtypes, devices, windows and the valid mask."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import const_actions
+from torch_student_env import FEATURE_NAMES, Action
+
+F = len(FEATURE_NAMES)
+STEP_KEYS = {
+    "observation": ((F,), torch.float32),
+    "row": ("row", torch.float32),
+    "flight": ((), torch.int64),
+    "valid": ((), torch.bool),
+    "reward": (None, torch.float32),
+    "terminated": (None, torch.bool),
+    "truncated": (None, torch.bool),
+    "done": (None, torch.bool),
+    "final_observation": ((F,), torch.float32),
+    "final_valid": ((), torch.bool),
+    "episode_return": (None, torch.float32),
+    "episode_length": (None, torch.int64),
+    "episode_repairs": (None, torch.int64),
+    "episode_failed": (None, torch.bool),
+}
+
+
+def _expected_shape(n, w, tail):
+    if tail == "row":
+        return (n, F)
+    return (n,) if tail is None else (n, w) + tail
+
+
+@pytest.mark.parametrize("n", [1, 4, 257])
+@pytest.mark.parametrize("step_size", [1, 10, 50])
+def test_keys_shapes_dtypes_device(env_factory, n, step_size):
+    env = env_factory(num_envs=n, step_size=step_size, seed=0)
+    td = env.reset()
+    assert td.batch_size == torch.Size([n]) and td.device == torch.device("cpu")
+    assert set(td.keys()) == {"observation", "row", "flight", "valid"}
+    td = env.step(torch.randint(0, 2, (n,)))
+    assert set(td.keys()) == set(STEP_KEYS)
+    for key, (tail, dtype) in STEP_KEYS.items():
+        assert td[key].shape == _expected_shape(n, step_size, tail), key
+        assert td[key].dtype == dtype, key
+        assert td[key].device == env.device, key
+    assert torch.isfinite(td["observation"]).all() and torch.isfinite(td["reward"]).all()
+    assert torch.equal(td["row"], td["observation"][:, -1])
+    assert torch.equal(td["valid"], td["flight"] >= 0)
+
+
+def test_history_longer_than_step_size_keeps_older_rows(env_factory):
+    env = env_factory(num_envs=3, step_size=10, history=25, seed=1)
+    td = env.reset()
+    assert td["observation"].shape == (3, 25, F)
+    assert td["flight"][:, -1].tolist() == [0, 0, 0] and int(td["valid"].sum()) == 3
+    first_row = td["row"].clone()
+    td1 = env.step(const_actions(3, Action.DO_NOTHING))
+    # 1 reset row + 10 flights; the rest is padding, oldest first.
+    assert td1["flight"][0].tolist() == [-1] * 14 + list(range(11))
+    assert torch.equal(td1["observation"][:, -11], first_row)
+    assert (td1["observation"][~td1["valid"]] == 0).all()
+    td2 = env.step(const_actions(3, Action.DO_NOTHING))
+    assert td2["flight"][0].tolist() == [-1] * 4 + list(range(21))
+    # the rows flown in step 1 slid back by 10 places
+    assert torch.equal(td2["observation"][:, 4:15], td1["observation"][:, 14:25])
+
+
+def test_history_shorter_than_step_size_keeps_newest_rows(env_factory):
+    env = env_factory(num_envs=2, step_size=10, history=3, seed=2)
+    env.reset()
+    td = env.step(const_actions(2, Action.DO_NOTHING))
+    assert td["flight"].tolist() == [[8, 9, 10], [8, 9, 10]]
+
+
+def test_per_call_step_size_override(env_factory):
+    env = env_factory(num_envs=2, step_size=10, seed=3)
+    env.reset()
+    td = env.step(const_actions(2, Action.DO_NOTHING), step_size=3)
+    assert td["flight"][0, -4:].tolist() == [0, 1, 2, 3] and int(td["valid"][0].sum()) == 4
+    td = env.step(const_actions(2, Action.DO_NOTHING), step_size=50)
+    assert td["flight"][0].tolist() == list(range(44, 54))
+
+
+def test_privileged_keys_only_when_asked(env_factory):
+    hidden = env_factory(num_envs=2, seed=0)
+    shown = env_factory(num_envs=2, seed=0, privileged=True)
+    assert "health" not in hidden.reset().keys()
+    td = shown.reset()
+    assert td["health"].shape == (2,) and td["health_cap"].shape == (2,) and td["health_params"].shape == (2, 10)
+    assert td["window_health"].shape == (2, 10)
+    # privileged adds keys; it never changes what the others contain
+    assert torch.equal(td["observation"], hidden.reset(seed=0)["observation"])
+
+
+def test_sensor_values_are_physical(env_factory):
+    env = env_factory(num_envs=64, seed=5)
+    env.reset()
+    td = env.step(const_actions(64, Action.DO_NOTHING))
+    obs = td["observation"][td["valid"]]
+    phase = obs[:, FEATURE_NAMES.index("phase_type")]
+    assert set(phase.unique().tolist()) <= {0.0, 1.0, 2.0}
+    cruise = obs[phase == 0]
+    # healthy cruise levels seen in the challenge's notebook, within 3 %
+    for name, level in {"HPC_Tout": 795, "HP_Nmech": 19370, "LPT_Tin": 1117, "Fuel_flow": 0.372}.items():
+        mean = cruise[:, FEATURE_NAMES.index(name)].mean().item()
+        assert abs(mean / level - 1) < 0.03, (name, mean)
+    dtamb = cruise[:, FEATURE_NAMES.index("DTAMB")]
+    assert dtamb.min() >= 9 and dtamb.max() <= 11
