@@ -56,6 +56,7 @@ def test_failure_mid_window_matches_frozen_twin(env_factory):
     assert ftd["terminated"][i] and ftd["episode_failed"][i]
     assert torch.equal(td["final_observation"][i], ftd["observation"][i])
     assert torch.equal(td["final_valid"][i], ftd["valid"][i])
+    assert torch.equal(td["final_flight"][i], ftd["flight"][i])
     assert td["reward"][i] == ftd["reward"][i]
     assert td["reward"][i] < -auto.config.sim_params.failure_penalty / 2
     # the failing flight is the last valid row; it ended mid-window when length % 10 != 0

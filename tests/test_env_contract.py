@@ -20,6 +20,7 @@ STEP_KEYS = {
     "done": (None, torch.bool),
     "final_observation": ((F,), torch.float32),
     "final_valid": ((), torch.bool),
+    "final_flight": ((), torch.int64),
     "episode_return": (None, torch.float32),
     "episode_length": (None, torch.int64),
     "episode_repairs": (None, torch.int64),

@@ -29,8 +29,8 @@ class TorchStudentEnv:
       episode (0 = the reading returned by reset, -1 = padding); `valid` (N, W) bool = flight >= 0;
     - from `step` only: `reward` (N,) float32; `terminated`, `truncated`, `done` (N,) bool, about
       the transition just taken even if the env was auto-reset in the same call;
-      `final_observation` (N, W, F) / `final_valid` (N, W): the window each finished episode ended
-      with (zeros / False elsewhere); `episode_return` (N,) float32, `episode_length` (N,) int64
+      `final_observation` (N, W, F) / `final_valid` / `final_flight` (N, W): the window each
+      finished episode ended with (zeros / False / -1 elsewhere); `episode_return` (N,) float32, `episode_length` (N,) int64
       (flights), `episode_repairs` (N,) int64 and `episode_failed` (N,) bool: totals of the
       episodes that ended in this call (0 / False elsewhere);
     - with `privileged=True`: `health`, `health_cap` (N,), `health_params` (N, 10) of the current
@@ -118,6 +118,7 @@ class TorchStudentEnv:
             "done": terminated | truncated,
             "final_observation": torch.where(ended[:, None, None], window[..., :NUM_FEATURES], 0.0),
             "final_valid": ended[:, None] & (window_flight >= 0),
+            "final_flight": torch.where(ended[:, None], window_flight, -1),
             "episode_return": torch.where(ended, self._return_so_far, 0.0),
             "episode_length": torch.where(ended, tr.flights, 0),
             "episode_repairs": torch.where(ended, tr.repairs, 0),

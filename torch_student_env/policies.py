@@ -147,10 +147,13 @@ def _tables(params: SimParams, device: torch.device) -> SimTables:
 BASELINES = ("random", "do_nothing", "time_based", "threshold", "oracle")
 
 
-def make_policy(name: str, env=None, seed: int = 0):
-    """A baseline by name (one of `BASELINES`), configured for `env`'s step size and limits."""
+def make_policy(name: str, env=None, seed: int = 0, device: torch.device | str | None = None):
+    """A baseline by name (one of `BASELINES`), configured for `env`'s step size and limits.
+
+    Without an env the defaults of `make_env` apply (step_size 10, 1,000 flights, default params).
+    """
     step_size = env.step_size if env is not None else 10
-    device = env.device if env is not None else "cpu"
+    device = device if device is not None else (env.device if env is not None else "cpu")
     max_flights = env.config.max_steps_per_episode if env is not None else 1000
     params = env.config.sim_params if env is not None else SimParams()
     if name == "random":

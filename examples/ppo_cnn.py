@@ -1,0 +1,196 @@
+"""PPO with a 1D-CNN actor-critic over sensor windows, on the embedded simulator (the main job).
+
+    python examples/ppo_cnn.py                       # defaults: < 10 min on a 2-core CPU
+    python examples/ppo_cnn.py --device cuda --num-envs 1024 --total-steps 5000000
+    python examples/ppo_cnn.py --resume              # continue from <out>/checkpoint.pt
+
+Writes to --out: checkpoint.pt, eval.md (trained policy vs every baseline on held-out seeds),
+eval.json, learning_curve.png and episode.png. CleanRL's ppo.py layout: Args, agent, one flat loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+from tensordict import TensorDict
+from tqdm.auto import tqdm
+
+from torch_student_env import make_env
+from torch_student_env.evaluate import run_episodes, summarize
+from torch_student_env.models import ActorCritic
+from torch_student_env.training import arg, final_report, parse_args, save_checkpoint
+
+
+@dataclasses.dataclass
+class Args:
+    num_envs: int = arg(64, "parallel engines in the training env")
+    total_steps: int = arg(1_200_000, "env steps to train for (one step = step_size flights of one engine)")
+    device: str = arg("cpu", "torch device for the env, the model and the rollout storage")
+    seed: int = arg(1, "seed of the training env and the model")
+    out: str = arg("runs/ppo_cnn", "output folder")
+    resume: bool = arg(False, "continue from <out>/checkpoint.pt")
+    step_size: int = arg(10, "flights per env step")
+    num_steps: int = arg(64, "rollout length per env between updates")
+    learning_rate: float = arg(5e-4, "Adam learning rate (annealed linearly to 0)")
+    gamma: float = arg(0.99, "discount per env step")
+    gae_lambda: float = arg(0.95, "GAE lambda")
+    num_minibatches: int = arg(8, "minibatches per epoch")
+    update_epochs: int = arg(4, "epochs over each rollout")
+    clip_coef: float = arg(0.2, "PPO clip range")
+    ent_coef: float = arg(0.01, "entropy bonus")
+    vf_coef: float = arg(0.5, "value loss weight")
+    max_grad_norm: float = arg(0.5, "gradient clipping")
+    reward_scale: float = arg(1e-3, "rewards are multiplied by this for learning (money units are large)")
+    eval_every: int = arg(20, "updates between greedy evaluations")
+    eval_envs: int = arg(256, "episodes per periodic evaluation (validation seed)")
+    final_eval_envs: int = arg(1024, "held-out episodes for the final table")
+    checkpoint_every: int = arg(20, "updates between checkpoints")
+
+
+def main(args: Args) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    batch_size = args.num_envs * args.num_steps
+    minibatch_size = batch_size // args.num_minibatches
+    num_updates = max(1, args.total_steps // batch_size)
+
+    env = make_env(num_envs=args.num_envs, step_size=args.step_size, device=device, seed=args.seed)
+    agent = ActorCritic(max_flights=env.config.max_steps_per_episode).to(device)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+
+    # ALGO LOGIC: rollout storage, preallocated on the env's device
+    obs_keys = ("observation", "valid", "flight")
+    td = env.reset()
+    storage = TensorDict(
+        {k: torch.zeros((args.num_steps,) + td[k].shape, dtype=td[k].dtype, device=device) for k in obs_keys},
+        batch_size=[args.num_steps, args.num_envs],
+        device=device,
+    )
+    actions = torch.zeros((args.num_steps, args.num_envs), dtype=torch.int64, device=device)
+    logprobs = torch.zeros((args.num_steps, args.num_envs), device=device)
+    rewards = torch.zeros_like(logprobs)
+    dones = torch.zeros_like(logprobs)
+    values = torch.zeros_like(logprobs)
+
+    start_update, global_step, curve = 1, 0, []
+    ckpt_path = out / "checkpoint.pt"
+    if args.resume:
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        agent.load_state_dict(ckpt["agent"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        env.load_state_dict(ckpt["env"])
+        td = env.reset(mask=torch.zeros(args.num_envs, dtype=torch.bool, device=device))  # current obs
+        start_update, global_step, curve = ckpt["update"] + 1, ckpt["global_step"], ckpt["curve"]
+        print(f"resumed from {ckpt_path} at update {ckpt['update']}, {global_step:,} env steps")
+    next_done = torch.zeros(args.num_envs, device=device)
+    return_sum = torch.zeros((), device=device)
+    return_count = torch.zeros((), device=device)
+    env_time = 0.0
+    start = time.perf_counter()
+    bar = tqdm(total=num_updates * batch_size, initial=global_step, unit="step", desc="ppo_cnn", dynamic_ncols=True)
+
+    for update in range(start_update, num_updates + 1):
+        optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - (update - 1.0) / num_updates)
+        for step in range(args.num_steps):
+            global_step += args.num_envs
+            storage[step] = td.select(*obs_keys)
+            dones[step] = next_done
+            with torch.no_grad():
+                agent.trunk.norm.update(td["observation"], td["valid"])
+                action, logprob, _, value = agent.get_action_and_value(td)
+            values[step], actions[step], logprobs[step] = value, action, logprob
+            t_env = time.perf_counter()
+            td = env.step(action)
+            env_time += time.perf_counter() - t_env
+            reward = td["reward"] * args.reward_scale
+            # CRUCIAL, easy to overlook: a truncated episode did not end, its value continues.
+            # Bootstrap from the window it ended with (final_observation), not the reset window.
+            final = TensorDict(
+                {"observation": td["final_observation"], "valid": td["final_valid"], "flight": td["final_flight"]},
+                batch_size=[args.num_envs],
+            )
+            with torch.no_grad():
+                final_value = agent.get_value(final)
+            reward = reward + args.gamma * final_value * td["truncated"]
+            rewards[step] = reward
+            next_done = td["done"].to(torch.float32)
+            return_sum += td["episode_return"].sum()
+            return_count += td["done"].sum()
+
+        # ALGO LOGIC: GAE over the rollout
+        with torch.no_grad():
+            next_value = agent.get_value(td)
+            advantages = torch.zeros_like(rewards)
+            lastgaelam = torch.zeros(args.num_envs, device=device)
+            for t in reversed(range(args.num_steps)):
+                if t == args.num_steps - 1:
+                    nextnonterminal, nextvalues = 1.0 - next_done, next_value
+                else:
+                    nextnonterminal, nextvalues = 1.0 - dones[t + 1], values[t + 1]
+                delta = rewards[t] + args.gamma * nextvalues * nextnonterminal - values[t]
+                lastgaelam = delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
+                advantages[t] = lastgaelam
+            returns = advantages + values
+
+        # ALGO LOGIC: clipped policy and value optimisation
+        b_obs = storage.reshape(-1)
+        b_actions, b_logprobs = actions.reshape(-1), logprobs.reshape(-1)
+        b_advantages, b_returns, b_values = advantages.reshape(-1), returns.reshape(-1), values.reshape(-1)
+        for _ in range(args.update_epochs):
+            order = torch.randperm(batch_size, device=device)
+            for begin in range(0, batch_size, minibatch_size):
+                mb = order[begin : begin + minibatch_size]
+                _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb], b_actions[mb])
+                logratio = newlogprob - b_logprobs[mb]
+                ratio = logratio.exp()
+                mb_adv = b_advantages[mb]
+                mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+                pg_loss = torch.max(-mb_adv * ratio, -mb_adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
+                v_clipped = b_values[mb] + (newvalue - b_values[mb]).clamp(-args.clip_coef, args.clip_coef)
+                v_loss = 0.5 * torch.max((newvalue - b_returns[mb]) ** 2, (v_clipped - b_returns[mb]) ** 2).mean()
+                loss = pg_loss - args.ent_coef * entropy.mean() + args.vf_coef * v_loss
+                optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                optimizer.step()
+
+        # LOGGING: one host read per update, never per step
+        mean_return = (return_sum / return_count.clamp(min=1)).item()
+        return_sum.zero_(), return_count.zero_()
+        sps = (global_step - (start_update - 1) * batch_size) / (time.perf_counter() - start)
+        bar.update(batch_size)
+        last_eval = f"{curve[-1]['mean_return']:,.0f}" if curve else "-"
+        bar.set_postfix(sps=f"{sps:,.0f}", train_return=f"{mean_return:,.0f}", eval=last_eval)
+        if update % args.eval_every == 0 or update == num_updates:
+            env_eval = make_env(num_envs=args.eval_envs, seed=5_000, device=device)
+            stats = summarize(run_episodes(env_eval, agent.act, episodes_per_env=1))
+            curve.append({"env_steps": global_step, "mean_return": round(stats["mean_return"], 1), "ci95": stats["ci95"]})
+            bar.set_postfix(sps=f"{sps:,.0f}", train_return=f"{mean_return:,.0f}", eval=f"{stats['mean_return']:,.0f}")
+        if update % args.checkpoint_every == 0 or update == num_updates:
+            save_checkpoint(
+                ckpt_path, agent=agent.state_dict(), optimizer=optimizer.state_dict(), env=env.state_dict(),
+                update=update, global_step=global_step, curve=curve, args=dataclasses.asdict(args),
+            )
+    bar.close()
+    wall = time.perf_counter() - start
+    print(f"trained {global_step:,} env steps in {wall:.0f} s; env.step took {100 * env_time / max(wall, 1e-9):.1f}% of it")
+
+    # EVALUATION: the trained policy against every baseline on held-out seeds
+    results = final_report(
+        "ppo_cnn", agent.act, out, curve, args.final_eval_envs, seed=10_000, device=device,
+        extra={"train_seconds": wall, "env_step_share": env_time / max(wall, 1e-9), "env_steps": global_step},
+    )
+    print((out / "eval.md").read_text())
+    print(f"wrote {out / 'eval.md'}, {out / 'learning_curve.png'}, {out / 'episode.png'}, {ckpt_path}")
+    ppo, tb = results["ppo_cnn"], results["time_based"]
+    verdict = "beats" if ppo["mean_return"] - ppo["ci95"] > tb["mean_return"] + tb["ci95"] else "does not clearly beat"
+    print(f"ppo_cnn {verdict} the time-based baseline ({ppo['mean_return']:,.0f} vs {tb['mean_return']:,.0f}).")
+
+
+if __name__ == "__main__":
+    main(parse_args(Args, __doc__))

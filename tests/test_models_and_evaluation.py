@@ -1,0 +1,117 @@
+"""The CNN policy's inputs and masking, the evaluator's metrics, and determinism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from torch_student_env import make_env
+from torch_student_env.evaluate import Episodes, leaderboard_metric, markdown_table, run_episodes, summarize
+from torch_student_env.models import ActorCritic, QNetwork
+from torch_student_env.policies import make_policy
+
+
+def _rollout_td(n=8, steps=3, seed=0):
+    env = make_env(num_envs=n, seed=seed)
+    td = env.reset()
+    for _ in range(steps):
+        td = env.step(torch.zeros(n, dtype=torch.long))
+    return env, td
+
+
+@pytest.mark.parametrize("model_cls", [ActorCritic, QNetwork])
+def test_cnn_accepts_windows_and_single_rows(model_cls):
+    torch.manual_seed(0)
+    model = model_cls()
+    _, td = _rollout_td()
+    window_actions = model.act(td)
+    assert window_actions.shape == (8,) and window_actions.dtype == torch.int64
+    assert ((window_actions >= 0) & (window_actions < 3)).all()
+    single = TensorDict({"observation": td["row"], "valid": td["valid"][:, -1], "flight": td["flight"][:, -1]}, [8])
+    row_actions = model.act(single)
+    assert row_actions.shape == (8,)
+    # a single row is exactly a window of one row
+    one_window = TensorDict(
+        {"observation": td["observation"][:, -1:], "valid": td["valid"][:, -1:], "flight": td["flight"][:, -1:]}, [8]
+    )
+    if model_cls is ActorCritic:
+        _, logp, ent, value = model.get_action_and_value(single, row_actions)
+        _, logp_w, _, value_w = model.get_action_and_value(one_window, row_actions)
+        assert torch.allclose(logp, logp_w) and torch.allclose(value, value_w)
+        assert (logp <= 0).all() and torch.isfinite(ent).all()
+    else:
+        assert torch.allclose(model(single), model(one_window))
+
+
+def test_masked_rows_do_not_change_the_output():
+    torch.manual_seed(0)
+    model = ActorCritic()
+    env = make_env(num_envs=4, seed=3)
+    td = env.reset()  # one valid row, nine padding rows
+    td = env.step(torch.zeros(4, dtype=torch.long), step_size=4)  # five valid rows
+    model.trunk.norm.update(td["observation"], td["valid"])
+    garbage = td.clone()
+    noise = torch.randn_like(garbage["observation"]) * 1e4
+    garbage["observation"] = torch.where(garbage["valid"].unsqueeze(-1), garbage["observation"], noise)
+    a, b = model.get_action_and_value(td, torch.zeros(4, dtype=torch.long)), model.get_action_and_value(
+        garbage, torch.zeros(4, dtype=torch.long)
+    )
+    assert torch.equal(a[1], b[1]) and torch.equal(a[3], b[3])
+    # ...while a change to a valid row does change it
+    changed = td.clone()
+    changed["observation"][:, -1, 3] += 50.0
+    assert not torch.equal(model.get_value(changed), model.get_value(td))
+
+
+def test_phase_norm_statistics_match_direct_computation():
+    model = ActorCritic()
+    _, td = _rollout_td(n=64, steps=5)
+    norm = model.trunk.norm
+    half = td["observation"].shape[0] // 2
+    norm.update(td["observation"][:half], td["valid"][:half])
+    norm.update(td["observation"][half:], td["valid"][half:])
+    rows = td["observation"][td["valid"]]
+    cruise = rows[rows[:, 7] == 0]
+    expected_mean = cruise[:, [0, 1, 2, 3, 4, 5, 6, 8]].double().mean(0)
+    expected_var = cruise[:, [0, 1, 2, 3, 4, 5, 6, 8]].double().var(0, unbiased=False)
+    assert torch.allclose(norm.mean[0].double(), expected_mean, rtol=1e-4)
+    assert torch.allclose(norm.var[0].double(), expected_var, rtol=1e-2)
+
+
+def test_leaderboard_metric_by_hand():
+    # 3 envs x 2 episodes (env-major); finish steps order them in time.
+    returns = torch.arange(6, dtype=torch.float32) * 10.0  # env0: 0, 10; env1: 20, 30; env2: 40, 50
+    finish = torch.tensor([5, 1, 3, 3, 0, 9])
+    eps = Episodes(returns, torch.ones(6, dtype=torch.long), torch.zeros(6, dtype=torch.long), torch.zeros(6, dtype=torch.bool), finish)
+    # by time: 40 (t0), 10 (t1), 20 (t3, env1), 30 (t3, env1), 0 (t5), 50 (t9); the last 3: 30, 0, 50
+    assert leaderboard_metric(eps, last=3) == pytest.approx((30 + 0 + 50) / 3)
+    assert leaderboard_metric(eps, last=100) == pytest.approx(25.0)
+    s = summarize(eps)
+    assert s["mean_return"] == pytest.approx(25.0)
+    # sample std of 0, 10, ..., 50 is 18.708; 95 % CI = 1.96 * 18.708 / sqrt(6)
+    assert s["ci95"] == pytest.approx(1.96 * 18.70829 / 6**0.5, rel=1e-4)
+    table = markdown_table({"a": s})
+    assert "| a |" in table and "25 ± 15" in table
+
+
+def test_evaluation_is_deterministic_and_paired():
+    def once():
+        env = make_env(num_envs=32, seed=77, privileged=True)
+        return run_episodes(env, make_policy("threshold", env), episodes_per_env=2)
+
+    a, b = once(), once()
+    assert torch.equal(a.returns, b.returns) and torch.equal(a.finish_step, b.finish_step)
+    assert len(a) == 64 and a.lengths.min() >= 0
+    # returns agree with lengths and flags: at most ~55 profit per flight, minus the penalty on failure
+    assert a.failed.any() and (~a.failed).any()
+    assert (a.returns[a.failed] <= 55.0 * a.lengths[a.failed] - 10_000).all()
+    assert (a.returns[~a.failed] <= 55.0 * a.lengths[~a.failed] + 150).all()
+
+
+def test_run_episodes_counts_only_first_k_per_env():
+    env = make_env(num_envs=4, seed=1)
+    eps = run_episodes(env, make_policy("random", env), episodes_per_env=3)
+    assert len(eps) == 12
+    # each env's episodes finish in increasing time
+    assert (eps.finish_step.view(4, 3).diff(dim=1) > 0).all()

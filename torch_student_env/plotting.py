@@ -1,0 +1,88 @@
+"""Pictures: the learning curve against the baselines, and one engine's episode ([examples] extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from torch_student_env.spec import SENSOR_NAMES, Action, Phase
+
+_PHASE_COLORS = {Phase.CRUISE: "tab:blue", Phase.CLIMB: "tab:orange", Phase.TAKEOFF: "tab:red"}
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ImportError("plotting needs matplotlib: pip install 'torch-student-env[examples]'") from err
+    return plt
+
+
+def plot_learning_curve(
+    curve: list[dict[str, float]], baselines: dict[str, float], path: str | Path, title: str = "PPO + 1D-CNN"
+) -> Path:
+    """Evaluation return (mean ± 95 % CI) against env steps, baselines as horizontal lines."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.8), constrained_layout=True)
+    steps = np.array([c["env_steps"] for c in curve])
+    mean = np.array([c["mean_return"] for c in curve])
+    ci = np.array([c["ci95"] for c in curve])
+    ax.plot(steps, mean, marker="o", color="black", label=f"{title} (greedy, held-out seeds)")
+    ax.fill_between(steps, mean - ci, mean + ci, color="black", alpha=0.15)
+    colors = iter(["tab:green", "tab:purple", "tab:blue", "tab:orange", "tab:red", "tab:brown"])
+    for name, value in sorted(baselines.items(), key=lambda kv: -kv[1]):
+        ax.axhline(value, linestyle="--", linewidth=1.2, color=next(colors), label=f"{name} ({value:,.0f})")
+    ax.set_xlabel("env steps (1 step = 10 flights)")
+    ax.set_ylabel("mean episode return")
+    ax.set_title("Learning curve")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_episode(trace: dict[str, np.ndarray], path: str | Path, title: str = "one engine's episode") -> Path:
+    """The 7 sensors over flights (coloured by phase), repair/sell markers, and hidden health."""
+    plt = _pyplot()
+    has_health = "health" in trace
+    rows = len(SENSOR_NAMES) + int(has_health)
+    fig, axes = plt.subplots(rows, 1, figsize=(9, 1.55 * rows + 0.8), sharex=True, constrained_layout=True)
+    flight, phase = trace["flight"], trace["phase"]
+    repairs = trace["action_flight"][trace["action"] == Action.REPAIR]
+    sells = trace["action_flight"][trace["action"] == Action.SELL]
+    for i, (ax, name) in enumerate(zip(axes, SENSOR_NAMES)):
+        for p, color in _PHASE_COLORS.items():
+            keep = phase == p
+            ax.scatter(flight[keep], trace["sensors"][keep, i], s=4, color=color, label=p.name.lower() if i == 0 else None)
+        ax.set_ylabel(name, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    if has_health:
+        ax = axes[-1]
+        ax.plot(flight, trace["health"], color="black", linewidth=1.2, label="health")
+        ax.set_ylabel("hidden health", fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.grid(alpha=0.3)
+    for ax in axes:
+        for f in repairs:
+            ax.axvline(f, color="tab:green", linewidth=1.0, alpha=0.8)
+        for f in sells:
+            ax.axvline(f, color="tab:purple", linewidth=1.5, linestyle="--")
+    end = "failed" if trace["failed"] else ("sold" if len(sells) else "time limit")
+    axes[0].set_title(
+        f"{title}: {len(flight) - 1} flights, {len(repairs)} repairs (green), ended: {end}"
+        f" (purple = sale), return {trace['episode_return']:,.0f}",
+        fontsize=9,
+    )
+    axes[0].legend(fontsize=7, markerscale=3, loc="upper left", ncol=3)
+    axes[-1].set_xlabel("flight")
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
