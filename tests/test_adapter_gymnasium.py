@@ -1,0 +1,84 @@
+"""Gymnasium VectorEnv (SAME_STEP autoreset) and Stable-Baselines3 VecEnv adapters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("gymnasium", reason="Gymnasium adapter tests need the [gym] extra")
+
+from gymnasium.vector import AutoresetMode  # noqa: E402
+
+from torch_student_env import make_env  # noqa: E402
+from torch_student_env.adapters.gymnasium import GymnasiumVectorEnv  # noqa: E402
+
+
+def test_spaces_contain_what_the_env_returns():
+    env = GymnasiumVectorEnv(num_envs=5, step_size=10, seed=0)
+    obs, info = env.reset(seed=1)
+    assert env.observation_space.contains(obs) and obs.dtype == np.float32
+    assert all(env.single_observation_space.contains(o) for o in obs)
+    actions = env.action_space.sample()
+    assert env.action_space.contains(actions) and actions.shape == (5,)
+    obs, reward, terminated, truncated, info = env.step(actions)
+    assert obs.shape == (5, 10, 9) and reward.dtype == np.float32
+    assert terminated.dtype == bool and truncated.dtype == bool
+    assert info["valid"].shape == (5, 10) and info["_valid"].all()
+
+
+def test_same_step_autoreset_semantics():
+    env = GymnasiumVectorEnv(num_envs=3, seed=4)
+    assert env.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
+    env.reset()
+    before, *_ = env.step(np.array([0, 0, 0]))
+    obs, reward, terminated, truncated, info = env.step(np.array([0, 2, 0]))
+    assert terminated.tolist() == [False, True, False]
+    # SAME_STEP: the returned obs is already the new episode's first window...
+    assert info["flight"][1].tolist() == [-1] * 9 + [0]
+    assert (obs[1, :-1] == 0).all()
+    # ...and the terminal obs is in info["final_obs"] (object array, None elsewhere)
+    assert info["_final_obs"].tolist() == [False, True, False]
+    assert info["final_obs"][0] is None and info["final_obs"][2] is None
+    np.testing.assert_array_equal(info["final_obs"][1], before[1])  # a sale flies nothing
+    assert info["final_info"]["_episode_return"].tolist() == [False, True, False]
+    # the next step continues the new episode normally
+    _, _, terminated, _, info = env.step(np.array([0, 0, 0]))
+    assert not terminated.any() and "final_obs" not in info and info["flight"][1, -1] == 10
+
+
+def test_reset_seed_reproducible_and_matches_native():
+    env = GymnasiumVectorEnv(num_envs=4)
+    a, _ = env.reset(seed=9)
+    b, _ = env.reset(seed=9)
+    np.testing.assert_array_equal(a, b)
+    native = make_env(num_envs=4, seed=9).reset()["observation"].numpy()
+    np.testing.assert_array_equal(a, native)
+
+
+def test_sb3_vec_env_terminal_observation_and_ppo():
+    pytest.importorskip("stable_baselines3", reason="SB3 adapter tests need the [gym] extra")
+    from stable_baselines3 import PPO
+
+    from torch_student_env.adapters.gymnasium import SB3VecEnv
+
+    venv = SB3VecEnv(num_envs=4, seed=6)
+    native = make_env(num_envs=4, seed=6)
+    venv.reset(), native.reset()
+    for t in range(80):
+        actions = np.array([0, 0, 1 if t % 12 == 11 else 0, 2 if t == 5 else 0])
+        obs, rewards, dones, infos = venv.step(actions)
+        td = native.step(torch.as_tensor(actions))
+        np.testing.assert_array_equal(rewards, td["reward"].numpy())
+        for i in np.flatnonzero(dones):
+            np.testing.assert_array_equal(infos[i]["terminal_observation"], td["final_observation"][i].numpy())
+            assert infos[i]["TimeLimit.truncated"] == bool(td["truncated"][i])
+        assert all("terminal_observation" not in infos[i] for i in np.flatnonzero(~dones))
+    model = PPO("MlpPolicy", SB3VecEnv(num_envs=8, seed=0), n_steps=64, batch_size=128, n_epochs=2, verbose=0, seed=0)
+    model.learn(2048)
+    assert model.num_timesteps >= 2048
+
+
+def test_adapters_require_auto_reset_choice():
+    with pytest.raises(ValueError, match="auto_reset=True"):
+        GymnasiumVectorEnv(env=make_env(num_envs=2, auto_reset=False))

@@ -1,0 +1,144 @@
+"""Gymnasium and Stable-Baselines3 adapters ([gym] extra): numpy in, numpy out.
+
+`GymnasiumVectorEnv` is a Gymnasium 1.x `VectorEnv` in `AutoresetMode.SAME_STEP`, which is what the
+native env does: a finished env is reset inside the same `step`, whose observation is already the
+new episode's, while `info["final_obs"]` (an object array, None elsewhere, mask
+`info["_final_obs"]`) holds the terminal window. `SB3VecEnv` is a Stable-Baselines3 `VecEnv` with
+SB3's conventions: `infos[i]["terminal_observation"]` and `infos[i]["TimeLimit.truncated"]`.
+Observations are the (W, 9) window; padding rows are zeros (see `info["valid"]`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from torch_student_env.adapters import require
+
+gym = require("gymnasium", "gym")
+from gymnasium.vector import AutoresetMode, VectorEnv  # noqa: E402
+
+from torch_student_env.env import TorchStudentEnv  # noqa: E402
+from torch_student_env.make import make_env  # noqa: E402
+from torch_student_env.spec import NUM_ACTIONS, NUM_FEATURES  # noqa: E402
+
+
+def _spaces(env: TorchStudentEnv) -> tuple[gym.spaces.Box, gym.spaces.Discrete]:
+    window = gym.spaces.Box(-np.inf, np.inf, shape=(env.history, NUM_FEATURES), dtype=np.float32)
+    return window, gym.spaces.Discrete(NUM_ACTIONS)
+
+
+def _numpy(x: torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy()
+
+
+class GymnasiumVectorEnv(VectorEnv):
+    """`num_envs` engines as one Gymnasium vector env (SAME_STEP autoreset)."""
+
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+
+    def __init__(self, env: TorchStudentEnv | None = None, **make_env_kwargs: Any) -> None:
+        self.env = env if env is not None else make_env(**make_env_kwargs)
+        if not self.env.config.auto_reset:
+            raise ValueError("GymnasiumVectorEnv implements SAME_STEP autoreset: build the env with auto_reset=True")
+        self.num_envs = self.env.num_envs
+        self.single_observation_space, self.single_action_space = _spaces(self.env)
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Reset every env (`seed` reseeds them all: env i's episode k depends on seed, i, k)."""
+        td = self.env.reset(seed=seed)
+        return _numpy(td["observation"]), self._info(td)
+
+    def step(self, actions):
+        """Step all envs; finished ones are already reset in the returned observation."""
+        td = self.env.step(np.asarray(actions))
+        info = self._info(td)
+        done = _numpy(td["done"])
+        if done.any():
+            final_obs = np.full(self.num_envs, None, dtype=object)
+            finals = _numpy(td["final_observation"])
+            for i in np.flatnonzero(done):  # object array by Gymnasium's convention
+                final_obs[i] = finals[i]
+            info["final_obs"], info["_final_obs"] = final_obs, done
+            info["final_info"] = {
+                "episode_return": _numpy(td["episode_return"]),
+                "episode_length": _numpy(td["episode_length"]),
+                "episode_failed": _numpy(td["episode_failed"]),
+                "_episode_return": done, "_episode_length": done, "_episode_failed": done,
+            }
+            info["_final_info"] = done
+        return (
+            _numpy(td["observation"]),
+            _numpy(td["reward"]),
+            _numpy(td["terminated"]),
+            _numpy(td["truncated"]),
+            info,
+        )
+
+    def _info(self, td) -> dict[str, np.ndarray]:
+        ones = np.ones(self.num_envs, dtype=bool)
+        return {"valid": _numpy(td["valid"]), "flight": _numpy(td["flight"]), "_valid": ones, "_flight": ones}
+
+    def close_extras(self, **kwargs: Any) -> None:
+        self.env.close()
+
+
+def _sb3_base():
+    return require("stable_baselines3.common.vec_env", "gym").VecEnv
+
+
+class SB3VecEnv(_sb3_base()):
+    """`num_envs` engines as a Stable-Baselines3 `VecEnv`: `PPO("MlpPolicy", SB3VecEnv(...))`."""
+
+    def __init__(self, env: TorchStudentEnv | None = None, **make_env_kwargs: Any) -> None:
+        self.env = env if env is not None else make_env(**make_env_kwargs)
+        if not self.env.config.auto_reset:
+            raise ValueError("SB3VecEnv needs auto_reset=True: SB3 expects VecEnvs to reset themselves")
+        observation_space, action_space = _spaces(self.env)
+        self.render_mode = None  # read by VecEnv.__init__; nothing to render
+        super().__init__(self.env.num_envs, observation_space, action_space)
+        self._actions: np.ndarray | None = None
+
+    def reset(self) -> np.ndarray:
+        seed = self._seeds[0] if any(s is not None for s in self._seeds) else None
+        self._reset_seeds()
+        return _numpy(self.env.reset(seed=seed)["observation"])
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = np.asarray(actions).reshape(self.num_envs).astype(np.int64)
+
+    def step_wait(self):
+        td = self.env.step(self._actions)
+        done, truncated = _numpy(td["done"]), _numpy(td["truncated"])
+        finals = _numpy(td["final_observation"])
+        infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+        for i in np.flatnonzero(done):  # per-env info dicts are SB3's format
+            infos[i]["terminal_observation"] = finals[i]
+            infos[i]["TimeLimit.truncated"] = bool(truncated[i])
+            infos[i]["episode"] = {"r": float(td["episode_return"][i]), "l": int(td["episode_length"][i])}
+        return _numpy(td["observation"]), _numpy(td["reward"]), done, infos
+
+    def close(self) -> None:
+        self.env.close()
+
+    def get_attr(self, attr_name: str, indices=None) -> list[Any]:
+        owner = self if attr_name in self.__dict__ else self.env  # adapter attributes first
+        return [getattr(owner, attr_name)] * len(self._indices(indices))
+
+    def set_attr(self, attr_name: str, value: Any, indices=None) -> None:
+        raise AttributeError(f"SB3VecEnv cannot set {attr_name!r}: the engines share one batched env")
+
+    def env_method(self, method_name: str, *args, indices=None, **kwargs) -> list[Any]:
+        raise AttributeError(f"SB3VecEnv has no per-engine sub-envs to call {method_name!r} on")
+
+    def env_is_wrapped(self, wrapper_class, indices=None) -> list[bool]:
+        return [False] * len(self._indices(indices))
+
+    def _indices(self, indices) -> list[int]:
+        if indices is None:
+            return list(range(self.num_envs))
+        return [indices] if isinstance(indices, int) else list(indices)
