@@ -149,7 +149,7 @@ def main(args: Args) -> None:
                 torch.nn.utils.clip_grad_norm_(q_net.parameters(), 10.0)
                 optimizer.step()
                 with torch.no_grad():
-                    for p, tp in zip(q_net.parameters(), target.parameters()):
+                    for p, tp in zip(q_net.parameters(), target.parameters(), strict=True):
                         tp.lerp_(p, args.tau)
                     target.trunk.norm.load_state_dict(q_net.trunk.norm.state_dict())
 
@@ -157,16 +157,31 @@ def main(args: Args) -> None:
         if global_step >= next_eval or global_step >= args.total_steps:
             next_eval += args.eval_every
             stats = summarize(run_episodes(make_env(num_envs=args.eval_envs, seed=5_000, device=device), q_net.act))
-            curve.append({"env_steps": global_step, "mean_return": round(stats["mean_return"], 1), "ci95": stats["ci95"]})
+            curve.append(
+                {"env_steps": global_step, "mean_return": round(stats["mean_return"], 1), "ci95": stats["ci95"]}
+            )
             sps = global_step / (time.perf_counter() - start)
             bar.set_postfix(sps=f"{sps:,.0f}", epsilon=f"{epsilon:.2f}", eval=f"{stats['mean_return']:,.0f}")
     bar.close()
     wall = time.perf_counter() - start
-    save_checkpoint(out / "checkpoint.pt", q_net=q_net.state_dict(), global_step=global_step, curve=curve,
-                    args=dataclasses.asdict(args))
+    save_checkpoint(
+        out / "checkpoint.pt",
+        q_net=q_net.state_dict(),
+        global_step=global_step,
+        curve=curve,
+        args=dataclasses.asdict(args),
+    )
     print(f"trained {global_step:,} env steps in {wall:.0f} s; env.step took {100 * env_time / wall:.1f}% of it")
-    final_report("dqn_cnn", q_net.act, out, curve, args.final_eval_envs, seed=10_000, device=device,
-                 extra={"train_seconds": wall, "env_steps": global_step})
+    final_report(
+        "dqn_cnn",
+        q_net.act,
+        out,
+        curve,
+        args.final_eval_envs,
+        seed=10_000,
+        device=device,
+        extra={"train_seconds": wall, "env_steps": global_step},
+    )
     print((out / "eval.md").read_text())
     print(f"wrote {out / 'eval.md'}, {out / 'learning_curve.png'}, {out / 'episode.png'}")
 

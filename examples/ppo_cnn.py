@@ -150,7 +150,9 @@ def main(args: Args) -> None:
                 ratio = logratio.exp()
                 mb_adv = b_advantages[mb]
                 mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-                pg_loss = torch.max(-mb_adv * ratio, -mb_adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
+                pg_loss = torch.max(
+                    -mb_adv * ratio, -mb_adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)
+                ).mean()
                 v_clipped = b_values[mb] + (newvalue - b_values[mb]).clamp(-args.clip_coef, args.clip_coef)
                 v_loss = 0.5 * torch.max((newvalue - b_returns[mb]) ** 2, (v_clipped - b_returns[mb]) ** 2).mean()
                 loss = pg_loss - args.ent_coef * entropy.mean() + args.vf_coef * v_loss
@@ -169,20 +171,37 @@ def main(args: Args) -> None:
         if update % args.eval_every == 0 or update == num_updates:
             env_eval = make_env(num_envs=args.eval_envs, seed=5_000, device=device)
             stats = summarize(run_episodes(env_eval, agent.act, episodes_per_env=1))
-            curve.append({"env_steps": global_step, "mean_return": round(stats["mean_return"], 1), "ci95": stats["ci95"]})
+            curve.append(
+                {"env_steps": global_step, "mean_return": round(stats["mean_return"], 1), "ci95": stats["ci95"]}
+            )
             bar.set_postfix(sps=f"{sps:,.0f}", train_return=f"{mean_return:,.0f}", eval=f"{stats['mean_return']:,.0f}")
         if update % args.checkpoint_every == 0 or update == num_updates:
             save_checkpoint(
-                ckpt_path, agent=agent.state_dict(), optimizer=optimizer.state_dict(), env=env.state_dict(),
-                update=update, global_step=global_step, curve=curve, args=dataclasses.asdict(args),
+                ckpt_path,
+                agent=agent.state_dict(),
+                optimizer=optimizer.state_dict(),
+                env=env.state_dict(),
+                update=update,
+                global_step=global_step,
+                curve=curve,
+                args=dataclasses.asdict(args),
             )
     bar.close()
     wall = time.perf_counter() - start
-    print(f"trained {global_step:,} env steps in {wall:.0f} s; env.step took {100 * env_time / max(wall, 1e-9):.1f}% of it")
+    print(
+        f"trained {global_step:,} env steps in {wall:.0f} s; "
+        f"env.step took {100 * env_time / max(wall, 1e-9):.1f}% of it"
+    )
 
     # EVALUATION: the trained policy against every baseline on held-out seeds
     results = final_report(
-        "ppo_cnn", agent.act, out, curve, args.final_eval_envs, seed=10_000, device=device,
+        "ppo_cnn",
+        agent.act,
+        out,
+        curve,
+        args.final_eval_envs,
+        seed=10_000,
+        device=device,
         extra={"train_seconds": wall, "env_step_share": env_time / max(wall, 1e-9), "env_steps": global_step},
     )
     print((out / "eval.md").read_text())

@@ -57,6 +57,6 @@ window = td["observation"]  # (N, W, 9): the last W flights, oldest first, for a
 row = td["row"]  # (N, 9): only the newest flight, for a model that reads one row at a time
 print(f"\nwindow {tuple(window.shape)}; valid rows per env {td['valid'].sum(1).tolist()}")
 print("newest row of env 0:")
-for name, value in zip(FEATURE_NAMES, row[0].tolist()):
+for name, value in zip(FEATURE_NAMES, row[0].tolist(), strict=True):
     print(f"  {name:12s} {value:12.3f}")
 env.close()

@@ -42,7 +42,9 @@ def test_rollout_equals_native_env():
     rl_env = TorchRLStudentEnv(num_envs=6, seed=11)
     native = make_env(num_envs=6, seed=11, auto_reset=False)
     gen = torch.Generator().manual_seed(0)
-    actions = [torch.multinomial(torch.tensor([0.8, 0.15, 0.05]), 6, replacement=True, generator=gen) for _ in range(50)]
+    actions = [
+        torch.multinomial(torch.tensor([0.8, 0.15, 0.05]), 6, replacement=True, generator=gen) for _ in range(50)
+    ]
     state = {"i": 0}
 
     def policy(td):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-
 from conftest import const_actions
+
 from torch_student_env import Action
 
 

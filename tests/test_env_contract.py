@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import const_actions
+
 from torch_student_env import FEATURE_NAMES, Action
 
 F = len(FEATURE_NAMES)

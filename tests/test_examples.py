@@ -40,8 +40,22 @@ def _check_outputs(out: Path, name: str) -> dict:
 
 def tiny_ppo(total_steps: int) -> list[str]:
     """PPO flags for a few updates of 8 envs x 16 steps (128 env steps per update)."""
-    return ["--num-envs", "8", "--num-steps", "16", "--total-steps", str(total_steps), "--eval-every", "2",
-            "--checkpoint-every", "1", "--eval-envs", "8", "--final-eval-envs", "16"]
+    return [
+        "--num-envs",
+        "8",
+        "--num-steps",
+        "16",
+        "--total-steps",
+        str(total_steps),
+        "--eval-every",
+        "2",
+        "--checkpoint-every",
+        "1",
+        "--eval-envs",
+        "8",
+        "--final-eval-envs",
+        "16",
+    ]
 
 
 def test_quickstart_runs():
@@ -65,8 +79,25 @@ def test_ppo_cnn_smoke_and_resume(tmp_path):
 
 def test_dqn_cnn_smoke(tmp_path):
     out = tmp_path / "dqn"
-    _run("examples/dqn_cnn.py", "--num-envs", "8", "--total-steps", "400", "--learning-starts", "100",
-         "--batch-size", "32", "--eval-every", "200", "--eval-envs", "8", "--final-eval-envs", "16", "--out", str(out))
+    _run(
+        "examples/dqn_cnn.py",
+        "--num-envs",
+        "8",
+        "--total-steps",
+        "400",
+        "--learning-starts",
+        "100",
+        "--batch-size",
+        "32",
+        "--eval-every",
+        "200",
+        "--eval-envs",
+        "8",
+        "--final-eval-envs",
+        "16",
+        "--out",
+        str(out),
+    )
     _check_outputs(out, "dqn_cnn")
 
 
@@ -74,7 +105,38 @@ def test_evaluate_script_on_checkpoint_and_baselines(tmp_path):
     out = tmp_path / "ppo"
     _run("examples/ppo_cnn.py", *tiny_ppo(384), "--out", str(out))
     table = tmp_path / "table.md"
-    stdout = _run("scripts/evaluate.py", "--policy", str(out / "checkpoint.pt"), "--policy", "time_based",
-                  "--episodes", "32", "--out", str(table))
+    stdout = _run(
+        "scripts/evaluate.py",
+        "--policy",
+        str(out / "checkpoint.pt"),
+        "--policy",
+        "time_based",
+        "--episodes",
+        "32",
+        "--out",
+        str(table),
+    )
     text = table.read_text()
     assert "time_based" in text and "ppo (384 steps)" in text and text.strip() in stdout
+
+
+def test_torchrl_ppo_smoke(tmp_path):
+    pytest.importorskip("torchrl", reason="examples/torchrl_ppo.py needs the [torchrl] extra")
+    out = tmp_path / "trl"
+    _run(
+        "examples/torchrl_ppo.py",
+        "--num-envs",
+        "8",
+        "--frames-per-env",
+        "16",
+        "--total-steps",
+        "256",
+        "--eval-every",
+        "1",
+        "--final-eval-envs",
+        "16",
+        "--out",
+        str(out),
+    )
+    report = _check_outputs(out, "torchrl_ppo")
+    assert report["env_steps"] == 256

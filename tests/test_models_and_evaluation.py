@@ -54,8 +54,9 @@ def test_masked_rows_do_not_change_the_output():
     garbage = td.clone()
     noise = torch.randn_like(garbage["observation"]) * 1e4
     garbage["observation"] = torch.where(garbage["valid"].unsqueeze(-1), garbage["observation"], noise)
-    a, b = model.get_action_and_value(td, torch.zeros(4, dtype=torch.long)), model.get_action_and_value(
-        garbage, torch.zeros(4, dtype=torch.long)
+    a, b = (
+        model.get_action_and_value(td, torch.zeros(4, dtype=torch.long)),
+        model.get_action_and_value(garbage, torch.zeros(4, dtype=torch.long)),
     )
     assert torch.equal(a[1], b[1]) and torch.equal(a[3], b[3])
     # ...while a change to a valid row does change it
@@ -83,7 +84,13 @@ def test_leaderboard_metric_by_hand():
     # 3 envs x 2 episodes (env-major); finish steps order them in time.
     returns = torch.arange(6, dtype=torch.float32) * 10.0  # env0: 0, 10; env1: 20, 30; env2: 40, 50
     finish = torch.tensor([5, 1, 3, 3, 0, 9])
-    eps = Episodes(returns, torch.ones(6, dtype=torch.long), torch.zeros(6, dtype=torch.long), torch.zeros(6, dtype=torch.bool), finish)
+    eps = Episodes(
+        returns,
+        torch.ones(6, dtype=torch.long),
+        torch.zeros(6, dtype=torch.long),
+        torch.zeros(6, dtype=torch.bool),
+        finish,
+    )
     # by time: 40 (t0), 10 (t1), 20 (t3, env1), 30 (t3, env1), 0 (t5), 50 (t9); the last 3: 30, 0, 50
     assert leaderboard_metric(eps, last=3) == pytest.approx((30 + 0 + 50) / 3)
     assert leaderboard_metric(eps, last=100) == pytest.approx(25.0)

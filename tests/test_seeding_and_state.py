@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_same_snapshot, const_actions, snapshot
 
 
@@ -22,7 +21,7 @@ def test_same_seed_same_trajectories(env_factory):
     gen = lambda t: torch.tensor([t % 3, 0, 1 if t % 7 == 0 else 0])  # noqa: E731
     a = _rollout(env_factory(num_envs=3, seed=42), gen, 40)
     b = _rollout(env_factory(num_envs=3, seed=42), gen, 40)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert (x == y).all()
     c = _rollout(env_factory(num_envs=3, seed=43), gen, 40)
     assert not torch.equal(a[0]["observation"], c[0]["observation"])
@@ -65,7 +64,7 @@ def test_state_dict_round_trip(env_factory):
     first = [env.step(a).clone() for a in actions]
     env.load_state_dict(saved)
     second = [env.step(a).clone() for a in actions]
-    for x, y in zip(first, second):
+    for x, y in zip(first, second, strict=True):
         assert (x == y).all()
     # and into a brand new env
     fresh = env_factory(num_envs=6, seed=999, privileged=True)

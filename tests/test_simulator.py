@@ -70,7 +70,10 @@ def test_calibration_baselines_ranked_on_1024_episodes(capsys):
         assert len(eps) == 1024
         means[name] = (eps.returns.mean().item(), (eps.returns.std() / len(eps) ** 0.5).item())
     with capsys.disabled():
-        print("\nmean return on 1,024 episodes (seed 123): " + ", ".join(f"{k} {m:.0f}±{s:.0f}" for k, (m, s) in means.items()))
+        print(
+            "\nmean return on 1,024 episodes (seed 123): "
+            + ", ".join(f"{k} {m:.0f}±{s:.0f}" for k, (m, s) in means.items())
+        )
     m = {k: v[0] for k, v in means.items()}
     se = max(v[1] for v in means.values())
     assert m["oracle"] > m["time_based"] + 4 * se

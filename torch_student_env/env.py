@@ -30,9 +30,9 @@ class TorchStudentEnv:
     - from `step` only: `reward` (N,) float32; `terminated`, `truncated`, `done` (N,) bool, about
       the transition just taken even if the env was auto-reset in the same call;
       `final_observation` (N, W, F) / `final_valid` / `final_flight` (N, W): the window each
-      finished episode ended with (zeros / False / -1 elsewhere); `episode_return` (N,) float32, `episode_length` (N,) int64
-      (flights), `episode_repairs` (N,) int64 and `episode_failed` (N,) bool: totals of the
-      episodes that ended in this call (0 / False elsewhere);
+      finished episode ended with (zeros / False / -1 elsewhere); `episode_return` (N,) float32,
+      `episode_length` (N,) int64 (flights), `episode_repairs` (N,) int64 and `episode_failed`
+      (N,) bool: totals of the episodes that ended in this call (0 / False elsewhere);
     - with `privileged=True`: `health`, `health_cap` (N,), `health_params` (N, 10) of the current
       engines and `window_health` (N, W), the health of each window row.
 
@@ -235,13 +235,17 @@ class TorchStudentEnv:
         elif isinstance(actions, (np.ndarray, list, tuple)):
             array = np.asarray(actions)
             if array.dtype.kind not in "iu":
-                if array.dtype == object and all(isinstance(a, Integral) and not isinstance(a, bool) for a in array.flat):
+                if array.dtype == object and all(
+                    isinstance(a, Integral) and not isinstance(a, bool) for a in array.flat
+                ):
                     array = array.astype(np.int64)
                 else:
                     raise TypeError(f"actions must be integers, got values of dtype {array.dtype}: {actions!r}"[:300])
             tensor = torch.as_tensor(array.astype(np.int64, copy=False))
         else:
-            raise TypeError(f"actions must be a tensor, numpy array or list of {self.num_envs} ints, got {type(actions).__name__}")
+            raise TypeError(
+                f"actions must be a tensor, numpy array or list of {self.num_envs} ints, got {type(actions).__name__}"
+            )
         if tensor.shape != (self.num_envs,):
             raise ValueError(f"actions must have shape ({self.num_envs},), got {tuple(tensor.shape)}")
         if self.config.validate_actions:

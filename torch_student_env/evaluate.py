@@ -149,7 +149,8 @@ def evaluate_policies(
 def markdown_table(results: dict[str, dict[str, float]]) -> str:
     """A Markdown table of `evaluate_policies` results, best mean return first."""
     lines = [
-        "| policy | leaderboard (last 100) | mean return ± 95% CI | failure rate | repairs | life (flights) | episodes |",
+        "| policy | leaderboard (last 100) | mean return ± 95% CI | failure rate | repairs | life (flights) "
+        "| episodes |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in sorted(results.items(), key=lambda kv: -kv[1]["mean_return"]):

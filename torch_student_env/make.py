@@ -51,7 +51,9 @@ def make_env(
             raise TypeError(f"options {sorted(remote_options)} only apply to backend='remote'")
         from torch_student_env.backends.local import LocalBackend
 
-        impl = LocalBackend(config.num_envs, config.device, config.max_steps_per_episode, config.sim_params, config.seed)
+        impl = LocalBackend(
+            config.num_envs, config.device, config.max_steps_per_episode, config.sim_params, config.seed
+        )
     elif backend == "remote":
         from torch_student_env.backends.remote import RemoteBackend
 

@@ -87,6 +87,10 @@ class SensorCNN(nn.Module):
         self.out_features = hidden
 
     def forward(self, observation: torch.Tensor, valid: torch.Tensor, age: torch.Tensor) -> torch.Tensor:
+        """Any leading batch dims: (*B, W, 9), (*B, W), (*B,) -> (*B, hidden)."""
+        batch = observation.shape[:-2]
+        observation = observation.reshape(-1, *observation.shape[-2:])
+        valid, age = valid.reshape(-1, valid.shape[-1]), age.reshape(-1)
         mask = valid.unsqueeze(-1).to(observation.dtype)  # (N, W, 1)
         x = self.norm(observation) * mask  # padding is exactly zero whatever it held
         h = self.conv(x.transpose(1, 2)).transpose(1, 2) * mask  # (N, W, C)
@@ -94,7 +98,8 @@ class SensorCNN(nn.Module):
         mean = h.sum(1) / count
         maxed = h.masked_fill(mask == 0, float("-inf")).amax(1)
         maxed = torch.where(torch.isfinite(maxed), maxed, 0.0)
-        return self.head(torch.cat((mean, maxed, x[:, -1], age.unsqueeze(-1)), dim=-1))
+        features = self.head(torch.cat((mean, maxed, x[:, -1], age.unsqueeze(-1)), dim=-1))
+        return features.reshape(*batch, -1)
 
 
 def _layer_init(layer: nn.Linear, gain: float) -> nn.Linear:

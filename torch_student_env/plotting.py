@@ -56,10 +56,12 @@ def plot_episode(trace: dict[str, np.ndarray], path: str | Path, title: str = "o
     flight, phase = trace["flight"], trace["phase"]
     repairs = trace["action_flight"][trace["action"] == Action.REPAIR]
     sells = trace["action_flight"][trace["action"] == Action.SELL]
-    for i, (ax, name) in enumerate(zip(axes, SENSOR_NAMES)):
+    for i, (ax, name) in enumerate(zip(axes, SENSOR_NAMES, strict=False)):  # axes has a health row more
         for p, color in _PHASE_COLORS.items():
             keep = phase == p
-            ax.scatter(flight[keep], trace["sensors"][keep, i], s=4, color=color, label=p.name.lower() if i == 0 else None)
+            ax.scatter(
+                flight[keep], trace["sensors"][keep, i], s=4, color=color, label=p.name.lower() if i == 0 else None
+            )
         ax.set_ylabel(name, fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)

@@ -83,7 +83,9 @@ def egt_rise(td: TensorDict, params: SimParams | None = None) -> torch.Tensor:
 class ThresholdPolicy:
     """Repair when the EGT proxy rises `repair_above` K; sell past `sell_above` K or `sell_at` flights."""
 
-    def __init__(self, repair_above: float = 45.0, sell_above: float = 50.0, sell_at: int = 900, params: SimParams | None = None) -> None:
+    def __init__(
+        self, repair_above: float = 45.0, sell_above: float = 50.0, sell_at: int = 900, params: SimParams | None = None
+    ) -> None:
         self.repair_above, self.sell_above, self.sell_at = repair_above, sell_above, sell_at
         self.params = params or SimParams()
 

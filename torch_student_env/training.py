@@ -25,7 +25,9 @@ def parse_args(cls: type[T], description: str, argv: list[str] | None = None) ->
         if f.type in (bool, "bool"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
         else:
-            kind = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
+            kind = {"int": int, "float": float, "str": str}.get(
+                f.type if isinstance(f.type, str) else f.type.__name__, str
+            )
             parser.add_argument(flag, type=kind, default=f.default, help=f"{help_text} (default: {f.default})")
     return cls(**vars(parser.parse_args(argv)))
 

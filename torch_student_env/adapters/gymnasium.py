@@ -68,7 +68,9 @@ class GymnasiumVectorEnv(VectorEnv):
                 "episode_return": _numpy(td["episode_return"]),
                 "episode_length": _numpy(td["episode_length"]),
                 "episode_failed": _numpy(td["episode_failed"]),
-                "_episode_return": done, "_episode_length": done, "_episode_failed": done,
+                "_episode_return": done,
+                "_episode_length": done,
+                "_episode_failed": done,
             }
             info["_final_info"] = done
         return (

@@ -44,7 +44,9 @@ class TorchRLStudentEnv(EnvBase):
         elif make_env_kwargs:
             raise TypeError("pass either env= or make_env keyword arguments, not both")
         if env.config.auto_reset:
-            raise ValueError("TorchRLStudentEnv needs an env built with auto_reset=False: TorchRL resets through '_reset'")
+            raise ValueError(
+                "TorchRLStudentEnv needs an env built with auto_reset=False: TorchRL resets through '_reset'"
+            )
         super().__init__(device=env.device, batch_size=torch.Size([env.num_envs]))
         self.env = env
         self._pending_seed: int | None = None
@@ -63,7 +65,9 @@ class TorchRLStudentEnv(EnvBase):
         self.action_spec = Categorical(n=NUM_ACTIONS, shape=(n,), dtype=torch.int64, device=self.device)
         self.reward_spec = Unbounded(shape=(n, 1), dtype=torch.float32, device=self.device)
         flag = Categorical(n=2, shape=(n, 1), dtype=torch.bool, device=self.device)
-        self.done_spec = Composite(done=flag.clone(), terminated=flag.clone(), truncated=flag.clone(), shape=(n,), device=self.device)
+        self.done_spec = Composite(
+            done=flag.clone(), terminated=flag.clone(), truncated=flag.clone(), shape=(n,), device=self.device
+        )
 
     def _observation(self, td: TensorDictBase) -> dict[str, torch.Tensor]:
         return {k: td[k] for k in OBSERVATION_KEYS}

@@ -69,7 +69,9 @@ class LocalBackend:
         self.seed(state["seed"])
         self._episode = state["episode"].to(self.device).clone()
         engines = state["engines"]
-        self._state = None if engines is None else EngineState(**{k: v.to(self.device).clone() for k, v in engines.items()})
+        self._state = (
+            None if engines is None else EngineState(**{k: v.to(self.device).clone() for k, v in engines.items()})
+        )
 
     def close(self) -> None:
         """Nothing to release."""

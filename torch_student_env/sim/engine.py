@@ -168,7 +168,9 @@ def _flight_rows(state: EngineState, damage: torch.Tensor, flight: torch.Tensor,
         + normals[..., :NUM_SENSORS] * tables.noise_std
     )
     health = (1.0 - damage).clamp(0.0, 1.0)
-    rows = torch.cat((sensors, phase.to(torch.float32).unsqueeze(-1), dtamb.unsqueeze(-1), health.unsqueeze(-1)), dim=-1)
+    rows = torch.cat(
+        (sensors, phase.to(torch.float32).unsqueeze(-1), dtamb.unsqueeze(-1), health.unsqueeze(-1)), dim=-1
+    )
     return _Rows(
         rows=rows,
         fuel_ratio=1.0 + health_shift[..., _FUEL] / tables.cruise_fuel,

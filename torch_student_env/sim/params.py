@@ -20,7 +20,18 @@ SENSOR_JACOBIAN: tuple[tuple[float, ...], ...] = (
     (-200.0, -60.0, -120.0, -150.0, -300.0, -100.0, 410.0, 150.0, -30.0, 20.0),  # HPC_Tout K (HPT_Eff*)
     (-3000.0, 2000.0, -1500.0, 3000.0, 12400.0, 5000.0, 16000.0, 4000.0, -500.0, 300.0),  # HP_Nmech (HPC*, HPT*)
     (-150.0, -30.0, -80.0, -40.0, -10.0, -5.0, 0.0, 0.0, -5.0, 5.0),  # HPC_Tin K
-    (-300.0, -150.0, -400.0, -942.0, -811.0, -250.0, -1040.0, 300.0, -150.0, 200.0),  # LPT_Tin K (Fan_Wc*, HPC_Eff*, HPT_Eff*)
+    (
+        -300.0,
+        -150.0,
+        -400.0,
+        -942.0,
+        -811.0,
+        -250.0,
+        -1040.0,
+        300.0,
+        -150.0,
+        200.0,
+    ),  # LPT_Tin K (Fan_Wc*, HPC_Eff*, HPT_Eff*)
     (-0.08, -0.04, -0.18, -0.904, -0.202, -0.06, -0.254, 0.05, -0.542, 0.08),  # Fuel kg/s (Fan_Wc*, HPC*, HPT*, LPT*)
     (0.15e6, -0.25e6, 0.10e6, -0.30e6, -0.25e6, -0.40e6, 1.17e6, -0.5e6, -0.05e6, 0.05e6),  # HPC_Pout_st Pa (HPT_Eff*)
     (-250.0, 400.0, -600.0, -2860.0, -150.0, -100.0, -200.0, 150.0, 384.0, 500.0),  # LP_Nmech rpm (Fan_Wc*, LPT_Eff*)
@@ -97,7 +108,9 @@ class SimParams:
             if len(getattr(self, name)) != 7:
                 raise ValueError(f"SimParams.{name} needs 7 values (one per sensor), got {len(getattr(self, name))}")
         if abs(sum(self.phase_probs) - 1.0) > 1e-6 or min(self.phase_probs) < 0:
-            raise ValueError(f"SimParams.phase_probs must be 3 non-negative values summing to 1, got {self.phase_probs}")
+            raise ValueError(
+                f"SimParams.phase_probs must be 3 non-negative values summing to 1, got {self.phase_probs}"
+            )
         for low, high in (
             ("initial_damage_low", "initial_damage_high"),
             ("wear_rate_low", "wear_rate_high"),
@@ -106,8 +119,12 @@ class SimParams:
             ("flow_to_efficiency_low", "flow_to_efficiency_high"),
         ):
             if not 0 <= getattr(self, low) <= getattr(self, high):
-                raise ValueError(f"SimParams needs 0 <= {low} <= {high}, got {getattr(self, low)}, {getattr(self, high)}")
+                raise ValueError(
+                    f"SimParams needs 0 <= {low} <= {high}, got {getattr(self, low)}, {getattr(self, high)}"
+                )
         if self.wear_growth_low <= 0:
             raise ValueError(f"SimParams.wear_growth_low must be > 0, got {self.wear_growth_low}")
         if self.repair_restore_high >= 1:
-            raise ValueError(f"SimParams.repair_restore_high must be < 1 (repairs are imperfect), got {self.repair_restore_high}")
+            raise ValueError(
+                f"SimParams.repair_restore_high must be < 1 (repairs are imperfect), got {self.repair_restore_high}"
+            )
