@@ -30,10 +30,23 @@ class LocalBackend:
         self._env_key = rng.mix32(rng.seed_key(seed, self.device) ^ env_index)  # (N,)
         self._episode = torch.full((self.num_envs,), -1, dtype=torch.int64, device=self.device)
 
+    def seed_engines(self, mask: torch.Tensor, seeds: torch.Tensor, env_indices: torch.Tensor) -> None:
+        """Re-key the masked engines as engine `env_indices[i]` of root seed `seeds[i]`.
+
+        Their next reset is episode 0 of that key, exactly what a `LocalBackend` seeded with
+        `seeds[i]` gives its engine `env_indices[i]`: this is how a server reproduces a client's
+        local rows engine by engine.
+        """
+        keys = rng.mix32(rng.seed_key(seeds, self.device) ^ env_indices.to(self.device))
+        self._env_key = torch.where(mask, keys, self._env_key)
+        self._episode = torch.where(mask, -1, self._episode)
+
     def reset(self, mask: torch.Tensor | None) -> torch.Tensor:
         """Start the next episode of the masked engines; first rows (N, 10) for all."""
-        if mask is None or self._state is None:
+        if mask is None:
             mask = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+        # Only masked engines advance their episode counter. Before the first reset, the others
+        # get a placeholder state that is never observed before their own reset.
         self._episode = self._episode + mask.long()
         fresh, first_rows = reset_engines(rng.mix32(self._env_key ^ self._episode), self.tables)
         self._state = fresh if self._state is None else fresh.where(mask, self._state)

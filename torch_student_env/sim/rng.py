@@ -66,8 +66,7 @@ def stream_bits(key: torch.Tensor, count: int) -> torch.Tensor:
     return mix32(key.unsqueeze(-1) ^ streams)
 
 
-def seed_key(seed: int, device: torch.device | str) -> torch.Tensor:
-    """The root key of a seed: any Python int, folded to 32 bits through the hash."""
-    lo, hi = seed & MASK32, (seed >> 32) & MASK32
-    key = mix32(torch.tensor(lo, dtype=torch.int64, device=device))
-    return mix32(key ^ hi)
+def seed_key(seed: int | torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """The root key of a seed (an int in [0, 2**63), or an int64 tensor of them), folded to 32 bits."""
+    seed = torch.as_tensor(seed, dtype=torch.int64, device=device)
+    return mix32(mix32(seed & MASK32) ^ ((seed >> 32) & MASK32))

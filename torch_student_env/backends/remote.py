@@ -1,0 +1,272 @@
+"""The challenge's HTTP protocol as a backend: ragged JSON rows in, the same fixed window out.
+
+One keep-alive `requests.Session`. Idempotent requests (GETs, resets with counters, steps with
+counters) are retried with exponential backoff and jitter on connection errors, timeouts, 429,
+5xx and responses that are not JSON. Steps are idempotent only against a server that advertises
+`step_counter` in `/api/v1/version` (our reference server does). Against any other server a
+failed step raises `StepNotRetried`, naming the episode ids, so the run can be resumed
+(`make_env(backend="remote", episode_ids=..., session_id=...)`). Errors are never turned into
+fake terminations.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from typing import Any
+
+import numpy as np
+import requests
+import torch
+
+from torch_student_env.config import EnvConfig
+from torch_student_env.sim.engine import ROW_WIDTH, Transition
+from torch_student_env.spec import NUM_FEATURES, NUM_HEALTH_PARAMS
+
+log = logging.getLogger(__name__)
+DEFAULT_SERVER_URL = "http://localhost:8001"  # the seed client's configuration default
+DEFAULT_TOKEN = "student_user"
+
+
+class RemoteError(RuntimeError):
+    """Base class of the remote backend's errors; `status` is the HTTP status when there is one."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AuthenticationError(RemoteError):
+    """401: the server refused the token."""
+
+
+class NotFoundError(RemoteError):
+    """404: the session or an episode does not exist (expired, another token's, server restarted)."""
+
+
+class RequestRejected(RemoteError):
+    """Another 4xx (403 over a limit, 409 counter mismatch, 413 too large, 422 validation, ...)."""
+
+
+class ServerUnavailable(RemoteError):
+    """The server could not be reached or kept failing after every retry."""
+
+
+class StepNotRetried(RemoteError):
+    """A step failed against a server without step counters; retrying could step twice."""
+
+
+_RETRY_STATUS = {429, 500, 502, 503, 504}
+
+
+class RemoteBackend:
+    """N engines on a server of the challenge protocol (see docs/protocol.md)."""
+
+    def __init__(
+        self,
+        config: EnvConfig,
+        server_url: str | None = None,
+        user_token: str | None = None,
+        timeout: float = 30.0,
+        max_retries: int = 4,
+        backoff: float = 0.1,
+        episode_ids: list[str] | None = None,
+        session_id: str | None = None,
+    ) -> None:
+        self.num_envs = config.num_envs
+        self.device = config.device
+        self.max_flights = config.max_steps_per_episode
+        self.server_url = (server_url or os.environ.get("SERVER_URL") or DEFAULT_SERVER_URL).rstrip("/")
+        self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
+        self.http = requests.Session()
+        self.http.headers.update({"User-Token": user_token or os.environ.get("USER_TOKEN") or DEFAULT_TOKEN})
+        self._jitter = random.Random()
+
+        version = self._request("GET", "/api/v1/version", idempotent=True)
+        self.features = set(version.get("features", []))
+        self.retry_steps = "step_counter" in self.features
+        if not self.retry_steps:
+            log.warning("server %s has no step counters: failed steps will raise instead of retrying", self.server_url)
+        self.session_id = session_id or self._request("POST", "/api/v1/session/create", idempotent=False)["session_id"]
+        if episode_ids is None:
+            body = {"num_envs": self.num_envs, "env_config": {"max_steps_per_episode": self.max_flights, "step_size": config.step_size}}
+            created = self._request("POST", "/api/v1/vectorized/episodes/create", body, idempotent=False, session=True)
+            episode_ids = created["episode_ids"]
+            self._counters = np.zeros((2, self.num_envs), dtype=np.int64)  # step, reset counters
+        else:
+            if len(episode_ids) != self.num_envs:
+                raise ValueError(f"episode_ids has {len(episode_ids)} ids for num_envs={self.num_envs}")
+            infos = [self._request("GET", f"/api/v1/episode/{e}", idempotent=True) for e in episode_ids]
+            self._counters = np.array([[i.get("step_counter", 0) for i in infos], [i.get("reset_counter", 0) for i in infos]])
+        self.episode_ids = list(episode_ids)
+        self._seed: int | None = config.seed
+        self._flights = np.zeros(self.num_envs, dtype=np.int64)
+        self._health: dict[str, torch.Tensor] = {}
+
+    # -- HTTP ---------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, body: dict | None = None, *, idempotent: bool, session: bool = False,
+                 what: str | None = None) -> dict[str, Any]:
+        headers = {"Session-ID": self.session_id} if session else None
+        attempts = self.max_retries + 1 if idempotent else 1
+        last: str = ""
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1) + self._jitter.uniform(0, self.backoff))
+            try:
+                response = self.http.request(method, self.server_url + path, json=body, headers=headers, timeout=self.timeout)
+            except (requests.ConnectionError, requests.Timeout) as err:
+                last = f"{type(err).__name__}: {err}"
+                continue
+            if response.status_code in _RETRY_STATUS:
+                last = f"HTTP {response.status_code}: {_detail(response)}"
+                continue
+            if response.status_code >= 400:
+                raise _http_error(response, path)
+            try:
+                return response.json()
+            except ValueError:
+                last = f"HTTP {response.status_code} with a body that is not JSON: {response.text[:200]!r}"
+                continue
+        if not idempotent and what is not None:
+            raise StepNotRetried(f"{what} failed ({last}) and the server offers no step counters, so it was not retried: "
+                                 f"the engines may or may not have advanced. Resume with make_env(backend='remote', "
+                                 f"session_id={self.session_id!r}, episode_ids=...) for episodes {self.episode_ids}")
+        tries = f"after {attempts} attempts" if attempts > 1 else "(not retried: not idempotent)"
+        raise ServerUnavailable(f"{method} {self.server_url}{path} failed {tries}: {last}")
+
+    # -- Backend protocol ---------------------------------------------------------------------
+    def seed(self, seed: int) -> None:
+        """The next reset re-keys every engine i as engine i of `seed` on the server."""
+        self._seed = seed
+
+    def reset(self, mask: torch.Tensor | None) -> torch.Tensor:
+        """Reset the masked episodes on the server (one request); first rows (N, 10)."""
+        index = np.arange(self.num_envs) if mask is None else np.flatnonzero(mask.cpu().numpy())
+        rows = torch.zeros(self.num_envs, ROW_WIDTH)
+        if len(index) == 0:
+            return rows.to(self.device)
+        body: dict[str, Any] = {"episode_ids": [self.episode_ids[i] for i in index]}
+        if self._seed is not None and mask is None:
+            body["seeds"] = [self._seed] * len(index)
+            body["env_indices"] = index.tolist()
+            self._seed = None
+        counters = self._counters[1, index] + 1
+        if "reset_counter" in self.features:
+            body["reset_counters"] = counters.tolist()
+        data = self._request("POST", "/api/v1/episode/vectorized_reset", body, idempotent="reset_counter" in self.features,
+                             what="vectorized reset")
+        self._counters[1, index] = counters
+        self._flights[index] = 0
+        rows[index, :NUM_FEATURES] = torch.tensor(data["observations"], dtype=torch.float32)
+        self._read_health(index, data["infos"], rows[:, None, NUM_FEATURES], np.ones((len(index), 1), dtype=int))
+        return rows.to(self.device)
+
+    def advance(self, actions: torch.Tensor, active: torch.Tensor, n_rows: int) -> Transition:
+        """One vectorized_step request for the active engines; ragged rows -> padded (N, K, 10)."""
+        n = self.num_envs
+        acts, index = actions.cpu().numpy(), np.flatnonzero(active.cpu().numpy())
+        counters = self._counters[0, index] + 1
+        episode_actions = []
+        for i, c in zip(index, counters, strict=True):
+            entry = {"episode_id": self.episode_ids[i], "action": int(acts[i]), "step_size": n_rows, "return_all_states": True}
+            if self.retry_steps:
+                entry["step_counter"] = int(c)
+            episode_actions.append(entry)
+        rows = torch.zeros(n, n_rows, ROW_WIDTH)
+        flown = np.zeros((n, n_rows), dtype=bool)
+        reward = np.zeros(n, dtype=np.float32)
+        flags = np.zeros((3, n), dtype=bool)  # terminated, truncated, failed
+        repairs = np.zeros(n, dtype=np.int64)
+        before = self._flights.copy()
+        if len(index):
+            data = self._request("POST", "/api/v1/episode/vectorized_step", {"episode_actions": episode_actions},
+                                 idempotent=self.retry_steps, what="vectorized step")
+            self._counters[0, index] = counters
+            lengths = np.zeros(len(index), dtype=int)
+            for j, i in enumerate(index):
+                obs = data["observations"][j]
+                k = len(obs)
+                if k > n_rows:
+                    raise RemoteError(f"server returned {k} rows for episode {self.episode_ids[i]}, asked for {n_rows}")
+                if k:
+                    rows[i, :k, :NUM_FEATURES] = torch.tensor(obs, dtype=torch.float32)
+                flown[i, :k] = True
+                lengths[j] = k
+                info = data["infos"][j]
+                reward[i] = data["rewards"][j]
+                flags[:, i] = data["terminateds"][j], data["truncateds"][j], info.get("failed", False)
+                self._flights[i] = info.get("step", self._flights[i] + k)
+                repairs[i] = info.get("repairs", 0)
+            self._read_health(index, data["infos"], rows[:, :, NUM_FEATURES], lengths[:, None])
+        row_flight = torch.as_tensor(before)[:, None] + torch.arange(1, n_rows + 1)
+        to = dict(device=self.device)
+        return Transition(
+            rows=rows.to(**to),
+            row_flown=torch.as_tensor(flown, **to),
+            row_flight=row_flight.to(**to),
+            reward=torch.as_tensor(reward, **to),
+            terminated=torch.as_tensor(flags[0], **to),
+            truncated=torch.as_tensor(flags[1], **to),
+            failed=torch.as_tensor(flags[2], **to),
+            flights=torch.as_tensor(self._flights.copy(), **to),
+            repairs=torch.as_tensor(repairs, **to),
+        )
+
+    def _read_health(self, index: np.ndarray, infos: list[dict], health_column: torch.Tensor, lengths: np.ndarray) -> None:
+        """Hidden health from infos, when the server sends it (prod=False servers, ours)."""
+        if not infos or "health" not in infos[0]:
+            return
+        if not self._health:
+            self._health = {
+                "health": torch.zeros(self.num_envs), "health_cap": torch.ones(self.num_envs),
+                "health_params": torch.zeros(self.num_envs, NUM_HEALTH_PARAMS),
+                "repairs": torch.zeros(self.num_envs, dtype=torch.int64),
+            }
+        for j, i in enumerate(index):
+            info = infos[j]
+            self._health["health"][i] = info["health"]
+            self._health["health_cap"][i] = info["health_cap"]
+            self._health["health_params"][i] = torch.tensor(info["health_params"])
+            self._health["repairs"][i] = info.get("repairs", 0)
+            rows_health = info.get("health_rows", [])[: int(lengths[j].max())]
+            if rows_health:
+                health_column[i, : len(rows_health)] = torch.tensor(rows_health)
+
+    def privileged(self) -> dict[str, torch.Tensor]:
+        """Hidden health as last reported by the server (empty if it reports none)."""
+        return {k: v.to(self.device).clone() for k, v in self._health.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Ids and counters: enough to reattach to the server's episodes, not to rewind them."""
+        return {"server_url": self.server_url, "session_id": self.session_id, "episode_ids": list(self.episode_ids),
+                "counters": torch.as_tensor(self._counters.copy()), "flights": torch.as_tensor(self._flights.copy())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Reattach only to the same episodes at the same point: a server cannot be rewound."""
+        if state["episode_ids"] != self.episode_ids:
+            raise ValueError("this checkpoint belongs to other remote episodes; build the env with their episode_ids")
+        if not np.array_equal(state["counters"].numpy(), self._counters):
+            raise NotImplementedError("a remote episode cannot be rewound to an earlier step; the server has moved on")
+
+    def close(self) -> None:
+        """Close the keep-alive connection."""
+        self.http.close()
+
+
+def _detail(response: requests.Response) -> str:
+    try:
+        return str(response.json().get("detail", response.text[:200]))
+    except ValueError:
+        return response.text[:200]
+
+
+def _http_error(response: requests.Response, path: str) -> RemoteError:
+    status, detail = response.status_code, _detail(response)
+    message = f"{path}: HTTP {status}: {detail}"
+    if status == 401:
+        return AuthenticationError(f"{message} (check user_token / $USER_TOKEN)", status)
+    if status == 404:
+        return NotFoundError(f"{message} (expired, another token's, or the server restarted)", status)
+    return RequestRejected(message, status)

@@ -1,0 +1,38 @@
+"""Command line: `python -m torch_student_env.server` / `torch-student-env-serve`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from torch_student_env.server.state import Limits
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the embedded simulator over the challenge protocol until interrupted."""
+    parser = argparse.ArgumentParser(description="Reference server of the challenge protocol (embedded simulator).")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--tokens-file", help="one token per line; else $STUDENT_ENV_TOKENS; else 'student_user'")
+    parser.add_argument("--max-envs-per-session", type=int, default=Limits.max_envs_per_session)
+    parser.add_argument("--max-sessions-per-token", type=int, default=Limits.max_sessions_per_token)
+    parser.add_argument("--session-ttl", type=float, default=Limits.session_ttl_s, help="idle seconds before expiry")
+    parser.add_argument("--hide-health", action="store_true", help="never send hidden health in infos")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    import uvicorn
+
+    from torch_student_env.server.app import create_app, load_tokens
+
+    limits = Limits(
+        max_envs_per_session=args.max_envs_per_session,
+        max_sessions_per_token=args.max_sessions_per_token,
+        session_ttl_s=args.session_ttl,
+    )
+    app = create_app(load_tokens(args.tokens_file), limits, expose_health=not args.hide_health)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

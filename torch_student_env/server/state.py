@@ -1,0 +1,286 @@
+"""The reference server's state: sessions, vectorized groups and episodes, with no web framework.
+
+Every episode lives in a group. A group is one `LocalBackend` of N engines, made by one
+`vectorized/episodes/create` call (a single-episode `episode/create` is a group of one). A
+vectorized step runs one batched `advance` per (group, step_size) it touches, with an `active`
+mask for the requested engines: a group is never stepped as a loop of single engines.
+
+Exactly-once steps: a request may carry a per-episode `step_counter` (the number of steps the
+client has taken on that episode, starting at 1). A repeated counter gets the stored result
+without stepping again, so a client can safely retry a step whose response was lost.
+`reset_counter` does the same for resets.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from torch_student_env.backends.local import LocalBackend
+from torch_student_env.sim.params import SimParams
+from torch_student_env.spec import NUM_FEATURES
+
+
+class ServerError(Exception):
+    """An error with an HTTP status and a `detail` for the client."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+@dataclass
+class Limits:
+    """What one token may use; every limit answers a clear 4xx, never a 500."""
+
+    max_envs_per_request: int = 1024
+    max_envs_per_session: int = 4096
+    max_sessions_per_token: int = 16
+    max_step_size: int = 50
+    max_body_bytes: int = 1 << 20
+    session_ttl_s: float = 3600.0
+    max_flights: int = 100_000
+
+
+@dataclass
+class Group:
+    """N engines simulated together, and the bookkeeping the protocol reports per episode."""
+
+    group_id: str
+    episode_ids: list[str]
+    backend: LocalBackend
+    max_flights: int
+    finished: list[bool]
+    terminated: list[bool]
+    truncated: list[bool]
+    total_reward: list[float]
+    flights: list[int]
+    step_counter: list[int]
+    reset_counter: list[int]
+    last_step: list[dict | None]
+    last_reset: list[dict | None]
+    has_reset: list[bool]
+
+
+@dataclass
+class Session:
+    session_id: str
+    token: str
+    last_used: float
+    groups: dict[str, Group] = field(default_factory=dict)
+    envs: int = 0
+
+
+class ServerState:
+    """All sessions of all tokens; one lock makes every request atomic."""
+
+    def __init__(self, limits: Limits | None = None, params: SimParams | None = None, expose_health: bool = True) -> None:
+        self.limits = limits or Limits()
+        self.params = params or SimParams()
+        self.expose_health = expose_health
+        self.sessions: dict[str, Session] = {}
+        self.episodes: dict[str, tuple[Session, Group, int]] = {}
+        self.lock = threading.Lock()
+
+    # -- sessions and episodes ------------------------------------------------------------------
+    def create_session(self, token: str) -> str:
+        self._expire()
+        owned = sum(1 for s in self.sessions.values() if s.token == token)
+        if owned >= self.limits.max_sessions_per_token:
+            # 403, not 429: waiting does not help, a session must expire (session_ttl_s) first
+            raise ServerError(403, f"token already has {owned} sessions (limit {self.limits.max_sessions_per_token})")
+        session = Session(secrets.token_hex(8), token, time.monotonic())
+        self.sessions[session.session_id] = session
+        return session.session_id
+
+    def session(self, token: str, session_id: str | None) -> Session:
+        self._expire()
+        if not session_id:
+            raise ServerError(400, "missing Session-ID header: create one with POST /api/v1/session/create")
+        session = self.sessions.get(session_id)
+        if session is None or session.token != token:  # another token's session does not exist for you
+            raise ServerError(404, f"session {session_id!r} not found")
+        session.last_used = time.monotonic()
+        return session
+
+    def create_group(self, session: Session, num_envs: int, max_flights: int) -> Group:
+        if not 1 <= num_envs <= self.limits.max_envs_per_request:
+            raise ServerError(422, f"num_envs must be in [1, {self.limits.max_envs_per_request}], got {num_envs}")
+        if session.envs + num_envs > self.limits.max_envs_per_session:
+            raise ServerError(
+                422, f"session would hold {session.envs + num_envs} envs (limit {self.limits.max_envs_per_session})"
+            )
+        if not 1 <= max_flights <= self.limits.max_flights:
+            raise ServerError(422, f"max_steps_per_episode must be in [1, {self.limits.max_flights}], got {max_flights}")
+        backend = LocalBackend(num_envs, torch.device("cpu"), max_flights, self.params, seed=secrets.randbits(62))
+        ids = [secrets.token_hex(8) for _ in range(num_envs)]
+        n = num_envs
+        group = Group(
+            secrets.token_hex(6), ids, backend, max_flights, [True] * n, [False] * n, [False] * n, [0.0] * n,
+            [0] * n, [0] * n, [0] * n, [None] * n, [None] * n, [False] * n,
+        )
+        session.groups[group.group_id] = group
+        session.envs += num_envs
+        for i, episode_id in enumerate(ids):
+            self.episodes[episode_id] = (session, group, i)
+        return group
+
+    def locate(self, token: str, episode_id: str) -> tuple[Group, int]:
+        found = self.episodes.get(episode_id)
+        if found is None or found[0].token != token or found[0].session_id not in self.sessions:
+            raise ServerError(404, f"episode {episode_id!r} not found")
+        found[0].last_used = time.monotonic()
+        return found[1], found[2]
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for sid in [s for s, v in self.sessions.items() if now - v.last_used > self.limits.session_ttl_s]:
+            session = self.sessions.pop(sid)
+            for group in session.groups.values():
+                for episode_id in group.episode_ids:
+                    self.episodes.pop(episode_id, None)
+
+    # -- simulation -----------------------------------------------------------------------------
+    def reset(
+        self,
+        token: str,
+        episode_ids: list[str],
+        seeds: list[int | None],
+        env_indices: list[int] | None,
+        reset_counters: list[int] | None,
+    ) -> tuple[list[list[float]], list[dict]]:
+        """Start the next episode of each listed engine; a given seed re-keys it first."""
+        located = [self.locate(token, e) for e in episode_ids]
+        results: list[tuple[list[float], dict] | None] = [None] * len(located)
+        by_group: dict[str, list[int]] = {}
+        for j, (group, i) in enumerate(located):
+            counter = reset_counters[j] if reset_counters is not None else None
+            if counter is not None and counter == group.reset_counter[i] and group.last_reset[i] is not None:
+                results[j] = group.last_reset[i]["result"]  # a retried reset: answer, do not reset again
+                continue
+            if counter is not None and counter != group.reset_counter[i] + 1:
+                raise ServerError(409, f"episode {episode_ids[j]}: reset_counter {counter}, expected {group.reset_counter[i] + 1}")
+            by_group.setdefault(group.group_id, []).append(j)
+        for js in by_group.values():
+            group = located[js[0]][0]
+            n = len(group.episode_ids)
+            mask = torch.zeros(n, dtype=torch.bool)
+            seeded = torch.zeros(n, dtype=torch.bool)
+            seed_values = torch.zeros(n, dtype=torch.int64)
+            index_values = torch.zeros(n, dtype=torch.int64)
+            for j in js:
+                i = located[j][1]
+                mask[i] = True
+                if seeds[j] is not None:
+                    seeded[i], seed_values[i] = True, seeds[j]
+                    index_values[i] = env_indices[j] if env_indices is not None else 0
+            if bool(seeded.any()):
+                group.backend.seed_engines(seeded, seed_values, index_values)
+            first = group.backend.reset(mask)
+            privileged = group.backend.privileged()
+            for j in js:
+                i = located[j][1]
+                group.finished[i] = group.terminated[i] = group.truncated[i] = False
+                group.total_reward[i], group.flights[i], group.has_reset[i] = 0.0, 0, True
+                info = {"step": 0, "episode_id": group.episode_ids[i], "total_reward": 0.0}
+                if self.expose_health:
+                    info |= _health_info(privileged, i, [float(first[i, NUM_FEATURES])])
+                results[j] = (first[i, :NUM_FEATURES].tolist(), info)
+                if reset_counters is not None and reset_counters[j] is not None:
+                    group.reset_counter[i] = reset_counters[j]
+                    group.last_reset[i] = {"result": results[j]}
+        return [r[0] for r in results], [r[1] for r in results]
+
+    def step(self, token: str, actions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Step each listed episode; one batched advance per (group, step_size)."""
+        seen: set[str] = set()
+        located = []
+        for a in actions:
+            if a["episode_id"] in seen:
+                raise ServerError(422, f"episode {a['episode_id']} appears twice in one vectorized step")
+            seen.add(a["episode_id"])
+            if not 1 <= a["step_size"] <= self.limits.max_step_size:
+                raise ServerError(422, f"step_size must be in [1, {self.limits.max_step_size}], got {a['step_size']}")
+            located.append(self.locate(token, a["episode_id"]))
+        results: list[dict | None] = [None] * len(actions)
+        batches: dict[tuple[str, int], list[int]] = {}
+        for j, (a, (group, i)) in enumerate(zip(actions, located, strict=True)):
+            counter = a.get("step_counter")
+            if counter is not None and counter == group.step_counter[i] and group.last_step[i] is not None:
+                results[j] = group.last_step[i]  # a retried step: the stored answer, no second advance
+                continue
+            if counter is not None and counter != group.step_counter[i] + 1:
+                raise ServerError(409, f"episode {a['episode_id']}: step_counter {counter}, expected {group.step_counter[i] + 1}")
+            if not group.has_reset[i]:
+                raise ServerError(409, f"episode {a['episode_id']} has not been reset yet")
+            batches.setdefault((group.group_id, a["step_size"]), []).append(j)
+        for (_, step_size), js in batches.items():
+            group = located[js[0]][0]
+            n = len(group.episode_ids)
+            acts = torch.zeros(n, dtype=torch.int64)
+            active = torch.zeros(n, dtype=torch.bool)
+            for j in js:
+                i = located[j][1]
+                acts[i] = actions[j]["action"]
+                active[i] = not group.finished[i]
+            tr = group.backend.advance(acts, active, step_size)
+            privileged = group.backend.privileged()
+            n_flown = tr.row_flown.sum(dim=1)
+            for j in js:
+                i = located[j][1]
+                results[j] = self._step_result(group, i, bool(active[i]), tr, int(n_flown[i]), privileged)
+                if actions[j].get("step_counter") is not None:
+                    group.step_counter[i] = actions[j]["step_counter"]
+                    group.last_step[i] = results[j]
+        return results  # type: ignore[return-value]
+
+    def _step_result(self, group: Group, i: int, active: bool, tr, n_flown: int, privileged) -> dict[str, Any]:
+        episode_id = group.episode_ids[i]
+        if not active:  # a finished episode: nothing flies until it is reset
+            return {
+                "rows": [], "reward": 0.0, "terminated": group.terminated[i], "truncated": group.truncated[i],
+                "info": {"step": group.flights[i], "episode_id": episode_id, "total_reward": group.total_reward[i],
+                         "message": "episode finished: reset it to continue"},
+            }
+        reward = float(tr.reward[i])
+        terminated, truncated, failed = bool(tr.terminated[i]), bool(tr.truncated[i]), bool(tr.failed[i])
+        group.total_reward[i] += reward
+        group.flights[i] = int(tr.flights[i])
+        group.terminated[i], group.truncated[i] = terminated, truncated
+        group.finished[i] = terminated or truncated
+        rows = tr.rows[i, :n_flown]
+        info = {
+            "step": group.flights[i], "episode_id": episode_id, "total_reward": group.total_reward[i],
+            "failed": failed, "repairs": int(tr.repairs[i]),
+        }
+        if terminated:
+            info["reason"] = "failure" if failed else "sold"
+        elif truncated:
+            info["reason"] = "time limit"
+        if self.expose_health:
+            info |= _health_info(privileged, i, rows[:, NUM_FEATURES].tolist())
+        return {"rows": rows[:, :NUM_FEATURES].tolist(), "reward": reward, "terminated": terminated,
+                "truncated": truncated, "info": info}
+
+    def episode_info(self, token: str, episode_id: str) -> dict[str, Any]:
+        group, i = self.locate(token, episode_id)
+        return {
+            "episode_id": episode_id, "vectorized_group_id": group.group_id, "step": group.flights[i],
+            "terminated": group.terminated[i], "truncated": group.truncated[i],
+            "total_reward": group.total_reward[i], "max_steps_per_episode": group.max_flights,
+            "step_counter": group.step_counter[i], "reset_counter": group.reset_counter[i],
+        }
+
+
+def _health_info(privileged: dict[str, torch.Tensor], i: int, health_rows: list[float]) -> dict[str, Any]:
+    """Hidden state, as the challenge server sends it (the client hides it unless prod=False)."""
+    health, cap = float(privileged["health"][i]), float(privileged["health_cap"][i])
+    return {
+        "degradation": 1.0 - health, "max_degradation": 1.0 - cap, "health": health, "health_cap": cap,
+        "health_params": privileged["health_params"][i].tolist(), "health_rows": health_rows,
+    }
