@@ -59,11 +59,23 @@ class StudentGymEnvVectorized:
     ) -> None:
         remote = {}
         if server_url is not None:
-            remote = dict(backend="remote", server_url=server_url, user_token=user_token, timeout=timeout,
-                          episode_ids=episode_ids, session_id=session_id)
+            remote = dict(
+                backend="remote",
+                server_url=server_url,
+                user_token=user_token,
+                timeout=timeout,
+                episode_ids=episode_ids,
+                session_id=session_id,
+            )
         self._env = make_env(
-            num_envs=num_envs, step_size=step_size, history=MAX_STEP_SIZE, seed=seed, auto_reset=False,
-            privileged=not prod, max_steps_per_episode=max_steps_per_episode, **remote,
+            num_envs=num_envs,
+            step_size=step_size,
+            history=MAX_STEP_SIZE,
+            seed=seed,
+            auto_reset=False,
+            privileged=not prod,
+            max_steps_per_episode=max_steps_per_episode,
+            **remote,
         )
         self.num_envs, self.prod, self.auto_reset = num_envs, prod, auto_reset
         self.return_all_states = return_all_states
@@ -89,7 +101,9 @@ class StudentGymEnvVectorized:
         """Reset every env; `(observations (N, 9), infos)`."""
         return self._after_reset(self._env.reset(seed=seed), np.arange(self.num_envs))
 
-    def reset_specific_envs(self, env_indices: list[int], seeds: list[int | None] | None = None) -> tuple[np.ndarray, list[dict]]:
+    def reset_specific_envs(
+        self, env_indices: list[int], seeds: list[int | None] | None = None
+    ) -> tuple[np.ndarray, list[dict]]:
         """Reset the listed envs; `(observations (len, 9), infos)` in the order given."""
         if seeds is not None and len(seeds) != len(env_indices):
             raise ValueError("env_indices and seeds must have the same length")
@@ -121,7 +135,13 @@ class StudentGymEnvVectorized:
         self.total_rewards += rewards
         self._td = td
         observations = new_rows if all_states else window[:, -1].copy()
-        return observations, rewards, self.terminateds.copy(), self.truncateds.copy(), self._infos(td, range(self.num_envs))
+        return (
+            observations,
+            rewards,
+            self.terminateds.copy(),
+            self.truncateds.copy(),
+            self._infos(td, range(self.num_envs)),
+        )
 
     def get_terminated_env_indices(self) -> list[int]:
         """Indices of envs whose episode ended (terminated or truncated) and was not reset."""
@@ -157,12 +177,19 @@ class StudentGymEnvVectorized:
     def _infos(self, td, index) -> list[dict]:
         infos = []
         for i in index:
-            info = {"step": int(self._last_flight[i]), "episode_id": self.episode_ids[i],
-                    "total_reward": float(self.total_rewards[i]),
-                    "terminated": bool(self.terminateds[i]), "truncated": bool(self.truncateds[i])}
+            info = {
+                "step": int(self._last_flight[i]),
+                "episode_id": self.episode_ids[i],
+                "total_reward": float(self.total_rewards[i]),
+                "terminated": bool(self.terminateds[i]),
+                "truncated": bool(self.truncateds[i]),
+            }
             if not self.prod and "health" in td.keys():
-                info |= {"degradation": 1.0 - float(td["health"][i]), "max_degradation": 1.0 - float(td["health_cap"][i]),
-                         "health_params": td["health_params"][i].tolist()}
+                info |= {
+                    "degradation": 1.0 - float(td["health"][i]),
+                    "max_degradation": 1.0 - float(td["health_cap"][i]),
+                    "health_params": td["health_params"][i].tolist(),
+                }
             infos.append(info)
         return infos
 
@@ -185,7 +212,9 @@ class StudentGymEnv:
         when `auto_reset` (the seed client's behaviour)."""
         if self._vec.get_terminated_env_indices() and self._vec.auto_reset:
             self._vec.reset_specific_envs([0])
-        obs, rewards, term, trunc, infos = self._vec.step([int(action)], step_size=step_size, return_all_states=return_all_states)
+        obs, rewards, term, trunc, infos = self._vec.step(
+            [int(action)], step_size=step_size, return_all_states=return_all_states
+        )
         return np.asarray(obs[0]), float(rewards[0]), bool(term[0]), bool(trunc[0]), infos[0]
 
     def get_episode_info(self) -> dict:
@@ -212,11 +241,18 @@ def create_student_gym_env_vectorized(
 ) -> StudentGymEnvVectorized:
     """The seed client's factory. Embedded simulator unless `server_url` or `$SERVER_URL` is set."""
     return StudentGymEnvVectorized(
-        num_envs=num_envs, step_size=step_size,
+        num_envs=num_envs,
+        step_size=step_size,
         max_steps_per_episode=_setting(max_steps_per_episode, "MAX_STEPS_PER_EPISODE", 1000, int),
-        auto_reset=_setting(auto_reset, "AUTO_RESET", True, bool), prod=prod, return_all_states=return_all_states,
-        server_url=_setting(server_url, "SERVER_URL", None, str), user_token=_setting(user_token, "USER_TOKEN", None, str),
-        timeout=_setting(timeout, "TIMEOUT", 30.0, float), episode_ids=episode_ids, session_id=session_id, seed=seed,
+        auto_reset=_setting(auto_reset, "AUTO_RESET", True, bool),
+        prod=prod,
+        return_all_states=return_all_states,
+        server_url=_setting(server_url, "SERVER_URL", None, str),
+        user_token=_setting(user_token, "USER_TOKEN", None, str),
+        timeout=_setting(timeout, "TIMEOUT", 30.0, float),
+        episode_ids=episode_ids,
+        session_id=session_id,
+        seed=seed,
     )
 
 
@@ -237,8 +273,12 @@ def create_student_gym_env(
     return StudentGymEnv(
         step_size=step_size,
         max_steps_per_episode=_setting(max_steps_per_episode, "MAX_STEPS_PER_EPISODE", 1000, int),
-        auto_reset=_setting(auto_reset, "AUTO_RESET", True, bool), prod=prod,
-        server_url=_setting(server_url, "SERVER_URL", None, str), user_token=_setting(user_token, "USER_TOKEN", None, str),
+        auto_reset=_setting(auto_reset, "AUTO_RESET", True, bool),
+        prod=prod,
+        server_url=_setting(server_url, "SERVER_URL", None, str),
+        user_token=_setting(user_token, "USER_TOKEN", None, str),
         timeout=_setting(timeout, "TIMEOUT", 30.0, float),
-        episode_ids=[episode_id] if episode_id is not None else None, session_id=session_id, seed=seed,
+        episode_ids=[episode_id] if episode_id is not None else None,
+        session_id=session_id,
+        seed=seed,
     )

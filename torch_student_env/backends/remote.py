@@ -91,7 +91,10 @@ class RemoteBackend:
             log.warning("server %s has no step counters: failed steps will raise instead of retrying", self.server_url)
         self.session_id = session_id or self._request("POST", "/api/v1/session/create", idempotent=False)["session_id"]
         if episode_ids is None:
-            body = {"num_envs": self.num_envs, "env_config": {"max_steps_per_episode": self.max_flights, "step_size": config.step_size}}
+            body = {
+                "num_envs": self.num_envs,
+                "env_config": {"max_steps_per_episode": self.max_flights, "step_size": config.step_size},
+            }
             created = self._request("POST", "/api/v1/vectorized/episodes/create", body, idempotent=False, session=True)
             episode_ids = created["episode_ids"]
             self._counters = np.zeros((2, self.num_envs), dtype=np.int64)  # step, reset counters
@@ -99,15 +102,25 @@ class RemoteBackend:
             if len(episode_ids) != self.num_envs:
                 raise ValueError(f"episode_ids has {len(episode_ids)} ids for num_envs={self.num_envs}")
             infos = [self._request("GET", f"/api/v1/episode/{e}", idempotent=True) for e in episode_ids]
-            self._counters = np.array([[i.get("step_counter", 0) for i in infos], [i.get("reset_counter", 0) for i in infos]])
+            self._counters = np.array(
+                [[i.get("step_counter", 0) for i in infos], [i.get("reset_counter", 0) for i in infos]]
+            )
         self.episode_ids = list(episode_ids)
         self._seed: int | None = config.seed
         self._flights = np.zeros(self.num_envs, dtype=np.int64)
         self._health: dict[str, torch.Tensor] = {}
 
     # -- HTTP ---------------------------------------------------------------------------------
-    def _request(self, method: str, path: str, body: dict | None = None, *, idempotent: bool, session: bool = False,
-                 what: str | None = None) -> dict[str, Any]:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: dict | None = None,
+        *,
+        idempotent: bool,
+        session: bool = False,
+        what: str | None = None,
+    ) -> dict[str, Any]:
         headers = {"Session-ID": self.session_id} if session else None
         attempts = self.max_retries + 1 if idempotent else 1
         last: str = ""
@@ -115,7 +128,9 @@ class RemoteBackend:
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1) + self._jitter.uniform(0, self.backoff))
             try:
-                response = self.http.request(method, self.server_url + path, json=body, headers=headers, timeout=self.timeout)
+                response = self.http.request(
+                    method, self.server_url + path, json=body, headers=headers, timeout=self.timeout
+                )
             except (requests.ConnectionError, requests.Timeout) as err:
                 last = f"{type(err).__name__}: {err}"
                 continue
@@ -130,9 +145,11 @@ class RemoteBackend:
                 last = f"HTTP {response.status_code} with a body that is not JSON: {response.text[:200]!r}"
                 continue
         if not idempotent and what is not None:
-            raise StepNotRetried(f"{what} failed ({last}) and the server offers no step counters, so it was not retried: "
-                                 f"the engines may or may not have advanced. Resume with make_env(backend='remote', "
-                                 f"session_id={self.session_id!r}, episode_ids=...) for episodes {self.episode_ids}")
+            raise StepNotRetried(
+                f"{what} failed ({last}) and the server offers no step counters, so it was not retried: "
+                f"the engines may or may not have advanced. Resume with make_env(backend='remote', "
+                f"session_id={self.session_id!r}, episode_ids=...) for episodes {self.episode_ids}"
+            )
         tries = f"after {attempts} attempts" if attempts > 1 else "(not retried: not idempotent)"
         raise ServerUnavailable(f"{method} {self.server_url}{path} failed {tries}: {last}")
 
@@ -155,8 +172,13 @@ class RemoteBackend:
         counters = self._counters[1, index] + 1
         if "reset_counter" in self.features:
             body["reset_counters"] = counters.tolist()
-        data = self._request("POST", "/api/v1/episode/vectorized_reset", body, idempotent="reset_counter" in self.features,
-                             what="vectorized reset")
+        data = self._request(
+            "POST",
+            "/api/v1/episode/vectorized_reset",
+            body,
+            idempotent="reset_counter" in self.features,
+            what="vectorized reset",
+        )
         self._counters[1, index] = counters
         self._flights[index] = 0
         rows[index, :NUM_FEATURES] = torch.tensor(data["observations"], dtype=torch.float32)
@@ -170,7 +192,12 @@ class RemoteBackend:
         counters = self._counters[0, index] + 1
         episode_actions = []
         for i, c in zip(index, counters, strict=True):
-            entry = {"episode_id": self.episode_ids[i], "action": int(acts[i]), "step_size": n_rows, "return_all_states": True}
+            entry = {
+                "episode_id": self.episode_ids[i],
+                "action": int(acts[i]),
+                "step_size": n_rows,
+                "return_all_states": True,
+            }
             if self.retry_steps:
                 entry["step_counter"] = int(c)
             episode_actions.append(entry)
@@ -181,8 +208,13 @@ class RemoteBackend:
         repairs = np.zeros(n, dtype=np.int64)
         before = self._flights.copy()
         if len(index):
-            data = self._request("POST", "/api/v1/episode/vectorized_step", {"episode_actions": episode_actions},
-                                 idempotent=self.retry_steps, what="vectorized step")
+            data = self._request(
+                "POST",
+                "/api/v1/episode/vectorized_step",
+                {"episode_actions": episode_actions},
+                idempotent=self.retry_steps,
+                what="vectorized step",
+            )
             self._counters[0, index] = counters
             lengths = np.zeros(len(index), dtype=int)
             for j, i in enumerate(index):
@@ -214,13 +246,16 @@ class RemoteBackend:
             repairs=torch.as_tensor(repairs, **to),
         )
 
-    def _read_health(self, index: np.ndarray, infos: list[dict], health_column: torch.Tensor, lengths: np.ndarray) -> None:
+    def _read_health(
+        self, index: np.ndarray, infos: list[dict], health_column: torch.Tensor, lengths: np.ndarray
+    ) -> None:
         """Hidden health from infos, when the server sends it (prod=False servers, ours)."""
         if not infos or "health" not in infos[0]:
             return
         if not self._health:
             self._health = {
-                "health": torch.zeros(self.num_envs), "health_cap": torch.ones(self.num_envs),
+                "health": torch.zeros(self.num_envs),
+                "health_cap": torch.ones(self.num_envs),
                 "health_params": torch.zeros(self.num_envs, NUM_HEALTH_PARAMS),
                 "repairs": torch.zeros(self.num_envs, dtype=torch.int64),
             }
@@ -240,8 +275,13 @@ class RemoteBackend:
 
     def state_dict(self) -> dict[str, Any]:
         """Ids and counters: enough to reattach to the server's episodes, not to rewind them."""
-        return {"server_url": self.server_url, "session_id": self.session_id, "episode_ids": list(self.episode_ids),
-                "counters": torch.as_tensor(self._counters.copy()), "flights": torch.as_tensor(self._flights.copy())}
+        return {
+            "server_url": self.server_url,
+            "session_id": self.session_id,
+            "episode_ids": list(self.episode_ids),
+            "counters": torch.as_tensor(self._counters.copy()),
+            "flights": torch.as_tensor(self._flights.copy()),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Reattach only to the same episodes at the same point: a server cannot be rewound."""

@@ -151,7 +151,9 @@ def create_app(
     @app.post("/api/v1/vectorized/episodes/create")
     def create_vectorized(body: VectorizedCreate, token: Token, session_id: SessionHeader = None) -> dict:
         with state.lock:
-            group = state.create_group(state.session(token, session_id), body.num_envs, body.env_config.max_steps_per_episode)
+            group = state.create_group(
+                state.session(token, session_id), body.num_envs, body.env_config.max_steps_per_episode
+            )
             return {"episode_ids": group.episode_ids, "vectorized_group_id": group.group_id}
 
     @app.post("/api/v1/episode/create")
@@ -168,7 +170,9 @@ def create_app(
             if value is not None and len(value) != n:
                 raise ServerError(422, f"{name} has {len(value)} entries for {n} episode_ids")
         with state.lock:
-            obs, infos = state.reset(token, body.episode_ids, body.seeds or [None] * n, body.env_indices, body.reset_counters)
+            obs, infos = state.reset(
+                token, body.episode_ids, body.seeds or [None] * n, body.env_indices, body.reset_counters
+            )
         return {"observations": obs, "infos": infos}
 
     @app.post("/api/v1/episode/vectorized_step")
@@ -176,7 +180,9 @@ def create_app(
         with state.lock:
             results = state.step(token, [a.model_dump() for a in body.episode_actions])
         return {
-            "observations": [_observation(r["rows"], a.return_all_states) for r, a in zip(results, body.episode_actions, strict=True)],
+            "observations": [
+                _observation(r["rows"], a.return_all_states) for r, a in zip(results, body.episode_actions, strict=True)
+            ],
             "rewards": [r["reward"] for r in results],
             "terminateds": [r["terminated"] for r in results],
             "truncateds": [r["truncated"] for r in results],
@@ -196,8 +202,11 @@ def create_app(
             (r,) = state.step(token, [body.model_dump()])
         return {
             "observation": _observation(r["rows"], body.return_all_states),
-            "reward": r["reward"], "terminated": r["terminated"], "truncated": r["truncated"],
-            "step": r["info"]["step"], "info": r["info"],
+            "reward": r["reward"],
+            "terminated": r["terminated"],
+            "truncated": r["truncated"],
+            "step": r["info"]["step"],
+            "info": r["info"],
         }
 
     @app.get("/api/v1/episode/{episode_id}")

@@ -79,7 +79,9 @@ class Session:
 class ServerState:
     """All sessions of all tokens; one lock makes every request atomic."""
 
-    def __init__(self, limits: Limits | None = None, params: SimParams | None = None, expose_health: bool = True) -> None:
+    def __init__(
+        self, limits: Limits | None = None, params: SimParams | None = None, expose_health: bool = True
+    ) -> None:
         self.limits = limits or Limits()
         self.params = params or SimParams()
         self.expose_health = expose_health
@@ -116,13 +118,27 @@ class ServerState:
                 422, f"session would hold {session.envs + num_envs} envs (limit {self.limits.max_envs_per_session})"
             )
         if not 1 <= max_flights <= self.limits.max_flights:
-            raise ServerError(422, f"max_steps_per_episode must be in [1, {self.limits.max_flights}], got {max_flights}")
+            raise ServerError(
+                422, f"max_steps_per_episode must be in [1, {self.limits.max_flights}], got {max_flights}"
+            )
         backend = LocalBackend(num_envs, torch.device("cpu"), max_flights, self.params, seed=secrets.randbits(62))
         ids = [secrets.token_hex(8) for _ in range(num_envs)]
         n = num_envs
         group = Group(
-            secrets.token_hex(6), ids, backend, max_flights, [True] * n, [False] * n, [False] * n, [0.0] * n,
-            [0] * n, [0] * n, [0] * n, [None] * n, [None] * n, [False] * n,
+            secrets.token_hex(6),
+            ids,
+            backend,
+            max_flights,
+            [True] * n,
+            [False] * n,
+            [False] * n,
+            [0.0] * n,
+            [0] * n,
+            [0] * n,
+            [0] * n,
+            [None] * n,
+            [None] * n,
+            [False] * n,
         )
         session.groups[group.group_id] = group
         session.envs += num_envs
@@ -164,7 +180,9 @@ class ServerState:
                 results[j] = group.last_reset[i]["result"]  # a retried reset: answer, do not reset again
                 continue
             if counter is not None and counter != group.reset_counter[i] + 1:
-                raise ServerError(409, f"episode {episode_ids[j]}: reset_counter {counter}, expected {group.reset_counter[i] + 1}")
+                raise ServerError(
+                    409, f"episode {episode_ids[j]}: reset_counter {counter}, expected {group.reset_counter[i] + 1}"
+                )
             by_group.setdefault(group.group_id, []).append(j)
         for js in by_group.values():
             group = located[js[0]][0]
@@ -215,7 +233,9 @@ class ServerState:
                 results[j] = group.last_step[i]  # a retried step: the stored answer, no second advance
                 continue
             if counter is not None and counter != group.step_counter[i] + 1:
-                raise ServerError(409, f"episode {a['episode_id']}: step_counter {counter}, expected {group.step_counter[i] + 1}")
+                raise ServerError(
+                    409, f"episode {a['episode_id']}: step_counter {counter}, expected {group.step_counter[i] + 1}"
+                )
             if not group.has_reset[i]:
                 raise ServerError(409, f"episode {a['episode_id']} has not been reset yet")
             batches.setdefault((group.group_id, a["step_size"]), []).append(j)
@@ -243,9 +263,16 @@ class ServerState:
         episode_id = group.episode_ids[i]
         if not active:  # a finished episode: nothing flies until it is reset
             return {
-                "rows": [], "reward": 0.0, "terminated": group.terminated[i], "truncated": group.truncated[i],
-                "info": {"step": group.flights[i], "episode_id": episode_id, "total_reward": group.total_reward[i],
-                         "message": "episode finished: reset it to continue"},
+                "rows": [],
+                "reward": 0.0,
+                "terminated": group.terminated[i],
+                "truncated": group.truncated[i],
+                "info": {
+                    "step": group.flights[i],
+                    "episode_id": episode_id,
+                    "total_reward": group.total_reward[i],
+                    "message": "episode finished: reset it to continue",
+                },
             }
         reward = float(tr.reward[i])
         terminated, truncated, failed = bool(tr.terminated[i]), bool(tr.truncated[i]), bool(tr.failed[i])
@@ -255,8 +282,11 @@ class ServerState:
         group.finished[i] = terminated or truncated
         rows = tr.rows[i, :n_flown]
         info = {
-            "step": group.flights[i], "episode_id": episode_id, "total_reward": group.total_reward[i],
-            "failed": failed, "repairs": int(tr.repairs[i]),
+            "step": group.flights[i],
+            "episode_id": episode_id,
+            "total_reward": group.total_reward[i],
+            "failed": failed,
+            "repairs": int(tr.repairs[i]),
         }
         if terminated:
             info["reason"] = "failure" if failed else "sold"
@@ -264,16 +294,26 @@ class ServerState:
             info["reason"] = "time limit"
         if self.expose_health:
             info |= _health_info(privileged, i, rows[:, NUM_FEATURES].tolist())
-        return {"rows": rows[:, :NUM_FEATURES].tolist(), "reward": reward, "terminated": terminated,
-                "truncated": truncated, "info": info}
+        return {
+            "rows": rows[:, :NUM_FEATURES].tolist(),
+            "reward": reward,
+            "terminated": terminated,
+            "truncated": truncated,
+            "info": info,
+        }
 
     def episode_info(self, token: str, episode_id: str) -> dict[str, Any]:
         group, i = self.locate(token, episode_id)
         return {
-            "episode_id": episode_id, "vectorized_group_id": group.group_id, "step": group.flights[i],
-            "terminated": group.terminated[i], "truncated": group.truncated[i],
-            "total_reward": group.total_reward[i], "max_steps_per_episode": group.max_flights,
-            "step_counter": group.step_counter[i], "reset_counter": group.reset_counter[i],
+            "episode_id": episode_id,
+            "vectorized_group_id": group.group_id,
+            "step": group.flights[i],
+            "terminated": group.terminated[i],
+            "truncated": group.truncated[i],
+            "total_reward": group.total_reward[i],
+            "max_steps_per_episode": group.max_flights,
+            "step_counter": group.step_counter[i],
+            "reset_counter": group.reset_counter[i],
         }
 
 
@@ -281,6 +321,10 @@ def _health_info(privileged: dict[str, torch.Tensor], i: int, health_rows: list[
     """Hidden state, as the challenge server sends it (the client hides it unless prod=False)."""
     health, cap = float(privileged["health"][i]), float(privileged["health_cap"][i])
     return {
-        "degradation": 1.0 - health, "max_degradation": 1.0 - cap, "health": health, "health_cap": cap,
-        "health_params": privileged["health_params"][i].tolist(), "health_rows": health_rows,
+        "degradation": 1.0 - health,
+        "max_degradation": 1.0 - cap,
+        "health": health,
+        "health_cap": cap,
+        "health_params": privileged["health_params"][i].tolist(),
+        "health_rows": health_rows,
     }

@@ -1,0 +1,363 @@
+"""The challenge protocol end to end on 127.0.0.1: conformance, security, faults, seed-client compat."""
+
+from __future__ import annotations
+
+import socket
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import torch
+
+pytest.importorskip("fastapi", reason="remote tests need the [server] extra")
+pytest.importorskip("uvicorn", reason="remote tests need the [server] extra")
+
+from conftest import TOKEN_A, TOKEN_B  # noqa: E402
+from fastapi.responses import JSONResponse, PlainTextResponse  # noqa: E402
+
+from torch_student_env import make_env  # noqa: E402
+from torch_student_env.backends.remote import (  # noqa: E402
+    AuthenticationError,
+    NotFoundError,
+    RequestRejected,
+    ServerUnavailable,
+    StepNotRetried,
+)
+from torch_student_env.server import create_app, running_server  # noqa: E402
+
+API = "/api/v1"
+
+
+def _post(url, path, token=TOKEN_A, **kwargs):
+    headers = kwargs.pop("headers", {})
+    if token is not None:
+        headers["User-Token"] = token
+    return requests.post(url + API + path, headers=headers, timeout=10, **kwargs)
+
+
+def _group(url, n, token=TOKEN_A, **env_config):
+    sid = _post(url, "/session/create", token).json()["session_id"]
+    body = {"num_envs": n, "env_config": {"step_size": 10, **env_config}}
+    r = _post(url, "/vectorized/episodes/create", token, headers={"Session-ID": sid}, json=body)
+    assert r.status_code == 200, r.text
+    return sid, r.json()["episode_ids"]
+
+
+# -- protocol conformance ---------------------------------------------------------------------
+def test_every_endpoint_shapes(server_url):
+    v = requests.get(server_url + API + "/version", timeout=10)
+    assert v.status_code == 200 and "latest_version" in v.json() and "step_counter" in v.json()["features"]
+    sid, ids = _group(server_url, 3, max_steps_per_episode=15)
+    assert len(ids) == 3 and len(set(ids)) == 3
+    r = _post(server_url, "/episode/vectorized_reset", json={"episode_ids": ids, "seeds": [1, 2, None]})
+    assert r.status_code == 200
+    body = r.json()
+    assert len(body["observations"]) == 3 and all(len(o) == 9 for o in body["observations"])
+    assert [i["episode_id"] for i in body["infos"]] == ids
+
+    step = {
+        "episode_actions": [
+            {"episode_id": e, "action": a, "step_size": 10} for e, a in zip(ids, [0, 2, 0], strict=True)
+        ]
+    }
+    r = _post(server_url, "/episode/vectorized_step", json=step)
+    assert r.status_code == 200
+    body = r.json()
+    assert set(body) >= {"observations", "rewards", "terminateds", "truncateds", "infos"}
+    # ragged: a sale flies no row; the others fly 10
+    assert [len(o) for o in body["observations"]] == [10, 0, 10]
+    assert all(len(row) == 9 for row in body["observations"][0])
+    assert body["terminateds"] == [False, True, False] and body["infos"][1]["reason"] == "sold"
+    # the 15-flight limit ends the next step mid-window: 5 rows, truncated
+    step["episode_actions"][1]["action"] = 0
+    body = _post(server_url, "/episode/vectorized_step", json=step).json()
+    assert [len(o) for o in body["observations"]] == [5, 0, 5]
+    assert body["truncateds"] == [True, False, True] and body["rewards"][1] == 0.0
+    # return_all_states=False: one row per episode
+    _post(server_url, "/episode/vectorized_reset", json={"episode_ids": ids})
+    flat = {"episode_actions": [{"episode_id": e, "action": 0, "return_all_states": False} for e in ids]}
+    body = _post(server_url, "/episode/vectorized_step", json=flat).json()
+    assert all(len(o) == 9 and isinstance(o[0], float) for o in body["observations"])
+
+    info = requests.get(f"{server_url}{API}/episode/{ids[0]}", headers={"User-Token": TOKEN_A}, timeout=10)
+    assert info.status_code == 200 and info.json()["step"] == 10 and info.json()["episode_id"] == ids[0]
+    latest = requests.get(
+        f"{server_url}{API}/episode/{ids[0]}/state/latest", headers={"User-Token": TOKEN_A}, timeout=10
+    )
+    assert latest.json()["step"] == 10 and latest.json()["terminated"] is False
+
+
+def test_single_episode_endpoints(server_url):
+    sid = _post(server_url, "/session/create").json()["session_id"]
+    r = _post(
+        server_url,
+        "/episode/create",
+        headers={"Session-ID": sid},
+        json={"max_steps_per_episode": 1000, "step_size": 10},
+    )
+    episode_id = r.json()["episode_id"]
+    r = _post(server_url, "/episode/reset", json={"episode_id": episode_id, "seed": 3})
+    assert len(r.json()["observation"]) == 9
+    r = _post(server_url, "/episode/step", json={"episode_id": episode_id, "action": 0, "step_size": 7})
+    body = r.json()
+    assert len(body["observation"]) == 7 and body["step"] == 7 and body["terminated"] is False
+    assert isinstance(body["reward"], float) and body["info"]["episode_id"] == episode_id
+
+
+# -- security and validation ------------------------------------------------------------------
+def test_tokens_and_isolation(server_url):
+    assert _post(server_url, "/session/create", token=None).status_code == 401
+    r = _post(server_url, "/session/create", token="intruder")
+    assert r.status_code == 401 and "User-Token" in r.json()["detail"]
+    sid, ids = _group(server_url, 2)
+    _post(server_url, "/episode/vectorized_reset", json={"episode_ids": ids})
+    # token B sees nothing of token A's
+    step = {"episode_actions": [{"episode_id": ids[0], "action": 0}]}
+    assert _post(server_url, "/episode/vectorized_step", TOKEN_B, json=step).status_code == 404
+    assert _post(server_url, "/episode/vectorized_reset", TOKEN_B, json={"episode_ids": ids}).status_code == 404
+    r = requests.get(f"{server_url}{API}/episode/{ids[0]}", headers={"User-Token": TOKEN_B}, timeout=10)
+    assert r.status_code == 404 and "not found" in r.json()["detail"]
+    r = _post(server_url, "/vectorized/episodes/create", TOKEN_B, headers={"Session-ID": sid}, json={"num_envs": 1})
+    assert r.status_code == 404
+    # and A's episode did not move
+    assert _post(server_url, "/episode/vectorized_step", json=step).json()["infos"][0]["step"] == 10
+
+
+@pytest.mark.parametrize(
+    "path,body,status,detail",
+    [
+        (
+            "/episode/vectorized_step",
+            {"episode_actions": [{"episode_id": "x", "action": 0, "step_size": 51}]},
+            422,
+            "step_size",
+        ),
+        ("/episode/vectorized_step", {"episode_actions": [{"episode_id": "x", "action": "1"}]}, 422, "action"),
+        ("/episode/vectorized_step", {"episode_actions": [{"episode_id": "x", "action": 3}]}, 422, "action"),
+        ("/episode/vectorized_step", {"episode_actions": []}, 422, "episode_actions"),
+        ("/episode/vectorized_reset", {"episode_ids": "abc"}, 422, "episode_ids"),
+        ("/vectorized/episodes/create", {"num_envs": 10_000}, 422, "num_envs"),
+        ("/vectorized/episodes/create", {"num_envs": 2.5}, 422, "num_envs"),
+    ],
+)
+def test_bad_requests_get_4xx_with_detail(server_url, path, body, status, detail):
+    sid = _post(server_url, "/session/create").json()["session_id"]
+    r = _post(server_url, path, headers={"Session-ID": sid}, json=body)
+    assert r.status_code == status
+    assert detail in str(r.json()["detail"])
+
+
+def test_malformed_and_oversized_bodies_then_server_still_serves(server_url):
+    r = _post(server_url, "/episode/vectorized_step", data=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and "detail" in r.json()
+    big = {"episode_ids": ["x" * 100] * 20_000}  # > 1 MiB
+    r = _post(server_url, "/episode/vectorized_reset", json=big)
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+    _, ids = _group(server_url, 2)
+    _post(server_url, "/episode/vectorized_reset", json={"episode_ids": ids})
+    r = _post(server_url, "/episode/vectorized_step", json={"episode_actions": [{"episode_id": ids[0], "action": 0}]})
+    assert r.status_code == 200 and len(r.json()["observations"][0]) == 10
+
+
+def test_client_errors_name_the_cause(server_url):
+    with pytest.raises(AuthenticationError, match="unknown User-Token"):
+        make_env(num_envs=2, backend="remote", server_url=server_url, user_token="intruder")
+    env = make_env(num_envs=2, backend="remote", server_url=server_url, user_token=TOKEN_A, seed=0)
+    env.reset()
+    with pytest.raises(NotFoundError, match="not found"):
+        make_env(
+            num_envs=2,
+            backend="remote",
+            server_url=server_url,
+            user_token=TOKEN_B,
+            episode_ids=env.backend.episode_ids,
+            session_id=env.backend.session_id,
+        )
+
+
+# -- faults -----------------------------------------------------------------------------------
+class Faults:
+    """Middleware state: what to do to the next calls of one path."""
+
+    def __init__(self, path: str, plan: list[str]) -> None:
+        self.path, self.plan, self.handled = path, list(plan), 0
+
+    def install(self, app) -> None:
+        @app.middleware("http")
+        async def inject(request, call_next):
+            if request.url.path != API + self.path or not self.plan:
+                return await call_next(request)
+            what = self.plan.pop(0)
+            if what == "503-before":  # refused before the handler ran
+                return JSONResponse({"detail": "overloaded"}, 503)
+            response = await call_next(request)
+            self.handled += 1
+            if what == "lost-after":  # the step happened, the answer never arrived
+                return JSONResponse({"detail": "bad gateway"}, 502)
+            if what == "garbage-after":
+                return PlainTextResponse('{"observations": [[1.0, 2.', 200)
+            return response
+
+
+def _local_twin(n, seed):
+    env = make_env(num_envs=n, seed=seed)
+    env.reset()
+    return env
+
+
+@pytest.mark.parametrize(
+    "plan", [["lost-after"], ["503-before", "503-before"], ["garbage-after"], ["lost-after", "503-before"]]
+)
+def test_retried_step_advances_exactly_once(plan):
+    faults = Faults("/episode/vectorized_step", [])
+    app = create_app(tokens={TOKEN_A})
+    faults.install(app)
+    with running_server(app) as url:
+        env = make_env(num_envs=3, seed=4, backend="remote", server_url=url, user_token=TOKEN_A, backoff=0.01)
+        twin = _local_twin(3, 4)
+        env.reset()
+        assert torch.equal(env.step([0, 0, 0])["observation"], twin.step([0, 0, 0])["observation"])
+        faults.plan = list(plan)
+        td = env.step([0, 1, 0])
+        expected = twin.step([0, 1, 0])
+        assert (td == expected).all()  # same rows, same reward: the engines moved once
+        info = requests.get(
+            f"{url}{API}/episode/{env.backend.episode_ids[0]}", headers={"User-Token": TOKEN_A}, timeout=10
+        )
+        assert info.json()["step"] == 20 and info.json()["step_counter"] == 2
+        assert (env.step([0, 0, 0]) == twin.step([0, 0, 0])).all()
+
+
+def test_server_without_step_counters_never_retries_steps():
+    app = create_app(tokens={TOKEN_A})
+    faults = Faults("/episode/vectorized_step", ["503-before"])
+    faults.install(app)
+
+    @app.middleware("http")
+    async def old_version(request, call_next):  # a server that advertises no features
+        if request.url.path == API + "/version":
+            return JSONResponse({"latest_version": "0.1"})
+        return await call_next(request)
+
+    with running_server(app) as url:
+        env = make_env(num_envs=2, backend="remote", server_url=url, user_token=TOKEN_A, backoff=0.01)
+        env.reset()
+        before = env.backend.state_dict()
+        with pytest.raises(StepNotRetried, match="not retried") as err:
+            env.step([0, 0])
+        assert all(e in str(err.value) for e in env.backend.episode_ids)
+        assert faults.handled == 0 and not faults.plan
+        assert torch.equal(env.backend.state_dict()["counters"], before["counters"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_server_restart_and_unreachable_server_raise_clearly():
+    port = _free_port()
+    with running_server(port=port, tokens={TOKEN_A}) as url:
+        env = make_env(num_envs=2, backend="remote", server_url=url, user_token=TOKEN_A, backoff=0.01, max_retries=2)
+        env.reset()
+        env.step([0, 0])
+    # the server is gone: retries, then a clear error (not a fake termination)
+    with pytest.raises(ServerUnavailable, match="after 3 attempts"):
+        env.step([0, 0])
+    with running_server(port=port, tokens={TOKEN_A}):  # restarted: it forgot every episode
+        with pytest.raises(NotFoundError, match="server restarted"):
+            env.step([0, 0])
+    with pytest.raises(ServerUnavailable, match="ConnectionError"):
+        make_env(
+            num_envs=1, backend="remote", server_url=f"http://127.0.0.1:{_free_port()}", max_retries=1, backoff=0.01
+        )
+
+
+def test_resume_by_ids_and_no_rewind(server_url):
+    env = make_env(num_envs=2, seed=8, backend="remote", server_url=server_url, user_token=TOKEN_A)
+    env.reset()
+    env.step([0, 0])
+    saved = env.state_dict()
+    env.step([0, 0])
+    with pytest.raises(NotImplementedError, match="cannot be rewound"):
+        env.load_state_dict(saved)
+    # a new client attaches to the same episodes and continues their step counters
+    again = make_env(
+        num_envs=2,
+        seed=8,
+        backend="remote",
+        server_url=server_url,
+        user_token=TOKEN_A,
+        episode_ids=env.backend.episode_ids,
+        session_id=env.backend.session_id,
+    )
+    twin = _local_twin(2, 8)
+    for _ in range(2):  # the two steps the first client took
+        twin.step([0, 0])
+    again.load_state_dict(env.state_dict())
+    assert (again.step([0, 0])["reward"] == twin.step([0, 0])["reward"]).all()
+    # the old client's counter 3 was already used: it gets the stored answer, the engine does not move
+    env.step([0, 0])
+    info = requests.get(
+        f"{server_url}{API}/episode/{env.backend.episode_ids[0]}", headers={"User-Token": TOKEN_A}, timeout=10
+    )
+    assert info.json()["step"] == 30
+    env.step([0, 0]), env.step([0, 0])  # counters 4 and 5 are new: real steps
+    with pytest.raises(RequestRejected, match="step_counter 4, expected 6"):
+        again.step([0, 0])  # `again` is two steps behind: refused, never applied
+
+
+# -- the seed client's API --------------------------------------------------------------------
+def _seed_loop() -> str:
+    """The seed notebook's loop, as quoted in examples/quickstart.py's docstring."""
+    doc = (Path(__file__).resolve().parents[1] / "examples" / "quickstart.py").read_text().split('"""')[1]
+    start = doc.index("    import numpy as np")
+    end = doc.index("    env.close()") + len("    env.close()")
+    return textwrap.dedent(doc[start:end])
+
+
+@pytest.mark.parametrize("where", ["embedded", "server"])
+def test_seed_notebook_loop_runs_unchanged_through_compat(where, server_url, monkeypatch, capsys):
+    if where == "server":
+        monkeypatch.setenv("SERVER_URL", server_url)  # how the seed client is pointed at a server
+    else:
+        monkeypatch.delenv("SERVER_URL", raising=False)
+    np.random.seed(0)
+    namespace: dict = {}
+    exec(compile(_seed_loop(), "seed_notebook", "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "Environment created with 4 parallel environments" in out and "Step 40:" in out
+    env = namespace["env"]
+    assert (type(env.episode_ids[0]) is str) and len(env.episode_ids) == 4
+    if where == "server":
+        assert not env.episode_ids[0].startswith("local-")
+
+
+def test_compat_return_types_match_the_seed_client(server_url):
+    from torch_student_env.compat import create_student_gym_env, create_student_gym_env_vectorized
+
+    for url in (None, server_url):
+        env = create_student_gym_env_vectorized(
+            num_envs=3, step_size=10, server_url=url, user_token=TOKEN_A, prod=False, seed=1
+        )
+        obs, infos = env.reset()
+        assert obs.shape == (3, 9) and obs.dtype == np.float32 and len(infos) == 3
+        obs, rewards, term, trunc, infos = env.step(np.array([0, 2, 0]))
+        assert isinstance(obs, list) and [o.shape for o in obs] == [(10, 9), (0, 9), (10, 9)]
+        assert rewards.dtype == np.float32 and term.tolist() == [False, True, False]
+        assert env.get_terminated_env_indices() == [1] and env.get_active_count() == 2
+        assert "degradation" in infos[0] and infos[0]["step"] == 10
+        reset_obs, reset_infos = env.reset_specific_envs([1])
+        assert reset_obs.shape == (1, 9) and env.get_active_count() == 3
+        obs, *_ = env.step([0, 0, 0], step_size=3, return_all_states=False)
+        assert obs.shape == (3, 9)
+        env.close()
+        single = create_student_gym_env(server_url=url, user_token=TOKEN_A, seed=2)
+        o, info = single.reset()
+        assert o.shape == (9,) and info["step"] == 0
+        o, r, te, tr, info = single.step(0, step_size=5)
+        assert o.shape == (5, 9) and isinstance(r, float) and info["step"] == 5 and "degradation" not in info
+        single.close()
