@@ -21,9 +21,11 @@ def main() -> None:
     parser.add_argument("--step-size", type=int, default=10)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=20, help="timed steps after 3 warm-up steps")
+    parser.add_argument("--fast", choices=["auto", "on", "off"], default="auto", help="compiled fast path")
     args = parser.parse_args()
 
-    env = make_env(num_envs=args.num_envs, step_size=args.step_size, device=args.device, seed=0)
+    fast = {"auto": None, "on": True, "off": False}[args.fast]
+    env = make_env(num_envs=args.num_envs, step_size=args.step_size, device=args.device, seed=0, fast=fast)
     actions = torch.zeros(args.num_envs, dtype=torch.int64, device=env.device)
     env.reset()
     for _ in range(3):
@@ -38,7 +40,7 @@ def main() -> None:
     rows = args.num_envs * args.step_size / per_step
     print(
         f"make_env(num_envs={args.num_envs}, step_size={args.step_size}, device={args.device}): "
-        f"{1 / per_step:,.1f} steps/s, {args.num_envs / per_step / 1e6:,.2f} M env-steps/s, "
+        f"{1 / per_step:,.1f} steps/s, {args.num_envs / per_step / 1e6:,.2f} M env-steps/s, fast={env.config.fast}, "
         f"{rows / 1e6:,.1f} M flight-rows/s ({per_step * 1e3:.2f} ms/step, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads)"
     )

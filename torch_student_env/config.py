@@ -31,12 +31,17 @@ def check_seed(value: object) -> int:
     return value  # type: ignore[return-value]
 
 
+FAST_PATH_MIN_ENVS = 8192
+
+
 @dataclass(frozen=True)
 class EnvConfig:
     """Settings that fix shapes and placement; the dynamics live in `SimParams`.
 
     `history` is the window length W (default: `step_size`). `max_steps_per_episode` counts
     flights, as the challenge's server does. `seed=None` draws one from the OS and records it.
+    `fast` compiles the simulator kernels with `torch.compile`; None (default) turns it on from
+    `FAST_PATH_MIN_ENVS` engines, where the one-off compile (seconds) pays for itself.
     """
 
     num_envs: int = 4
@@ -48,6 +53,7 @@ class EnvConfig:
     device: torch.device | str = "cpu"
     seed: int | None = None
     validate_actions: bool = True
+    fast: bool | None = None
     sim_params: SimParams = field(default_factory=SimParams)
 
     def __post_init__(self) -> None:
@@ -64,5 +70,7 @@ class EnvConfig:
             object.__setattr__(self, "device", torch.device(self.device))
         except (RuntimeError, TypeError) as err:
             raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda:0', got {self.device!r}") from err
+        if self.fast is None:
+            object.__setattr__(self, "fast", self.num_envs >= FAST_PATH_MIN_ENVS)
         if not isinstance(self.sim_params, SimParams):
             raise TypeError(f"sim_params must be a SimParams, got {type(self.sim_params).__name__}")

@@ -17,6 +17,28 @@ from torch_student_env.spec import NUM_ACTIONS, NUM_FEATURES, Action
 _HEALTH_COLUMN = NUM_FEATURES  # the window buffer's 10th column: hidden health of each row
 
 
+def push_rows(buffer: torch.Tensor, rows: torch.Tensor, n_new: torch.Tensor) -> torch.Tensor:
+    """Append each engine's first `n_new[i]` rows to its window, keep the newest W: one gather.
+
+    `buffer` (N, W, ...) oldest first, `rows` (N, K, ...) whose first n_new[i] are real.
+    """
+    width = buffer.shape[1]
+    combined = torch.cat((buffer, rows.to(buffer.dtype)), dim=1)  # (N, W + K, ...)
+    index = n_new.unsqueeze(1) + torch.arange(width, device=buffer.device)  # (N, W)
+    if combined.dim() == 3:
+        index = index.unsqueeze(-1).expand(-1, -1, combined.shape[-1])
+    return combined.gather(1, index)
+
+
+def restart_windows(
+    mask: torch.Tensor, first_rows: torch.Tensor, window: torch.Tensor, window_flight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked engines get a fresh window: padding, then their reset row (flight 0)."""
+    fresh = torch.cat((torch.zeros_like(window[:, 1:]), first_rows.unsqueeze(1)), dim=1)
+    fresh_flight = torch.cat((torch.full_like(window_flight[:, 1:], -1), torch.zeros_like(window_flight[:, :1])), dim=1)
+    return torch.where(mask[:, None, None], fresh, window), torch.where(mask[:, None], fresh_flight, window_flight)
+
+
 class TorchStudentEnv:
     """A batch of `num_envs` turbofan engines under one policy.
 
@@ -55,7 +77,9 @@ class TorchStudentEnv:
         self._last_terminated = torch.zeros(n, dtype=torch.bool, device=self.device)
         self._last_truncated = torch.zeros(n, dtype=torch.bool, device=self.device)
         self._return_so_far = torch.zeros(n, device=self.device)
-        self._window_offsets = torch.arange(w, device=self.device)
+        # The window kernels are compiled with the simulator's when the fast path is on.
+        self._push = torch.compile(push_rows, dynamic=False) if config.fast else push_rows
+        self._restart = torch.compile(restart_windows, dynamic=False) if config.fast else restart_windows
         self._seed = config.seed
         self._has_reset = False
 
@@ -177,22 +201,9 @@ class TorchStudentEnv:
     # ------------------------------------------------------------------------------------------
     # internals
     # ------------------------------------------------------------------------------------------
-    def _push(self, buffer: torch.Tensor, rows: torch.Tensor, n_new: torch.Tensor) -> torch.Tensor:
-        """Append each engine's first `n_new[i]` rows and keep the newest W: one gather, no loop."""
-        combined = torch.cat((buffer, rows.to(buffer.dtype)), dim=1)  # (N, W + K, ...)
-        index = n_new.unsqueeze(1) + self._window_offsets  # (N, W)
-        if combined.dim() == 3:
-            index = index.unsqueeze(-1).expand(-1, -1, combined.shape[-1])
-        return combined.gather(1, index)
-
     def _start_episodes(self, mask: torch.Tensor, first_rows: torch.Tensor) -> None:
-        """Give the masked engines a fresh window: padding, then the reset row (flight 0)."""
-        fresh = torch.zeros_like(self._window)
-        fresh[:, -1] = first_rows
-        fresh_flight = torch.full_like(self._window_flight, -1)
-        fresh_flight[:, -1] = 0
-        self._window = torch.where(mask[:, None, None], fresh, self._window)
-        self._window_flight = torch.where(mask[:, None], fresh_flight, self._window_flight)
+        """Give the masked engines a fresh window and clear their episode bookkeeping."""
+        self._window, self._window_flight = self._restart(mask, first_rows, self._window, self._window_flight)
         self._active = self._active | mask
         self._last_terminated = self._last_terminated & ~mask
         self._last_truncated = self._last_truncated & ~mask

@@ -25,6 +25,7 @@ def make_env(
     privileged: bool = False,
     max_steps_per_episode: int = 1000,
     validate_actions: bool = True,
+    fast: bool | None = None,
     sim_params: SimParams | None = None,
     **remote_options: Any,
 ) -> TorchStudentEnv:
@@ -44,6 +45,7 @@ def make_env(
         device=device,
         seed=seed,
         validate_actions=validate_actions,
+        fast=fast,
         sim_params=sim_params if sim_params is not None else SimParams(),
     )
     if backend == "local":
@@ -52,7 +54,12 @@ def make_env(
         from torch_student_env.backends.local import LocalBackend
 
         impl = LocalBackend(
-            config.num_envs, config.device, config.max_steps_per_episode, config.sim_params, config.seed
+            config.num_envs,
+            config.device,
+            config.max_steps_per_episode,
+            config.sim_params,
+            config.seed,
+            fast=config.fast,
         )
     elif backend == "remote":
         from torch_student_env.backends.remote import RemoteBackend

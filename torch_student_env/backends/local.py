@@ -13,13 +13,22 @@ from torch_student_env.sim.params import SimParams
 
 
 class LocalBackend:
-    """Runs `sim.engine` on `device`. Env i's episode k is keyed by hash(seed, i, k) alone."""
+    """Runs `sim.engine` on `device`. Env i's episode k is keyed by hash(seed, i, k) alone.
 
-    def __init__(self, num_envs: int, device: torch.device, max_flights: int, params: SimParams, seed: int) -> None:
+    `fast=True` runs both kernels through `torch.compile` (fused loops; CUDA graphs are left to
+    the caller). Outputs equal eager ones to float32 rounding (tests/test_fast_path.py).
+    """
+
+    def __init__(
+        self, num_envs: int, device: torch.device, max_flights: int, params: SimParams, seed: int, fast: bool = False
+    ) -> None:
         self.num_envs = num_envs
         self.device = device
         self.max_flights = max_flights
         self.tables = SimTables(params, device)
+        self.fast = fast
+        self._advance = torch.compile(advance, dynamic=False) if fast else advance
+        self._reset_engines = torch.compile(reset_engines, dynamic=False) if fast else reset_engines
         self._state: EngineState | None = None
         self.seed(seed)
 
@@ -27,7 +36,7 @@ class LocalBackend:
         """Restart every engine's episode counter under `seed` (the next reset is episode 0)."""
         self._seed = seed
         env_index = torch.arange(self.num_envs, device=self.device, dtype=torch.int64)
-        self._env_key = rng.mix32(rng.seed_key(seed, self.device) ^ env_index)  # (N,)
+        self._env_key = rng.fold(rng.seed_key(seed, self.device), env_index)  # (N,) int32
         self._episode = torch.full((self.num_envs,), -1, dtype=torch.int64, device=self.device)
 
     def seed_engines(self, mask: torch.Tensor, seeds: torch.Tensor, env_indices: torch.Tensor) -> None:
@@ -37,7 +46,7 @@ class LocalBackend:
         `seeds[i]` gives its engine `env_indices[i]`: this is how a server reproduces a client's
         local rows engine by engine.
         """
-        keys = rng.mix32(rng.seed_key(seeds, self.device) ^ env_indices.to(self.device))
+        keys = rng.fold(rng.seed_key(seeds, self.device), env_indices.to(self.device))
         self._env_key = torch.where(mask, keys, self._env_key)
         self._episode = torch.where(mask, -1, self._episode)
 
@@ -48,13 +57,13 @@ class LocalBackend:
         # Only masked engines advance their episode counter. Before the first reset, the others
         # get a placeholder state that is never observed before their own reset.
         self._episode = self._episode + mask.long()
-        fresh, first_rows = reset_engines(rng.mix32(self._env_key ^ self._episode), self.tables)
+        fresh, first_rows = self._reset_engines(rng.fold(self._env_key, self._episode), self.tables)
         self._state = fresh if self._state is None else fresh.where(mask, self._state)
         return first_rows
 
     def advance(self, actions: torch.Tensor, active: torch.Tensor, n_rows: int) -> Transition:
         """Act and fly up to `n_rows` flights (see `sim.engine.advance`)."""
-        self._state, transition = advance(self._state, actions, active, n_rows, self.max_flights, self.tables)
+        self._state, transition = self._advance(self._state, actions, active, n_rows, self.max_flights, self.tables)
         return transition
 
     @property

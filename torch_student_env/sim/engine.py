@@ -20,16 +20,18 @@ _EGT = SENSOR_NAMES.index("LPT_Tin")
 # Salts that keep the engine-level and repair draws apart from the per-flight draws, which are
 # keyed by flight index (< 2**31, so never equal to a salt >= 2**31).
 _ENGINE_SALT = 0xE7A1_5A17
-_REPAIR_STREAM = 0xB5EE_D007
+_REPAIR_STREAM = 0xB5EE_D007  # both folded as their low 32 bits
 _ROW_DRAWS = 6  # hashes per flight row: phase+DTAMB, hazard, 4 x (2 normals)
 ROW_WIDTH = NUM_FEATURES + 1  # the 9 challenge features + the hidden health of that flight
+# Plain ints: under torch.compile, `tensor == Action.SELL` (an IntEnum) silently compares False.
+_SELL, _REPAIR = int(Action.SELL), int(Action.REPAIR)
 
 
 @dataclass(frozen=True)
 class EngineState:
     """Everything that changes, per engine. Shapes for N engines."""
 
-    episode_key: torch.Tensor  # (N,) int64, hash of (seed, env, episode): roots every draw
+    episode_key: torch.Tensor  # (N,) int32, hash of (seed, env, episode): roots every draw
     damage: torch.Tensor  # (N,) float32, 0 pristine .. 1 a health deviation at its bound
     damage_floor: torch.Tensor  # (N,) float32, lowest damage a repair reaches (1 - health_cap)
     wear_rate: torch.Tensor  # (N,) float32, damage per flight in the linear phase
@@ -105,7 +107,7 @@ def reset_engines(episode_key: torch.Tensor, tables: SimTables) -> tuple[EngineS
     """
     p = tables.params
     n = episode_key.shape[0]
-    bits = rng.stream_bits(rng.mix32(episode_key ^ _ENGINE_SALT), 18)  # (N, 18)
+    bits = rng.stream_bits(rng.fold(episode_key, _ENGINE_SALT), 18)  # (N, 18)
     u = rng.uniform24(bits[:, :13])
     damage = _uniform(u[:, 0], p.initial_damage_low, p.initial_damage_high)
     wear_rate = _uniform(u[:, 1], p.wear_rate_low, p.wear_rate_high)
@@ -129,12 +131,12 @@ def reset_engines(episode_key: torch.Tensor, tables: SimTables) -> tuple[EngineS
         damage_floor=torch.zeros_like(damage),
         wear_rate=wear_rate,
         wear_growth=wear_growth,
-        flights=torch.zeros_like(episode_key),
-        repairs=torch.zeros_like(episode_key),
+        flights=torch.zeros_like(episode_key, dtype=torch.int64),
+        repairs=torch.zeros_like(episode_key, dtype=torch.int64),
         health_offset=health_offset,
         wear_direction=wear_direction,
     )
-    first = _flight_rows(state, damage.unsqueeze(1), torch.zeros_like(episode_key).unsqueeze(1), tables)
+    first = _flight_rows(state, damage.unsqueeze(1), state.flights.unsqueeze(1), tables)
     return state, first.rows[:, 0]
 
 
@@ -149,7 +151,7 @@ class _Rows:
 
 def _flight_rows(state: EngineState, damage: torch.Tensor, flight: torch.Tensor, tables: SimTables) -> _Rows:
     """Sensor rows of flights with the given damage (N, K) and flight indices (N, K)."""
-    bits = rng.stream_bits(rng.mix32(state.episode_key.unsqueeze(1) ^ flight), _ROW_DRAWS)  # (N, K, 6)
+    bits = rng.stream_bits(rng.fold(state.episode_key.unsqueeze(1), flight), _ROW_DRAWS)  # (N, K, 6)
     phase_u, dtamb_u = rng.uniform16_pair(bits[..., 0])
     low_edge, high_edge = tables.phase_edges
     phase = (phase_u >= low_edge).long() + (phase_u >= high_edge).long()  # (N, K) in {0, 1, 2}
@@ -204,12 +206,12 @@ def advance(
     observed, its profit is not earned) or when the episode reaches `max_flights`.
     """
     p = tables.params
-    sell = active & (actions == Action.SELL)
-    repair = active & (actions == Action.REPAIR)
+    sell = active & (actions == _SELL)
+    repair = active & (actions == _REPAIR)
 
     # Imperfect repair: remove a random share of the damage above the floor; the result becomes
     # the new floor, so health_cap never rises, and wear accelerates a little.
-    repair_u = rng.uniform24(rng.mix32(rng.mix32(state.episode_key ^ state.flights) ^ _REPAIR_STREAM))
+    repair_u = rng.uniform24(rng.fold(rng.fold(state.episode_key, state.flights), _REPAIR_STREAM))
     restored = _uniform(repair_u, p.repair_restore_low, p.repair_restore_high) * (state.damage - state.damage_floor)
     repaired = state.damage - restored
     state = replace(

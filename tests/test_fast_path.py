@@ -1,0 +1,69 @@
+"""The compiled fast path equals eager, the RNG equals its unsigned reference, and step never syncs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from torch_student_env import make_env
+from torch_student_env.sim import rng
+
+
+def test_fast_path_matches_eager():
+    eager = make_env(num_envs=48, seed=12, fast=False, privileged=True)
+    fast = make_env(num_envs=48, seed=12, fast=True, privileged=True)
+    assert fast.config.fast and fast.backend.fast and not eager.backend.fast
+    a, b = eager.reset(), fast.reset()
+    assert torch.allclose(a["observation"], b["observation"], rtol=1e-6)
+    gen = torch.Generator().manual_seed(0)
+    ended = 0
+    for _ in range(40):
+        actions = torch.multinomial(torch.tensor([0.8, 0.15, 0.05]), 48, replacement=True, generator=gen)
+        a, b = eager.step(actions), fast.step(actions)
+        assert torch.equal(a["done"], b["done"]) and torch.equal(a["flight"], b["flight"])
+        assert torch.allclose(a["observation"], b["observation"], rtol=1e-5, atol=1e-3)
+        assert torch.allclose(a["reward"], b["reward"], rtol=1e-5, atol=1e-2)
+        assert torch.allclose(a["health"], b["health"], atol=1e-5)
+        ended += int(a["done"].sum())
+    assert ended > 0  # the comparison crossed auto-resets
+
+
+def test_fast_path_is_automatic_only_for_large_batches():
+    assert not make_env(num_envs=4).config.fast
+    assert make_env(num_envs=8192).config.fast
+
+
+def _reference_mix32(x: int) -> int:
+    """The hash on unsigned Python ints, the definition the int32 tensors must reproduce."""
+    m = 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x21F0AAAD) & m
+    x ^= x >> 15
+    x = (x * 0x735A2D97) & m
+    return x ^ (x >> 15)
+
+
+def test_int32_hash_matches_unsigned_reference():
+    values = [0, 1, 2, 12345, 0x7FFFFFFF, 0x80000000, 0xDEADBEEF, 0xFFFFFFFF]
+    got = rng.mix32(torch.tensor([rng.as_int32(v) for v in values], dtype=torch.int32))
+    assert [int(g) & 0xFFFFFFFF for g in got] == [_reference_mix32(v) for v in values]
+    u = rng.uniform24(rng.mix32(torch.arange(100_000, dtype=torch.int32)))
+    assert 0 < u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.005
+    z = torch.cat(rng.normal_pair(rng.mix32(torch.arange(100_000, dtype=torch.int32))))
+    assert abs(z.mean().item()) < 0.01 and abs(z.std().item() - 1) < 0.01
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: checks that step never syncs with the host")
+@pytest.mark.parametrize("fast", [False, True])
+def test_cuda_step_has_no_host_sync(fast):
+    env = make_env(num_envs=1024, device="cuda", seed=0, validate_actions=False, fast=fast)
+    env.reset()
+    actions = torch.zeros(1024, dtype=torch.long, device="cuda")
+    env.step(actions)  # warm-up (compilation may sync)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(5):
+            env.step(actions)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
