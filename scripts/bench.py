@@ -1,0 +1,424 @@
+"""Benchmark: env-steps/s and flight-rows/s of this env and of what a user would otherwise run.
+
+    python scripts/bench.py                     # full table on this machine (a few minutes)
+    python scripts/bench.py --sizes 4 64 1024   # fewer sizes
+    python scripts/bench.py --device cuda       # adds 1,048,576 envs
+
+Rows (step_size 10, random actions, median of --repeats after warm-up): this env eager and with
+its compiled fast path; gymnasium SyncVectorEnv over a single-engine NumPy env of the same model
+(scripts/reference_gym_env.py); the TorchRL adapter, and TorchRL's SerialEnv/ParallelEnv over the
+single-engine env; the remote backend against the reference server (a subprocess on 127.0.0.1) and
+the seed client's request pattern; the memory-write floor. Also: adapter overheads against the
+native env, the server's throughput with 8 concurrent clients, memory per env. Writes JSON (--out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+import torch
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from torch_student_env import make_env  # noqa: E402
+
+STEP = 10
+
+
+def timed(step, repeats: int, min_seconds: float, warmup: int = 2, sync=lambda: None) -> float:
+    """Median seconds per call over `repeats` timed blocks of >= `min_seconds` (after warm-up)."""
+    for _ in range(warmup):
+        step()
+    sync()
+    samples = []
+    for _ in range(repeats):
+        calls, start = 0, time.perf_counter()
+        while True:
+            step()
+            calls += 1
+            sync()
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds:
+                break
+        samples.append(elapsed / calls)
+    return statistics.median(samples)
+
+
+def actions_for(n: int, device, generator) -> torch.Tensor:
+    return torch.randint(0, 3, (n,), generator=generator).to(device)
+
+
+def native(n: int, device: str, fast: bool, args) -> dict:
+    start = time.perf_counter()
+    env = make_env(num_envs=n, step_size=STEP, device=device, seed=0, fast=fast, validate_actions=False)
+    env.reset()
+    gen = torch.Generator().manual_seed(0)
+    pool = [actions_for(n, env.device, gen) for _ in range(8)]
+    i = iter(range(10**9))
+    env.step(pool[0])
+    setup = time.perf_counter() - start
+    sync = torch.cuda.synchronize if env.device.type == "cuda" else (lambda: None)
+    per = timed(lambda: env.step(pool[next(i) % 8]), args.repeats, args.min_seconds, sync=sync)
+    state = sum(v.numel() * v.element_size() for v in _tensors(env.state_dict()))
+    return {"seconds_per_step": per, "setup_seconds": setup, "state_bytes_per_env": state / n}
+
+
+def _tensors(tree):
+    if isinstance(tree, dict):
+        for v in tree.values():
+            yield from _tensors(v)
+    elif isinstance(tree, torch.Tensor):
+        yield tree
+
+
+def sync_vector(n: int, args) -> dict:
+    import gymnasium as gym
+    from reference_gym_env import SingleEngineEnv
+
+    env = gym.vector.SyncVectorEnv(
+        [SingleEngineEnv for _ in range(n)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    per = timed(lambda: env.step(rng.integers(0, 3, n)), 1 if n >= 16384 else args.repeats, args.min_seconds, warmup=1)
+    env.close()
+    return {"seconds_per_step": per}
+
+
+def torchrl_adapter(n: int, device: str, args) -> dict:
+    from tensordict import TensorDict
+
+    from torch_student_env.adapters.torchrl import TorchRLStudentEnv
+
+    env = TorchRLStudentEnv(num_envs=n, step_size=STEP, device=device, seed=0, validate_actions=False)
+    td = env.reset()
+    gen = torch.Generator().manual_seed(0)
+    state = {"td": td}
+
+    def step():
+        td = state["td"]
+        td["action"] = actions_for(n, env.device, gen)
+        out, td = env.step_and_maybe_reset(td)
+        state["td"] = td
+
+    per = timed(step, args.repeats, args.min_seconds)
+    del TensorDict
+    return {"seconds_per_step": per}
+
+
+def torchrl_batched(n: int, parallel: bool, args) -> dict:
+    from reference_gym_env import SingleEngineEnv
+    from torchrl.envs import GymWrapper, ParallelEnv, SerialEnv
+
+    def make():
+        return GymWrapper(SingleEngineEnv())
+
+    env = (ParallelEnv if parallel else SerialEnv)(n, make)
+    td = env.reset()
+    gen = torch.Generator().manual_seed(0)
+    state = {"td": td}
+
+    def step():
+        td = state["td"]
+        td["action"] = torch.nn.functional.one_hot(torch.randint(0, 3, (n,), generator=gen), 3)
+        _, state["td"] = env.step_and_maybe_reset(td)
+
+    per = timed(step, args.repeats, args.min_seconds)
+    env.close()
+    return {"seconds_per_step": per}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """The reference server as a subprocess on 127.0.0.1 (its own interpreter, its own GIL)."""
+
+    def __enter__(self) -> str:
+        port = _free_port()
+        env = dict(os.environ, STUDENT_ENV_TOKENS="bench")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch_student_env.server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--max-sessions-per-token",
+                "1000",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                requests.get(self.url + "/api/v1/version", timeout=1)
+                return self.url
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        raise RuntimeError("reference server did not start")
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def remote(n: int, url: str, args) -> dict:
+    env = make_env(num_envs=n, step_size=STEP, seed=0, backend="remote", server_url=url, user_token="bench")
+    env.reset()
+    gen = torch.Generator().manual_seed(0)
+    per = timed(
+        lambda: env.step(torch.multinomial(torch.tensor([0.9, 0.08, 0.02]), n, True, generator=gen)),
+        args.repeats,
+        args.min_seconds,
+    )
+    env.close()
+    return {"seconds_per_step": per}
+
+
+def seed_pattern(n: int, url: str, args) -> dict:
+    """The seed client's loop: one POST per vectorized step, JSON lists to numpy, resets by hand."""
+    http = requests.Session()
+    http.headers["User-Token"] = "bench"
+    api = url + "/api/v1"
+    sid = http.post(api + "/session/create").json()["session_id"]
+    ids = http.post(api + "/vectorized/episodes/create", headers={"Session-ID": sid}, json={"num_envs": n}).json()[
+        "episode_ids"
+    ]
+    http.post(api + "/episode/vectorized_reset", json={"episode_ids": ids})
+    rng = np.random.default_rng(0)
+
+    def step():
+        acts = rng.choice(3, n, p=[0.9, 0.08, 0.02])
+        body = {
+            "episode_actions": [
+                {"episode_id": e, "action": int(a), "step_size": STEP, "return_all_states": True}
+                for e, a in zip(ids, acts, strict=True)
+            ]
+        }
+        data = http.post(api + "/episode/vectorized_step", json=body).json()
+        [np.array(o, dtype=np.float32) for o in data["observations"]]
+        done = [i for i, (t, u) in enumerate(zip(data["terminateds"], data["truncateds"], strict=True)) if t or u]
+        if done:
+            http.post(api + "/episode/vectorized_reset", json={"episode_ids": [ids[i] for i in done]})
+
+    per = timed(step, args.repeats, args.min_seconds)
+    http.close()
+    return {"seconds_per_step": per}
+
+
+def concurrent_clients(url: str, clients: int, n: int, seconds: float) -> dict:
+    """Total env-steps/s of `clients` threads, each stepping its own remote env of n engines."""
+    envs = [
+        make_env(num_envs=n, step_size=STEP, seed=c, backend="remote", server_url=url, user_token="bench")
+        for c in range(clients)
+    ]
+    for e in envs:
+        e.reset()
+    counts = [0] * clients
+    stop = time.monotonic() + seconds
+
+    def run(c: int) -> None:
+        zeros = torch.zeros(n, dtype=torch.long)
+        while time.monotonic() < stop:
+            envs[c].step(zeros)
+            counts[c] += 1
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    return {"env_steps_per_s": sum(counts) * n / elapsed, "requests_per_s": sum(counts) / elapsed}
+
+
+def floor(n: int, device: str, args) -> dict:
+    """Writing the same float32 rows to memory: the bound no env can beat."""
+    buf = torch.empty(n, STEP, 9, device=device)
+    sync = torch.cuda.synchronize if buf.device.type == "cuda" else (lambda: None)
+    return {"seconds_per_step": timed(lambda: buf.fill_(1.0), args.repeats, args.min_seconds, sync=sync)}
+
+
+def adapter_overheads(n: int, args) -> dict:
+    """Per-step time of each adapter against the native env at the same N (eager, CPU)."""
+    from torch_student_env.adapters.gymnasium import GymnasiumVectorEnv, SB3VecEnv
+
+    out = {"native": native(n, "cpu", False, args)["seconds_per_step"]}
+    out["torchrl"] = torchrl_adapter(n, "cpu", args)["seconds_per_step"]
+    gym_env = GymnasiumVectorEnv(num_envs=n, seed=0, validate_actions=False)
+    gym_env.reset()
+    rng = np.random.default_rng(0)
+    out["gymnasium"] = timed(lambda: gym_env.step(rng.integers(0, 3, n)), args.repeats, args.min_seconds)
+    sb3 = SB3VecEnv(num_envs=n, seed=0, validate_actions=False)
+    sb3.reset()
+    out["sb3"] = timed(lambda: sb3.step(rng.integers(0, 3, n)), args.repeats, args.min_seconds)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[4, 64, 1024, 16384, 65536])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--min-seconds", type=float, default=0.3, help="minimum length of one timed block")
+    parser.add_argument("--skip", nargs="*", default=[], help="row groups to skip: sync torchrl remote adapters")
+    parser.add_argument("--out", default="runs/bench.json")
+    args = parser.parse_args()
+    sizes = list(args.sizes) + ([1 << 20] if args.device.startswith("cuda") else [])
+
+    jobs: list[tuple[str, int, object]] = []
+    for n in sizes:
+        jobs += [
+            ("this env, eager", n, lambda n=n: native(n, args.device, False, args)),
+            ("this env, fast path", n, lambda n=n: native(n, args.device, True, args)),
+            ("memory-write floor", n, lambda n=n: floor(n, args.device, args)),
+        ]
+        if "torchrl" not in args.skip and n <= 65536:
+            jobs.append(("TorchRL adapter", n, lambda n=n: torchrl_adapter(n, args.device, args)))
+        if "sync" not in args.skip and n <= 65536:
+            jobs.append(("gymnasium SyncVectorEnv (NumPy single engine)", n, lambda n=n: sync_vector(n, args)))
+    if "torchrl" not in args.skip:
+        jobs += [
+            ("TorchRL SerialEnv (NumPy single engine)", n, lambda n=n: torchrl_batched(n, False, args)) for n in (4, 64)
+        ]
+        jobs += [("TorchRL ParallelEnv (NumPy single engine)", 4, lambda: torchrl_batched(4, True, args))]
+
+    results: dict = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "device": args.device,
+        },
+        "rows": [],
+        "extra": {},
+    }
+    server = ServerProcess() if "remote" not in args.skip else None
+    url = server.__enter__() if server else None
+    try:
+        if url:
+            jobs += [
+                ("remote backend, reference server on loopback", n, lambda n=n: remote(n, url, args)) for n in (4, 64)
+            ]
+            jobs += [
+                ("seed client pattern (1 POST per step)", n, lambda n=n: seed_pattern(n, url, args)) for n in (4, 64)
+            ]
+        for name, n, job in tqdm(jobs, desc="bench", unit="row"):
+            r = job()
+            r.update(
+                name=name,
+                num_envs=n,
+                env_steps_per_s=n / r["seconds_per_step"],
+                rows_per_s=n * STEP / r["seconds_per_step"],
+            )
+            results["rows"].append(r)
+        if url:
+            results["extra"]["server_8_clients_x_64_envs"] = concurrent_clients(url, 8, 64, seconds=5.0)
+    finally:
+        if server:
+            server.__exit__()
+    if "adapters" not in args.skip:
+        results["extra"]["adapter_seconds_per_step"] = {n: adapter_overheads(n, args) for n in (64, 4096)}
+    results["extra"]["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(markdown(results))
+    print(f"\nwrote {args.out}")
+
+
+def markdown(results: dict) -> str:
+    rows = results["rows"]
+    sizes = sorted({r["num_envs"] for r in rows})
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    cell = {(r["name"], r["num_envs"]): r for r in rows}
+    m = results["machine"]
+    lines = [
+        f"{m['platform']}, {m['cpus']} CPUs, torch {m['torch']} ({m['threads']} threads), device {m['device']}",
+        "",
+        "env-steps/s (flight-rows/s = x10); step_size 10, random actions, median of repeats",
+        "",
+        "| implementation | " + " | ".join(f"N={n:,}" for n in sizes) + " |",
+        "|---|" + "---:|" * len(sizes),
+    ]
+    for name in names:
+        vals = [f"{cell[name, n]['env_steps_per_s']:,.0f}" if (name, n) in cell else "" for n in sizes]
+        lines.append(f"| {name} | " + " | ".join(vals) + " |")
+    lines += [
+        "",
+        "| this env, per step | " + " | ".join(f"N={n:,}" for n in sizes) + " |",
+        "|---|" + "---:|" * len(sizes),
+    ]
+    for name in ("this env, eager", "this env, fast path"):
+        lines.append(
+            f"| {name}: ms/step | "
+            + " | ".join(f"{1e3 * cell[name, n]['seconds_per_step']:.3f}" if (name, n) in cell else "" for n in sizes)
+            + " |"
+        )
+        lines.append(
+            f"| {name}: M flight-rows/s | "
+            + " | ".join(f"{cell[name, n]['rows_per_s'] / 1e6:,.2f}" if (name, n) in cell else "" for n in sizes)
+            + " |"
+        )
+    lines.append(
+        "| state bytes per env | "
+        + " | ".join(
+            f"{cell['this env, eager', n]['state_bytes_per_env']:.0f}" if ("this env, eager", n) in cell else ""
+            for n in sizes
+        )
+        + " |"
+    )
+    extra = results["extra"]
+    if "server_8_clients_x_64_envs" in extra:
+        s = extra["server_8_clients_x_64_envs"]
+        lines += [
+            "",
+            f"Reference server, 8 concurrent clients x 64 envs: {s['env_steps_per_s']:,.0f} env-steps/s "
+            f"({s['requests_per_s']:,.0f} vectorized steps/s).",
+        ]
+    if "adapter_seconds_per_step" in extra:
+        lines += [
+            "",
+            "| adapter (eager, CPU) | "
+            + " | ".join(f"N={n}: ms/step (x native)" for n in extra["adapter_seconds_per_step"])
+            + " |",
+            "|---|" + "---:|" * len(extra["adapter_seconds_per_step"]),
+        ]
+        for a in ("native", "torchrl", "gymnasium", "sb3"):
+            lines.append(
+                f"| {a} | "
+                + " | ".join(
+                    f"{1e3 * v[a]:.3f} (x{v[a] / v['native']:.2f})" for v in extra["adapter_seconds_per_step"].values()
+                )
+                + " |"
+            )
+    lines += ["", f"Peak host memory of the benchmark process: {extra['peak_rss_mb']:,.0f} MB."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
