@@ -37,6 +37,10 @@ def _post(url, path, token=TOKEN_A, **kwargs):
     return requests.post(url + API + path, headers=headers, timeout=10, **kwargs)
 
 
+def _get(url, path, token=TOKEN_A):
+    return requests.get(url + API + path, headers={"User-Token": token}, timeout=10)
+
+
 def _group(url, n, token=TOKEN_A, **env_config):
     sid = _post(url, "/session/create", token).json()["session_id"]
     body = {"num_envs": n, "env_config": {"step_size": 10, **env_config}}
@@ -81,11 +85,9 @@ def test_every_endpoint_shapes(server_url):
     body = _post(server_url, "/episode/vectorized_step", json=flat).json()
     assert all(len(o) == 9 and isinstance(o[0], float) for o in body["observations"])
 
-    info = requests.get(f"{server_url}{API}/episode/{ids[0]}", headers={"User-Token": TOKEN_A}, timeout=10)
+    info = _get(server_url, f"/episode/{ids[0]}", TOKEN_A)
     assert info.status_code == 200 and info.json()["step"] == 10 and info.json()["episode_id"] == ids[0]
-    latest = requests.get(
-        f"{server_url}{API}/episode/{ids[0]}/state/latest", headers={"User-Token": TOKEN_A}, timeout=10
-    )
+    latest = _get(server_url, f"/episode/{ids[0]}/state/latest", TOKEN_A)
     assert latest.json()["step"] == 10 and latest.json()["terminated"] is False
 
 
@@ -117,7 +119,7 @@ def test_tokens_and_isolation(server_url):
     step = {"episode_actions": [{"episode_id": ids[0], "action": 0}]}
     assert _post(server_url, "/episode/vectorized_step", TOKEN_B, json=step).status_code == 404
     assert _post(server_url, "/episode/vectorized_reset", TOKEN_B, json={"episode_ids": ids}).status_code == 404
-    r = requests.get(f"{server_url}{API}/episode/{ids[0]}", headers={"User-Token": TOKEN_B}, timeout=10)
+    r = _get(server_url, f"/episode/{ids[0]}", TOKEN_B)
     assert r.status_code == 404 and "not found" in r.json()["detail"]
     r = _post(server_url, "/vectorized/episodes/create", TOKEN_B, headers={"Session-ID": sid}, json={"num_envs": 1})
     assert r.status_code == 404
@@ -223,9 +225,7 @@ def test_retried_step_advances_exactly_once(plan):
         td = env.step([0, 1, 0])
         expected = twin.step([0, 1, 0])
         assert (td == expected).all()  # same rows, same reward: the engines moved once
-        info = requests.get(
-            f"{url}{API}/episode/{env.backend.episode_ids[0]}", headers={"User-Token": TOKEN_A}, timeout=10
-        )
+        info = _get(url, f"/episode/{env.backend.episode_ids[0]}", TOKEN_A)
         assert info.json()["step"] == 20 and info.json()["step_counter"] == 2
         assert (env.step([0, 0, 0]) == twin.step([0, 0, 0])).all()
 
@@ -301,9 +301,7 @@ def test_resume_by_ids_and_no_rewind(server_url):
     assert (again.step([0, 0])["reward"] == twin.step([0, 0])["reward"]).all()
     # the old client's counter 3 was already used: it gets the stored answer, the engine does not move
     env.step([0, 0])
-    info = requests.get(
-        f"{server_url}{API}/episode/{env.backend.episode_ids[0]}", headers={"User-Token": TOKEN_A}, timeout=10
-    )
+    info = _get(server_url, f"/episode/{env.backend.episode_ids[0]}", TOKEN_A)
     assert info.json()["step"] == 30
     env.step([0, 0]), env.step([0, 0])  # counters 4 and 5 are new: real steps
     with pytest.raises(RequestRejected, match="step_counter 4, expected 6"):

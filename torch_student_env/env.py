@@ -17,17 +17,19 @@ from torch_student_env.spec import NUM_ACTIONS, NUM_FEATURES, Action
 _HEALTH_COLUMN = NUM_FEATURES  # the window buffer's 10th column: hidden health of each row
 
 
-def push_rows(buffer: torch.Tensor, rows: torch.Tensor, n_new: torch.Tensor) -> torch.Tensor:
-    """Append each engine's first `n_new[i]` rows to its window, keep the newest W: one gather.
+def push_rows(
+    window: torch.Tensor, window_flight: torch.Tensor, rows: torch.Tensor, row_flight: torch.Tensor, n_new: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append each engine's first `n_new[i]` rows to its window and keep the newest W.
 
-    `buffer` (N, W, ...) oldest first, `rows` (N, K, ...) whose first n_new[i] are real.
+    `window` (N, W, C) / `window_flight` (N, W), oldest first; `rows` (N, K, C) / `row_flight`
+    (N, K), whose first n_new[i] are real. One index, two gathers, no loop over engines.
     """
-    width = buffer.shape[1]
-    combined = torch.cat((buffer, rows.to(buffer.dtype)), dim=1)  # (N, W + K, ...)
-    index = n_new.unsqueeze(1) + torch.arange(width, device=buffer.device)  # (N, W)
-    if combined.dim() == 3:
-        index = index.unsqueeze(-1).expand(-1, -1, combined.shape[-1])
-    return combined.gather(1, index)
+    width = window.shape[1]
+    index = n_new.unsqueeze(1) + torch.arange(width, device=window.device)  # (N, W) into W + K
+    flights = torch.cat((window_flight, row_flight), dim=1).gather(1, index)
+    combined = torch.cat((window, rows), dim=1)
+    return combined.gather(1, index.unsqueeze(-1).expand(-1, -1, combined.shape[-1])), flights
 
 
 def restart_windows(
@@ -125,8 +127,7 @@ class TorchStudentEnv:
 
         tr = self.backend.advance(actions, self._active, n_rows)
         n_new = tr.row_flown.sum(dim=1)
-        window = self._push(self._window, tr.rows, n_new)
-        window_flight = self._push(self._window_flight, tr.row_flight, n_new)
+        window, window_flight = self._push(self._window, self._window_flight, tr.rows, tr.row_flight, n_new)
 
         # Frozen engines (auto_reset=False) repeat their final flags with zero reward.
         terminated = torch.where(self._active, tr.terminated, self._last_terminated)
