@@ -98,7 +98,6 @@ def main(args: Args) -> None:
     for i, batch in enumerate(collector):
         trunk.norm.update(batch["observation"], batch["valid"])
         steps += batch.numel()
-        flat = batch.reshape(-1)
         for _ in range(args.epochs):
             with torch.no_grad():
                 advantage(batch)

@@ -114,9 +114,7 @@ def torchrl_adapter(n: int, device: str, args) -> dict:
         out, td = env.step_and_maybe_reset(td)
         state["td"] = td
 
-    per = timed(step, args.repeats, args.min_seconds)
-    del TensorDict
-    return {"seconds_per_step": per}
+    return {"seconds_per_step": timed(step, args.repeats, args.min_seconds)}
 
 
 def torchrl_batched(n: int, parallel: bool, args) -> dict:
