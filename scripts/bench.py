@@ -99,7 +99,6 @@ def sync_vector(n: int, args) -> dict:
 
 
 def torchrl_adapter(n: int, device: str, args) -> dict:
-    from tensordict import TensorDict
 
     from torch_student_env.adapters.torchrl import TorchRLStudentEnv
 
