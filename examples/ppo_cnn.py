@@ -71,6 +71,9 @@ def main(args: Args) -> None:
         batch_size=[args.num_steps, args.num_envs],
         device=device,
     )
+    # terminal windows, read only where an episode was truncated (see GAE below)
+    final_storage = storage.clone()
+    truncateds = torch.zeros((args.num_steps, args.num_envs), dtype=torch.bool, device=device)
     actions = torch.zeros((args.num_steps, args.num_envs), dtype=torch.int64, device=device)
     logprobs = torch.zeros((args.num_steps, args.num_envs), device=device)
     rewards = torch.zeros_like(logprobs)
@@ -107,23 +110,23 @@ def main(args: Args) -> None:
             t_env = time.perf_counter()
             td = env.step(action)
             env_time += time.perf_counter() - t_env
-            reward = td["reward"] * args.reward_scale
+            rewards[step] = td["reward"] * args.reward_scale
             # CRUCIAL, easy to overlook: a truncated episode did not end, its value continues.
-            # Bootstrap from the window it ended with (final_observation), not the reset window.
-            final = TensorDict(
-                {"observation": td["final_observation"], "valid": td["final_valid"], "flight": td["final_flight"]},
-                batch_size=[args.num_envs],
-            )
-            with torch.no_grad():
-                final_value = agent.get_value(final)
-            reward = reward + args.gamma * final_value * td["truncated"]
-            rewards[step] = reward
+            # Keep the window it ended with (final_observation, not the reset window) to bootstrap.
+            final_storage["observation"][step] = td["final_observation"]
+            final_storage["valid"][step] = td["final_valid"]
+            final_storage["flight"][step] = td["final_flight"]
+            truncateds[step] = td["truncated"]
             next_done = td["done"].to(torch.float32)
             return_sum += td["episode_return"].sum()
             return_count += td["done"].sum()
 
         # ALGO LOGIC: GAE over the rollout
         with torch.no_grad():
+            # Truncations are rare: value only their terminal windows, in one batched call per
+            # update (one host read, like the logging) instead of a critic pass every step.
+            if truncateds.any():
+                rewards[truncateds] += args.gamma * agent.get_value(final_storage[truncateds])
             next_value = agent.get_value(td)
             advantages = torch.zeros_like(rewards)
             lastgaelam = torch.zeros(args.num_envs, device=device)

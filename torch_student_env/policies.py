@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from tensordict import TensorDict
 
-from torch_student_env.sim.engine import SimTables
-from torch_student_env.sim.params import SENSOR_JACOBIAN, SimParams
+from torch_student_env.sim.engine import SimTables, takeoff_egt_margin
+from torch_student_env.sim.params import SimParams
 from torch_student_env.spec import DTAMB_COLUMN, PHASE_COLUMN, SENSOR_NAMES, Action
 
 _EGT = SENSOR_NAMES.index("LPT_Tin")
@@ -122,9 +122,8 @@ class OraclePolicy:
         """True take-off LPT_Tin margin to the failure limit, K (N,)."""
         if "health_params" not in td.keys():
             raise KeyError("OraclePolicy needs the hidden health: build the env with privileged=True")
-        jac = torch.tensor(SENSOR_JACOBIAN[_EGT], dtype=torch.float32, device=td.device)
-        rise = (td["health_params"] * jac).sum(dim=-1) * self.params.takeoff_ratio[_EGT]
-        return self.params.egt_margin_new - rise
+        tables = _tables(self.params, td.device)
+        return takeoff_egt_margin(td["health_params"] @ tables.jacobian_t[:, _EGT], tables)
 
     def __call__(self, td: TensorDict) -> torch.Tensor:
         margin = self.egt_margin(td)

@@ -66,11 +66,6 @@ class LocalBackend:
         self._state, transition = self._advance(self._state, actions, active, n_rows, self.max_flights, self.tables)
         return transition
 
-    @property
-    def engine_state(self) -> EngineState:
-        """The current engines (read-only dataclass of tensors)."""
-        return self._state
-
     def privileged(self) -> dict[str, torch.Tensor]:
         """Hidden health: scalar health, its cap, the 10 ODSMR deviations, repair count."""
         s = self._state

@@ -176,10 +176,15 @@ def _flight_rows(state: EngineState, damage: torch.Tensor, flight: torch.Tensor,
     return _Rows(
         rows=rows,
         fuel_ratio=1.0 + health_shift[..., _FUEL] / tables.cruise_fuel,
-        egt_margin=tables.params.egt_margin_new - health_shift[..., _EGT] * tables.takeoff_egt_ratio,
+        egt_margin=takeoff_egt_margin(health_shift[..., _EGT], tables),
         hazard_draw=rng.uniform24(bits[..., 1]),
         revenue_noise=normals[..., NUM_SENSORS],
     )
+
+
+def takeoff_egt_margin(lpt_tin_shift: torch.Tensor, tables: SimTables) -> torch.Tensor:
+    """Take-off LPT_Tin margin to the failure limit (K) from the cruise-scale LPT_Tin shift."""
+    return tables.params.egt_margin_new - lpt_tin_shift * tables.takeoff_egt_ratio
 
 
 def salvage_value(state: EngineState, params: SimParams) -> torch.Tensor:
