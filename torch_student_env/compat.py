@@ -39,6 +39,17 @@ def _setting(value: Any, env_var: str, default: Any, kind: type) -> Any:
         raise ValueError(f"${env_var}={raw!r} is not a valid {kind.__name__}") from err
 
 
+def _connection_settings(max_steps_per_episode, auto_reset, server_url, user_token, timeout) -> dict[str, Any]:
+    """The settings both factories resolve from arguments, then environment variables, then defaults."""
+    return {
+        "max_steps_per_episode": _setting(max_steps_per_episode, "MAX_STEPS_PER_EPISODE", 1000, int),
+        "auto_reset": _setting(auto_reset, "AUTO_RESET", True, bool),
+        "server_url": _setting(server_url, "SERVER_URL", None, str),
+        "user_token": _setting(user_token, "USER_TOKEN", None, str),
+        "timeout": _setting(timeout, "TIMEOUT", 30.0, float),
+    }
+
+
 class StudentGymEnvVectorized:
     """The seed's vectorized client API over a `TorchStudentEnv` (numpy in, numpy out)."""
 
@@ -243,13 +254,9 @@ def create_student_gym_env_vectorized(
     return StudentGymEnvVectorized(
         num_envs=num_envs,
         step_size=step_size,
-        max_steps_per_episode=_setting(max_steps_per_episode, "MAX_STEPS_PER_EPISODE", 1000, int),
-        auto_reset=_setting(auto_reset, "AUTO_RESET", True, bool),
         prod=prod,
         return_all_states=return_all_states,
-        server_url=_setting(server_url, "SERVER_URL", None, str),
-        user_token=_setting(user_token, "USER_TOKEN", None, str),
-        timeout=_setting(timeout, "TIMEOUT", 30.0, float),
+        **_connection_settings(max_steps_per_episode, auto_reset, server_url, user_token, timeout),
         episode_ids=episode_ids,
         session_id=session_id,
         seed=seed,
@@ -272,12 +279,8 @@ def create_student_gym_env(
     """The seed client's single-env factory, same resolution of settings as the vectorized one."""
     return StudentGymEnv(
         step_size=step_size,
-        max_steps_per_episode=_setting(max_steps_per_episode, "MAX_STEPS_PER_EPISODE", 1000, int),
-        auto_reset=_setting(auto_reset, "AUTO_RESET", True, bool),
         prod=prod,
-        server_url=_setting(server_url, "SERVER_URL", None, str),
-        user_token=_setting(user_token, "USER_TOKEN", None, str),
-        timeout=_setting(timeout, "TIMEOUT", 30.0, float),
+        **_connection_settings(max_steps_per_episode, auto_reset, server_url, user_token, timeout),
         episode_ids=[episode_id] if episode_id is not None else None,
         session_id=session_id,
         seed=seed,

@@ -182,7 +182,7 @@ class RemoteBackend:
         self._counters[1, index] = counters
         self._flights[index] = 0
         rows[index, :NUM_FEATURES] = torch.tensor(data["observations"], dtype=torch.float32)
-        self._read_health(index, data["infos"], rows[:, None, NUM_FEATURES], np.ones((len(index), 1), dtype=int))
+        self._read_health(index, data["infos"], rows[:, None, NUM_FEATURES], [1] * len(index))
         return rows.to(self.device)
 
     def advance(self, actions: torch.Tensor, active: torch.Tensor, n_rows: int) -> Transition:
@@ -231,7 +231,7 @@ class RemoteBackend:
                 flags[:, i] = data["terminateds"][j], data["truncateds"][j], info.get("failed", False)
                 self._flights[i] = info.get("step", self._flights[i] + k)
                 repairs[i] = info.get("repairs", 0)
-            self._read_health(index, data["infos"], rows[:, :, NUM_FEATURES], lengths[:, None])
+            self._read_health(index, data["infos"], rows[:, :, NUM_FEATURES], lengths.tolist())
         row_flight = torch.as_tensor(before)[:, None] + torch.arange(1, n_rows + 1)
         to = dict(device=self.device)
         return Transition(
@@ -247,9 +247,12 @@ class RemoteBackend:
         )
 
     def _read_health(
-        self, index: np.ndarray, infos: list[dict], health_column: torch.Tensor, lengths: np.ndarray
+        self, index: np.ndarray, infos: list[dict], health_column: torch.Tensor, lengths: list[int]
     ) -> None:
-        """Hidden health from infos, when the server sends it (prod=False servers, ours)."""
+        """Hidden health from infos, when the server sends it (prod=False servers, ours).
+
+        `health_column` is a (N, K) view of the rows' health column; `lengths[j]` rows are real.
+        """
         if not infos or "health" not in infos[0]:
             return
         if not self._health:
@@ -265,7 +268,7 @@ class RemoteBackend:
             self._health["health_cap"][i] = info["health_cap"]
             self._health["health_params"][i] = torch.tensor(info["health_params"])
             self._health["repairs"][i] = info.get("repairs", 0)
-            rows_health = info.get("health_rows", [])[: int(lengths[j].max())]
+            rows_health = info.get("health_rows", [])[: lengths[j]]
             if rows_health:
                 health_column[i, : len(rows_health)] = torch.tensor(rows_health)
 

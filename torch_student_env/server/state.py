@@ -63,7 +63,7 @@ class Group:
     step_counter: list[int]
     reset_counter: list[int]
     last_step: list[dict | None]
-    last_reset: list[dict | None]
+    last_reset: list[tuple | None]
     has_reset: list[bool]
 
 
@@ -176,13 +176,9 @@ class ServerState:
         by_group: dict[str, list[int]] = {}
         for j, (group, i) in enumerate(located):
             counter = reset_counters[j] if reset_counters is not None else None
-            if counter is not None and counter == group.reset_counter[i] and group.last_reset[i] is not None:
-                results[j] = group.last_reset[i]["result"]  # a retried reset: answer, do not reset again
-                continue
-            if counter is not None and counter != group.reset_counter[i] + 1:
-                raise ServerError(
-                    409, f"episode {episode_ids[j]}: reset_counter {counter}, expected {group.reset_counter[i] + 1}"
-                )
+            results[j] = _replay("reset", episode_ids[j], counter, group.reset_counter[i], group.last_reset[i])
+            if results[j] is not None:
+                continue  # a retried reset: answered, not reset again
             by_group.setdefault(group.group_id, []).append(j)
         for js in by_group.values():
             group = located[js[0]][0]
@@ -211,7 +207,7 @@ class ServerState:
                 results[j] = (first[i, :NUM_FEATURES].tolist(), info)
                 if reset_counters is not None and reset_counters[j] is not None:
                     group.reset_counter[i] = reset_counters[j]
-                    group.last_reset[i] = {"result": results[j]}
+                    group.last_reset[i] = results[j]
         return [r[0] for r in results], [r[1] for r in results]
 
     def step(self, token: str, actions: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -228,14 +224,11 @@ class ServerState:
         results: list[dict | None] = [None] * len(actions)
         batches: dict[tuple[str, int], list[int]] = {}
         for j, (a, (group, i)) in enumerate(zip(actions, located, strict=True)):
-            counter = a.get("step_counter")
-            if counter is not None and counter == group.step_counter[i] and group.last_step[i] is not None:
-                results[j] = group.last_step[i]  # a retried step: the stored answer, no second advance
-                continue
-            if counter is not None and counter != group.step_counter[i] + 1:
-                raise ServerError(
-                    409, f"episode {a['episode_id']}: step_counter {counter}, expected {group.step_counter[i] + 1}"
-                )
+            results[j] = _replay(
+                "step", a["episode_id"], a.get("step_counter"), group.step_counter[i], group.last_step[i]
+            )
+            if results[j] is not None:
+                continue  # a retried step: the stored answer, no second advance
             if not group.has_reset[i]:
                 raise ServerError(409, f"episode {a['episode_id']} has not been reset yet")
             batches.setdefault((group.group_id, a["step_size"]), []).append(j)
@@ -315,6 +308,17 @@ class ServerState:
             "step_counter": group.step_counter[i],
             "reset_counter": group.reset_counter[i],
         }
+
+
+def _replay(kind: str, episode_id: str, counter: int | None, last: int, stored: Any) -> Any:
+    """The stored answer for a repeated counter, None for the next one (or no counter); else 409."""
+    if counter is None:
+        return None
+    if counter == last and stored is not None:
+        return stored
+    if counter != last + 1:
+        raise ServerError(409, f"episode {episode_id}: {kind}_counter {counter}, expected {last + 1}")
+    return None
 
 
 def _health_info(privileged: dict[str, torch.Tensor], i: int, health_rows: list[float]) -> dict[str, Any]:
