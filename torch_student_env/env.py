@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields
 from numbers import Integral
 from typing import Any
 
@@ -11,34 +12,111 @@ from tensordict import TensorDict
 
 from torch_student_env.backends.base import Backend
 from torch_student_env.config import EnvConfig, check_seed, check_step_size
-from torch_student_env.sim.engine import ROW_WIDTH
+from torch_student_env.sim.engine import ROW_WIDTH, Transition
 from torch_student_env.spec import NUM_ACTIONS, NUM_FEATURES, Action
+from torch_student_env.window import push_rows
 
 _HEALTH_COLUMN = NUM_FEATURES  # the window buffer's 10th column: hidden health of each row
 
 
-def push_rows(
-    window: torch.Tensor, window_flight: torch.Tensor, rows: torch.Tensor, row_flight: torch.Tensor, n_new: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Append each engine's first `n_new[i]` rows to its window and keep the newest W.
+@dataclass(frozen=True)
+class EpisodeBuffers:
+    """What the env keeps per engine between steps (the backend keeps the engines themselves).
 
-    `window` (N, W, C) / `window_flight` (N, W), oldest first; `rows` (N, K, C) / `row_flight`
-    (N, K), whose first n_new[i] are real. One index, two gathers, no loop over engines.
+    Engines are the last dimension, as in the simulator (see `EngineState`): the window is
+    (10, W, N), and the (N, W, 9) observation handed out is a permuted view of it.
     """
-    width = window.shape[1]
-    index = n_new.unsqueeze(1) + torch.arange(width, device=window.device)  # (N, W) into W + K
-    flights = torch.cat((window_flight, row_flight), dim=1).gather(1, index)
-    combined = torch.cat((window, rows), dim=1)
-    return combined.gather(1, index.unsqueeze(-1).expand(-1, -1, combined.shape[-1])), flights
+
+    window: torch.Tensor  # (10, W, N) float32: the 9 features + hidden health of the last W rows
+    window_flight: torch.Tensor  # (W, N) int64: flight index of each row, -1 = padding; oldest first
+    active: torch.Tensor  # (N,) bool: in an episode (False: finished, awaiting reset(mask=))
+    last_terminated: torch.Tensor  # (N,) bool: flags that frozen engines repeat
+    last_truncated: torch.Tensor  # (N,) bool
+    return_so_far: torch.Tensor  # (N,) float32: reward of the running episode
 
 
-def restart_windows(
-    mask: torch.Tensor, first_rows: torch.Tensor, window: torch.Tensor, window_flight: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Masked engines get a fresh window: padding, then their reset row (flight 0)."""
-    fresh = torch.cat((torch.zeros_like(window[:, 1:]), first_rows.unsqueeze(1)), dim=1)
-    fresh_flight = torch.cat((torch.full_like(window_flight[:, 1:], -1), torch.zeros_like(window_flight[:, :1])), dim=1)
-    return torch.where(mask[:, None, None], fresh, window), torch.where(mask[:, None], fresh_flight, window_flight)
+def empty_buffers(num_envs: int, history: int, device: torch.device) -> EpisodeBuffers:
+    """Buffers before the first reset: padding everywhere, no engine active."""
+    flags = torch.zeros(num_envs, dtype=torch.bool, device=device)
+    return EpisodeBuffers(
+        window=torch.zeros(ROW_WIDTH, history, num_envs, device=device),
+        window_flight=torch.full((history, num_envs), -1, dtype=torch.int64, device=device),
+        active=flags,
+        last_terminated=flags,
+        last_truncated=flags,
+        return_so_far=torch.zeros(num_envs, device=device),
+    )
+
+
+def restart_episodes(buffers: EpisodeBuffers, mask: torch.Tensor, first_rows: torch.Tensor) -> EpisodeBuffers:
+    """Masked engines get a fresh window (padding, then their reset row, flight 0) and bookkeeping.
+
+    `first_rows` (N, 10) as the backend returns them.
+    """
+    window, window_flight = buffers.window, buffers.window_flight
+    # Selects on the slot index rather than a concatenated fresh window: nothing extra to allocate.
+    newest = torch.arange(window.shape[1], device=window.device).unsqueeze(1) == window.shape[1] - 1  # (W, 1)
+    fresh = torch.where(newest, first_rows.T.unsqueeze(1), 0.0)  # (10, W, N)
+    return EpisodeBuffers(
+        window=torch.where(mask, fresh, window),
+        window_flight=torch.where(mask, torch.where(newest, 0, -1), window_flight),
+        active=buffers.active | mask,
+        last_terminated=buffers.last_terminated & ~mask,
+        last_truncated=buffers.last_truncated & ~mask,
+        return_so_far=torch.where(mask, 0.0, buffers.return_so_far),
+    )
+
+
+def window_step(
+    buffers: EpisodeBuffers, tr: Transition, first_rows: torch.Tensor | None
+) -> tuple[EpisodeBuffers, dict[str, torch.Tensor]]:
+    """The env's side of a step: push the flown rows, build the step outputs, restart the ended.
+
+    `first_rows` (N, 10) are the backend's fresh episodes (auto-reset), or None to freeze the
+    ended engines instead. A pure function of tensors, so the fast path compiles it whole.
+    """
+    active = buffers.active
+    if tr.window is not None:  # the backend recomputed the whole window
+        window, window_flight = tr.window.permute(2, 1, 0), tr.window_flight.T
+    else:
+        n_new = tr.row_flown.sum(1)
+        window = push_rows(buffers.window, tr.rows.permute(2, 1, 0), n_new)
+        window_flight = push_rows(buffers.window_flight.unsqueeze(0), tr.row_flight.T.unsqueeze(0), n_new)[0]
+    # Frozen engines (auto_reset=False) repeat their final flags with zero reward.
+    terminated = torch.where(active, tr.terminated, buffers.last_terminated)
+    truncated = torch.where(active, tr.truncated, buffers.last_truncated)
+    reward = torch.where(active, tr.reward, 0.0)
+    ended = tr.ended(active)  # finished in this call
+    return_so_far = buffers.return_so_far + reward
+    out = {
+        "reward": reward,
+        "terminated": terminated,
+        "truncated": truncated,
+        "done": terminated | truncated,
+        "final_observation": torch.where(ended, window[:NUM_FEATURES], 0.0).permute(2, 1, 0),
+        "final_valid": (ended & (window_flight >= 0)).T,
+        "final_flight": torch.where(ended, window_flight, -1).T,
+        "episode_return": torch.where(ended, return_so_far, 0.0),
+        "episode_length": torch.where(ended, tr.flights, 0),
+        "episode_repairs": torch.where(ended, tr.repairs, 0),
+        "episode_failed": ended & tr.failed,
+    }
+    buffers = EpisodeBuffers(
+        window=window,
+        window_flight=window_flight,
+        active=active if first_rows is not None else active & ~ended,
+        last_terminated=terminated,
+        last_truncated=truncated,
+        return_so_far=torch.where(ended, 0.0, return_so_far),
+    )
+    if first_rows is not None:
+        buffers = restart_episodes(buffers, ended, first_rows)
+    return buffers, out
+
+
+def _features(window: torch.Tensor) -> torch.Tensor:
+    """The (N, W, 9) feature view of a (10, W, N) window buffer."""
+    return window[:NUM_FEATURES].permute(2, 1, 0)
 
 
 class TorchStudentEnv:
@@ -72,16 +150,9 @@ class TorchStudentEnv:
         self.step_size = config.step_size
         self.history = config.history
         self.device = config.device
-        n, w = self.num_envs, self.history
-        self._window = torch.zeros(n, w, ROW_WIDTH, device=self.device)  # rows + hidden health
-        self._window_flight = torch.full((n, w), -1, dtype=torch.int64, device=self.device)
-        self._active = torch.zeros(n, dtype=torch.bool, device=self.device)
-        self._last_terminated = torch.zeros(n, dtype=torch.bool, device=self.device)
-        self._last_truncated = torch.zeros(n, dtype=torch.bool, device=self.device)
-        self._return_so_far = torch.zeros(n, device=self.device)
-        # The window kernels are compiled with the simulator's when the fast path is on.
-        self._push = torch.compile(push_rows, dynamic=False) if config.fast else push_rows
-        self._restart = torch.compile(restart_windows, dynamic=False) if config.fast else restart_windows
+        self._buffers = empty_buffers(self.num_envs, self.history, self.device)
+        # The env's half of a step is compiled with the simulator's when the fast path is on.
+        self._window_step = torch.compile(window_step, dynamic=False) if config.fast else window_step
         self._seed = config.seed
         self._has_reset = False
 
@@ -111,7 +182,7 @@ class TorchStudentEnv:
                 raise RuntimeError("call reset() once for all engines before resetting a subset with mask=")
             reset_mask = self._as_mask(mask)
         first_rows = self.backend.reset(None if mask is None else reset_mask)
-        self._start_episodes(reset_mask, first_rows)
+        self._buffers = restart_episodes(self._buffers, reset_mask, first_rows)
         self._has_reset = True
         return self._observation_td()
 
@@ -125,37 +196,8 @@ class TorchStudentEnv:
         n_rows = self.step_size if step_size is None else check_step_size(step_size)
         actions = self._as_actions(actions)
 
-        tr = self.backend.advance(actions, self._active, n_rows)
-        n_new = tr.row_flown.sum(dim=1)
-        window, window_flight = self._push(self._window, self._window_flight, tr.rows, tr.row_flight, n_new)
-
-        # Frozen engines (auto_reset=False) repeat their final flags with zero reward.
-        terminated = torch.where(self._active, tr.terminated, self._last_terminated)
-        truncated = torch.where(self._active, tr.truncated, self._last_truncated)
-        reward = torch.where(self._active, tr.reward, 0.0)
-        ended = self._active & (tr.terminated | tr.truncated)  # finished in this call
-        self._return_so_far = self._return_so_far + reward
-
-        out = {
-            "reward": reward,
-            "terminated": terminated,
-            "truncated": truncated,
-            "done": terminated | truncated,
-            "final_observation": torch.where(ended[:, None, None], window[..., :NUM_FEATURES], 0.0),
-            "final_valid": ended[:, None] & (window_flight >= 0),
-            "final_flight": torch.where(ended[:, None], window_flight, -1),
-            "episode_return": torch.where(ended, self._return_so_far, 0.0),
-            "episode_length": torch.where(ended, tr.flights, 0),
-            "episode_repairs": torch.where(ended, tr.repairs, 0),
-            "episode_failed": ended & tr.failed,
-        }
-        self._window, self._window_flight = window, window_flight
-        self._last_terminated, self._last_truncated = terminated, truncated
-        self._return_so_far = torch.where(ended, 0.0, self._return_so_far)
-        if self.config.auto_reset:
-            self._start_episodes(ended, self.backend.reset(ended))
-        else:
-            self._active = self._active & ~ended
+        tr, first_rows = self.backend.step(actions, self._buffers.active, n_rows, reset_ended=self.config.auto_reset)
+        self._buffers, out = self._window_step(self._buffers, tr, first_rows)
         td = self._observation_td()
         td.update(out)
         return td
@@ -168,12 +210,7 @@ class TorchStudentEnv:
             "num_envs": self.num_envs,
             "history": self.history,
             "seed": self._seed,
-            "window": self._window.clone(),
-            "window_flight": self._window_flight.clone(),
-            "active": self._active.clone(),
-            "last_terminated": self._last_terminated.clone(),
-            "last_truncated": self._last_truncated.clone(),
-            "return_so_far": self._return_so_far.clone(),
+            **{name: value.clone() for name, value in asdict(self._buffers).items()},
             "backend": self.backend.state_dict(),
         }
 
@@ -184,8 +221,9 @@ class TorchStudentEnv:
                 raise ValueError(f"checkpoint has {name}={state[name]}, this env has {name}={getattr(self, name)}")
         self.backend.load_state_dict(state["backend"])
         self._seed = state["seed"]
-        for name in ("window", "window_flight", "active", "last_terminated", "last_truncated", "return_so_far"):
-            setattr(self, f"_{name}", state[name].to(self.device).clone())
+        self._buffers = EpisodeBuffers(
+            **{f.name: state[f.name].to(self.device).clone() for f in fields(EpisodeBuffers)}
+        )
         self._has_reset = True
 
     def close(self) -> None:
@@ -202,25 +240,18 @@ class TorchStudentEnv:
     # ------------------------------------------------------------------------------------------
     # internals
     # ------------------------------------------------------------------------------------------
-    def _start_episodes(self, mask: torch.Tensor, first_rows: torch.Tensor) -> None:
-        """Give the masked engines a fresh window and clear their episode bookkeeping."""
-        self._window, self._window_flight = self._restart(mask, first_rows, self._window, self._window_flight)
-        self._active = self._active | mask
-        self._last_terminated = self._last_terminated & ~mask
-        self._last_truncated = self._last_truncated & ~mask
-        self._return_so_far = torch.where(mask, 0.0, self._return_so_far)
-
     def _observation_td(self) -> TensorDict:
-        valid = self._window_flight >= 0
+        window, window_flight = self._buffers.window, self._buffers.window_flight
+        valid = window_flight >= 0
         data = {
-            "observation": self._window[..., :NUM_FEATURES],
-            "row": self._window[:, -1, :NUM_FEATURES],
-            "flight": self._window_flight,
-            "valid": valid,
+            "observation": _features(window),
+            "row": window[:NUM_FEATURES, -1].T,
+            "flight": window_flight.T,
+            "valid": valid.T,
         }
         if self.config.privileged:
             data.update(self.backend.privileged())
-            data["window_health"] = torch.where(valid, self._window[..., _HEALTH_COLUMN], 0.0)
+            data["window_health"] = torch.where(valid, window[_HEALTH_COLUMN], 0.0).T
         return TensorDict(data, batch_size=[self.num_envs], device=self.device)
 
     def _as_mask(self, mask: torch.Tensor | np.ndarray | list) -> torch.Tensor:

@@ -60,6 +60,7 @@ def make_env(
             config.sim_params,
             config.seed,
             fast=config.fast,
+            history=config.history,
         )
     elif backend == "remote":
         from torch_student_env.backends.remote import RemoteBackend

@@ -72,10 +72,11 @@ def egt_rise(td: TensorDict, params: SimParams | None = None) -> torch.Tensor:
     tables = _tables(params or SimParams(), td.device)
     obs, valid = td["observation"], td["valid"]
     phase = obs[..., PHASE_COLUMN].long().clamp(0, 2)
-    reference = tables.baseline[phase, _EGT] + tables.dtamb_sensitivity[_EGT] * (
+    per_phase = tables.baseline[:, _EGT, 0, 0], tables.phase_ratio[:, _EGT, 0, 0]  # (3,) each
+    reference = per_phase[0][phase] + tables.dtamb_sensitivity[_EGT, 0, 0] * (
         obs[..., DTAMB_COLUMN] - tables.params.dtamb_reference
     )
-    rise = (obs[..., _EGT] - reference) / tables.phase_ratio[phase, _EGT]
+    rise = (obs[..., _EGT] - reference) / per_phase[1][phase]
     weights = valid.to(obs.dtype)
     return (rise * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
@@ -123,7 +124,7 @@ class OraclePolicy:
         if "health_params" not in td.keys():
             raise KeyError("OraclePolicy needs the hidden health: build the env with privileged=True")
         tables = _tables(self.params, td.device)
-        return takeoff_egt_margin(td["health_params"] @ tables.jacobian_t[:, _EGT], tables)
+        return takeoff_egt_margin(td["health_params"] @ tables.jacobian[_EGT], tables)
 
     def __call__(self, td: TensorDict) -> torch.Tensor:
         margin = self.egt_margin(td)

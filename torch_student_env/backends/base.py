@@ -31,6 +31,15 @@ class Backend(Protocol):
     def advance(self, actions: torch.Tensor, active: torch.Tensor, n_rows: int) -> Transition:
         """Apply actions (N,) to the `active` engines and fly up to `n_rows` flights."""
 
+    def step(
+        self, actions: torch.Tensor, active: torch.Tensor, n_rows: int, reset_ended: bool
+    ) -> tuple[Transition, torch.Tensor | None]:
+        """`advance`, then (if `reset_ended`) `reset` the engines whose episode ended.
+
+        Returns the transition and the first rows (N, 10) of the fresh episodes (None without
+        `reset_ended`). The env calls this once per `step`; a backend may fuse the two parts.
+        """
+
     def privileged(self) -> dict[str, torch.Tensor]:
         """Hidden health of the current engines (empty when the backend cannot see it)."""
 

@@ -8,19 +8,27 @@ from typing import Any
 import torch
 
 from torch_student_env.sim import rng
-from torch_student_env.sim.engine import EngineState, SimTables, Transition, advance, reset_engines
+from torch_student_env.sim.engine import EngineState, SimTables, Transition, advance, restart_engines, sim_step
 from torch_student_env.sim.params import SimParams
 
 
 class LocalBackend:
     """Runs `sim.engine` on `device`. Env i's episode k is keyed by hash(seed, i, k) alone.
 
-    `fast=True` runs both kernels through `torch.compile` (fused loops; CUDA graphs are left to
-    the caller). Outputs equal eager ones to float32 rounding (tests/test_fast_path.py).
+    `fast=True` runs the kernels through `torch.compile`: a whole `step` (advance and the resets
+    of ended engines) is one compiled graph of fused loops. Outputs equal eager ones to float32
+    rounding (tests/test_fast_path.py).
     """
 
     def __init__(
-        self, num_envs: int, device: torch.device, max_flights: int, params: SimParams, seed: int, fast: bool = False
+        self,
+        num_envs: int,
+        device: torch.device,
+        max_flights: int,
+        params: SimParams,
+        seed: int,
+        fast: bool = False,
+        history: int | None = None,
     ) -> None:
         self.num_envs = num_envs
         self.device = device
@@ -28,8 +36,12 @@ class LocalBackend:
         self.tables = SimTables(params, device)
         self.fast = fast
         self._advance = torch.compile(advance, dynamic=False) if fast else advance
-        self._reset_engines = torch.compile(reset_engines, dynamic=False) if fast else reset_engines
+        self._sim_step = torch.compile(sim_step, dynamic=False) if fast else sim_step
         self._state: EngineState | None = None
+        # Given a window length, the damages of each engine's last `history` flights are kept, and
+        # the fast path's `step` recomputes those rows from them (sim.engine.window_rows) instead
+        # of returning the new rows for the env to shift in, which compiles to scalar gathers.
+        self._window_damage = torch.zeros(history, num_envs, device=device) if history else None
         self.seed(seed)
 
     def seed(self, seed: int) -> None:
@@ -54,17 +66,38 @@ class LocalBackend:
         """Start the next episode of the masked engines; first rows (N, 10) for all."""
         if mask is None:
             mask = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
-        # Only masked engines advance their episode counter. Before the first reset, the others
-        # get a placeholder state that is never observed before their own reset.
-        self._episode = self._episode + mask.long()
-        fresh, first_rows = self._reset_engines(rng.fold(self._env_key, self._episode), self.tables)
-        self._state = fresh if self._state is None else fresh.where(mask, self._state)
+        # Eager even on the fast path: resets outside `step` are rare, and compiling this graph
+        # would double the one-off compile time (auto-resets are compiled inside `step`).
+        self._state, self._episode, first_rows = restart_engines(
+            self._state, self._env_key, self._episode, mask, self.tables
+        )
+        if self._window_damage is not None:
+            self._window_damage = torch.where(mask, self._state.damage, self._window_damage)
         return first_rows
 
     def advance(self, actions: torch.Tensor, active: torch.Tensor, n_rows: int) -> Transition:
         """Act and fly up to `n_rows` flights (see `sim.engine.advance`)."""
         self._state, transition = self._advance(self._state, actions, active, n_rows, self.max_flights, self.tables)
         return transition
+
+    def step(
+        self, actions: torch.Tensor, active: torch.Tensor, n_rows: int, reset_ended: bool
+    ) -> tuple[Transition, torch.Tensor | None]:
+        """Act, fly and (if `reset_ended`) restart the ended engines (see `sim.engine.sim_step`)."""
+        self._state, self._window_damage, self._episode, transition, first_rows = self._sim_step(
+            self._state,
+            self._window_damage,
+            self._env_key,
+            self._episode,
+            actions,
+            active,
+            n_rows,
+            self.max_flights,
+            self.tables,
+            reset_ended,
+            recompute_window=self.fast,
+        )
+        return transition, first_rows
 
     def privileged(self) -> dict[str, torch.Tensor]:
         """Hidden health: scalar health, its cap, the 10 ODSMR deviations, repair count."""
@@ -79,12 +112,22 @@ class LocalBackend:
     def state_dict(self) -> dict[str, Any]:
         """Seed, episode counters and every engine tensor (cloned)."""
         engines = {k: v.clone() for k, v in asdict(self._state).items()} if self._state is not None else None
-        return {"seed": self._seed, "episode": self._episode.clone(), "engines": engines}
+        window_damage = None if self._window_damage is None else self._window_damage.clone()
+        return {
+            "seed": self._seed,
+            "episode": self._episode.clone(),
+            "engines": engines,
+            "window_damage": window_damage,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a `state_dict` (tensors moved to this backend's device)."""
         self.seed(state["seed"])
         self._episode = state["episode"].to(self.device).clone()
+        if self._window_damage is not None:
+            if state.get("window_damage") is None:
+                raise ValueError("checkpoint has no window damages: it was saved by a backend made without history")
+            self._window_damage = state["window_damage"].to(self.device).clone()
         engines = state["engines"]
         self._state = (
             None if engines is None else EngineState(**{k: v.to(self.device).clone() for k, v in engines.items()})
