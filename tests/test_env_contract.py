@@ -110,3 +110,20 @@ def test_sensor_values_are_physical(env_factory):
         assert abs(mean / level - 1) < 0.03, (name, mean)
     dtamb = cruise[:, FEATURE_NAMES.index("DTAMB")]
     assert dtamb.min() >= 9 and dtamb.max() <= 11
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_returned_tensors_keep_their_values_after_later_steps(fast):
+    """Outputs are views of the env's buffers (engines innermost), but never written in place."""
+    from torch_student_env import make_env
+
+    env = make_env(num_envs=6, seed=4, fast=fast, privileged=True)
+    kept = env.reset()
+    snapshot = kept.clone()
+    for _ in range(3):
+        kept_step = env.step(const_actions(6, Action.DO_NOTHING))
+    snapshot_step = kept_step.clone()
+    for _ in range(3):
+        env.step(const_actions(6, Action.REPAIR))
+    assert (kept == snapshot).all() and (kept_step == snapshot_step).all()
+    assert kept_step["observation"].contiguous().view(6, -1).shape == (6, 10 * F)

@@ -41,6 +41,7 @@ def _check_outputs(out: Path, name: str) -> dict:
 def tiny_ppo(total_steps: int) -> list[str]:
     """PPO flags for a few updates of 8 envs x 16 steps (128 env steps per update)."""
     return [
+        "--no-fast",  # eager: a smoke test should not pay the one-off compile
         "--num-envs",
         "8",
         "--num-steps",

@@ -7,6 +7,7 @@ import torch
 
 from torch_student_env import make_env
 from torch_student_env.sim import rng
+from torch_student_env.window import push_rows
 
 
 def test_fast_path_matches_eager():
@@ -26,6 +27,41 @@ def test_fast_path_matches_eager():
         assert torch.allclose(a["health"], b["health"], atol=1e-5)
         ended += int(a["done"].sum())
     assert ended > 0  # the comparison crossed auto-resets
+
+
+def test_fast_path_recomputed_window_matches_eager_shifted_window():
+    """The fast path recomputes windows from per-flight damages; eager shifts rows in. Same windows,
+    here with W > K (old rows survive a step), frozen engines and partial resets."""
+    kwargs = dict(num_envs=32, seed=5, history=16, auto_reset=False, privileged=True, max_steps_per_episode=60)
+    eager, fast = make_env(fast=False, **kwargs), make_env(fast=True, **kwargs)
+    eager.reset(), fast.reset()
+    gen = torch.Generator().manual_seed(3)
+    frozen_steps = 0
+    for _ in range(30):
+        actions = torch.multinomial(torch.tensor([0.8, 0.15, 0.05]), 32, replacement=True, generator=gen)
+        a, b = eager.step(actions), fast.step(actions)
+        for key in ("flight", "valid", "done", "final_flight", "final_valid"):
+            assert torch.equal(a[key], b[key]), key
+        for key in ("observation", "final_observation", "window_health"):
+            assert torch.allclose(a[key], b[key], rtol=1e-5, atol=1e-3), key
+        frozen_steps += int(a["done"].sum())
+        restart = a["done"] & (torch.rand(32, generator=gen) < 0.5)
+        a, b = eager.reset(mask=restart), fast.reset(mask=restart)
+        assert torch.equal(a["flight"], b["flight"]) and torch.allclose(a["observation"], b["observation"], atol=1e-3)
+    assert frozen_steps > 0  # some engines sat frozen with their final window
+
+
+@pytest.mark.parametrize("width, n_rows", [(10, 10), (4, 10), (16, 5), (1, 3)])
+def test_push_rows_matches_a_per_engine_reference(width, n_rows):
+    gen = torch.Generator().manual_seed(width * 100 + n_rows)
+    n = 50
+    window = torch.randint(0, 1000, (3, width, n), generator=gen)
+    rows = torch.randint(0, 1000, (3, n_rows, n), generator=gen)
+    n_new = torch.randint(0, n_rows + 1, (n,), generator=gen)
+    got = push_rows(window, rows, n_new)
+    for i in range(n):
+        joined = torch.cat((window[:, :, i], rows[:, : int(n_new[i]), i]), dim=1)
+        assert torch.equal(got[:, :, i], joined[:, -width:])
 
 
 def test_fast_path_is_automatic_only_for_large_batches():

@@ -141,6 +141,12 @@ class TorchStudentEnv:
     With `auto_reset=True` (default) finished engines start a new episode inside `step`; with
     `auto_reset=False` they stay frozen: stepping them is a no-op that repeats their final flags
     with reward 0, until `reset(mask=...)` restarts them.
+
+    Memory layout: engines are the innermost dimension of every buffer (that is what vectorises
+    the simulator), so the per-window outputs are permuted views, not contiguous (N, W, F)
+    tensors. Indexing, arithmetic, `copy_` and TensorDict ops take them as they are; call
+    `.contiguous()` before `.view()`. Outputs are never written in place: a returned tensor keeps
+    its values after later steps.
     """
 
     def __init__(self, config: EnvConfig, backend: Backend) -> None:
