@@ -204,9 +204,7 @@ class TorchStudentEnv:
 
         tr, first_rows = self.backend.step(actions, self._buffers.active, n_rows, reset_ended=self.config.auto_reset)
         self._buffers, out = self._window_step(self._buffers, tr, first_rows)
-        td = self._observation_td()
-        td.update(out)
-        return td
+        return self._observation_td(out)
 
     def state_dict(self) -> dict[str, Any]:
         """A checkpoint of the whole env (backend, windows, counters) to resume exactly."""
@@ -246,7 +244,8 @@ class TorchStudentEnv:
     # ------------------------------------------------------------------------------------------
     # internals
     # ------------------------------------------------------------------------------------------
-    def _observation_td(self) -> TensorDict:
+    def _observation_td(self, step_outputs: dict[str, torch.Tensor] | None = None) -> TensorDict:
+        """The observation keys (and privileged keys, and `step_outputs`) as one TensorDict."""
         window, window_flight = self._buffers.window, self._buffers.window_flight
         valid = window_flight >= 0
         data = {
@@ -258,6 +257,7 @@ class TorchStudentEnv:
         if self.config.privileged:
             data.update(self.backend.privileged())
             data["window_health"] = torch.where(valid, window[_HEALTH_COLUMN], 0.0).T
+        data.update(step_outputs or {})
         return TensorDict(data, batch_size=[self.num_envs], device=self.device)
 
     def _as_mask(self, mask: torch.Tensor | np.ndarray | list) -> torch.Tensor:
