@@ -157,8 +157,7 @@ class TorchStudentEnv:
         self.history = config.history
         self.device = config.device
         self._buffers = empty_buffers(self.num_envs, self.history, self.device)
-        # The env's half of a step is compiled with the simulator's when the fast path is on.
-        self._window_step = torch.compile(window_step, dynamic=False) if config.fast else window_step
+        # `step` hands `window_step` (the env's half) to the backend, which may compile both halves as one.
         self._seed = config.seed
         self._has_reset = False
 
@@ -202,8 +201,9 @@ class TorchStudentEnv:
         n_rows = self.step_size if step_size is None else check_step_size(step_size)
         actions = self._as_actions(actions)
 
-        tr, first_rows = self.backend.step(actions, self._buffers.active, n_rows, reset_ended=self.config.auto_reset)
-        self._buffers, out = self._window_step(self._buffers, tr, first_rows)
+        self._buffers, out = self.backend.step(
+            actions, self._buffers.active, n_rows, self.config.auto_reset, finish=window_step, carry=self._buffers
+        )
         return self._observation_td(out)
 
     def state_dict(self) -> dict[str, Any]:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import torch
 
 from torch_student_env.sim.engine import Transition
+
+C = TypeVar("C")  # what the env carries through `finish`
+R = TypeVar("R")
 
 
 class Backend(Protocol):
@@ -32,12 +36,19 @@ class Backend(Protocol):
         """Apply actions (N,) to the `active` engines and fly up to `n_rows` flights."""
 
     def step(
-        self, actions: torch.Tensor, active: torch.Tensor, n_rows: int, reset_ended: bool
-    ) -> tuple[Transition, torch.Tensor | None]:
-        """`advance`, then (if `reset_ended`) `reset` the engines whose episode ended.
+        self,
+        actions: torch.Tensor,
+        active: torch.Tensor,
+        n_rows: int,
+        reset_ended: bool,
+        finish: Callable[[C, Transition, torch.Tensor | None], R],
+        carry: C,
+    ) -> R:
+        """`advance`, then (if `reset_ended`) `reset` the engines whose episode ended, then finish.
 
-        Returns the transition and the first rows (N, 10) of the fresh episodes (None without
-        `reset_ended`). The env calls this once per `step`; a backend may fuse the two parts.
+        Returns `finish(carry, transition, first_rows)`, where `first_rows` (N, 10) are the fresh
+        episodes' rows (None without `reset_ended`). The env passes its own half of the step as
+        `finish`, so that a compiling backend can fuse both halves into one graph.
         """
 
     def privileged(self) -> dict[str, torch.Tensor]:

@@ -36,7 +36,7 @@ class LocalBackend:
         self.tables = SimTables(params, device)
         self.fast = fast
         self._advance = torch.compile(advance, dynamic=False) if fast else advance
-        self._sim_step = torch.compile(sim_step, dynamic=False) if fast else sim_step
+        self._step_graphs: dict = {}  # finish function -> (compiled) sim_step + finish
         self._state: EngineState | None = None
         # Given a window length, the damages of each engine's last `history` flights are kept, and
         # the fast path's `step` recomputes those rows from them (sim.engine.window_rows) instead
@@ -80,11 +80,13 @@ class LocalBackend:
         self._state, transition = self._advance(self._state, actions, active, n_rows, self.max_flights, self.tables)
         return transition
 
-    def step(
-        self, actions: torch.Tensor, active: torch.Tensor, n_rows: int, reset_ended: bool
-    ) -> tuple[Transition, torch.Tensor | None]:
-        """Act, fly and (if `reset_ended`) restart the ended engines (see `sim.engine.sim_step`)."""
-        self._state, self._window_damage, self._episode, transition, first_rows = self._sim_step(
+    def step(self, actions, active, n_rows, reset_ended, finish, carry):
+        """Act, fly, restart the ended engines (see `sim.engine.sim_step`), then `finish`.
+
+        On the fast path the simulator's half and `finish` (the env's half) are one compiled
+        graph, so the window is never materialised between them.
+        """
+        self._state, self._window_damage, self._episode, result = self._step_graph(finish)(
             self._state,
             self._window_damage,
             self._env_key,
@@ -95,9 +97,27 @@ class LocalBackend:
             self.max_flights,
             self.tables,
             reset_ended,
-            recompute_window=self.fast,
+            self.fast,
+            carry,
         )
-        return transition, first_rows
+        return result
+
+    def _step_graph(self, finish):
+        """`sim_step` followed by `finish`, compiled once per `finish` on the fast path."""
+        graph = self._step_graphs.get(finish)
+        if graph is None:
+
+            def graph(state, window_damage, env_key, episode, actions, active, n_rows, max_flights, tables, *rest):
+                reset_ended, recompute_window, carry = rest
+                state, window_damage, episode, transition, first_rows = sim_step(
+                    state, window_damage, env_key, episode, actions, active, n_rows, max_flights, tables,
+                    reset_ended, recompute_window,
+                )  # fmt: skip
+                return state, window_damage, episode, finish(carry, transition, first_rows)
+
+            graph = torch.compile(graph, dynamic=False) if self.fast else graph
+            self._step_graphs[finish] = graph
+        return graph
 
     def privileged(self) -> dict[str, torch.Tensor]:
         """Hidden health: scalar health, its cap, the 10 ODSMR deviations, repair count."""

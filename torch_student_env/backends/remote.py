@@ -246,12 +246,11 @@ class RemoteBackend:
             repairs=torch.as_tensor(repairs, **to),
         )
 
-    def step(
-        self, actions: torch.Tensor, active: torch.Tensor, n_rows: int, reset_ended: bool
-    ) -> tuple[Transition, torch.Tensor | None]:
+    def step(self, actions, active, n_rows, reset_ended, finish, carry):
         """A vectorized step request, then (if `reset_ended`) one reset request for the ended."""
         transition = self.advance(actions, active, n_rows)
-        return transition, self.reset(transition.ended(active)) if reset_ended else None
+        first_rows = self.reset(transition.ended(active)) if reset_ended else None
+        return finish(carry, transition, first_rows)
 
     def _read_health(
         self, index: np.ndarray, infos: list[dict], health_column: torch.Tensor, lengths: list[int]

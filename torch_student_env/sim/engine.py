@@ -60,11 +60,14 @@ class EngineState:
 
 @dataclass(frozen=True)
 class Transition:
-    """What `advance` reports about one step of K flights. Shapes for N engines, K rows."""
+    """What `advance` reports about one step of K flights. Shapes for N engines, K rows.
 
-    rows: torch.Tensor  # (N, K, 10) float32: 9 features + hidden health, per flight
-    row_flown: torch.Tensor  # (N, K) bool, rows actually flown (a prefix of each engine's rows)
-    row_flight: torch.Tensor  # (N, K) int64, flight index of each row within its episode
+    The `row*` fields are None when the backend returns the recomputed `window` instead.
+    """
+
+    rows: torch.Tensor | None  # (N, K, 10) float32: 9 features + hidden health, per flight
+    row_flown: torch.Tensor | None  # (N, K) bool, rows actually flown (a prefix of each engine's rows)
+    row_flight: torch.Tensor | None  # (N, K) int64, flight index of each row within its episode
     reward: torch.Tensor  # (N,) float32
     terminated: torch.Tensor  # (N,) bool, sold or failed
     truncated: torch.Tensor  # (N,) bool, reached the flight limit without terminating
@@ -72,7 +75,7 @@ class Transition:
     flights: torch.Tensor  # (N,) int64, flights flown in the episode after this step
     repairs: torch.Tensor  # (N,) int64, repairs done in the episode after this step
     row_damage: torch.Tensor | None = None  # (N, K) float32, damage of each row's flight (local only)
-    # A backend that can recompute the whole window returns it instead of `rows` (rows = None):
+    # A backend that can recompute the whole window returns it instead of the `row*` fields:
     window: torch.Tensor | None = None  # (N, W, 10) float32, the last W rows of each episode
     window_flight: torch.Tensor | None = None  # (N, W) int64, their flight indices, -1 = padding
 
@@ -341,7 +344,16 @@ def sim_step(
         window_damage = push_rows(window_damage.unsqueeze(0), transition.row_damage.T.unsqueeze(0), n_new)[0]
         if recompute_window:
             window, window_flight = window_rows(state, window_damage, tables)
-            transition = replace(transition, rows=None, window=window, window_flight=window_flight)
+            # The new rows live on in the window only: not returning them spares their memory.
+            transition = replace(
+                transition,
+                rows=None,
+                row_flown=None,
+                row_flight=None,
+                row_damage=None,
+                window=window,
+                window_flight=window_flight,
+            )
     if reset_ended:
         ended = transition.ended(active)
         state, episode, first_rows = restart_engines(state, env_key, episode, ended, tables)
