@@ -33,7 +33,7 @@ class Args:
     out: str = arg("runs/ppo_cnn", "output folder")
     resume: bool = arg(False, "continue from <out>/checkpoint.pt")
     step_size: int = arg(10, "flights per env step")
-    fast: bool = arg(True, "compile the training env's step (torch.compile: one-off ~25 s, cached on disk)")
+    fast: bool = arg(True, "compile the training env's step (torch.compile: one-off ~35 s, cached on disk)")
     num_steps: int = arg(64, "rollout length per env between updates")
     learning_rate: float = arg(5e-4, "Adam learning rate (annealed linearly to 0)")
     gamma: float = arg(0.99, "discount per env step")
