@@ -345,15 +345,8 @@ def sim_step(
         if recompute_window:
             window, window_flight = window_rows(state, window_damage, tables)
             # The new rows live on in the window only: not returning them spares their memory.
-            transition = replace(
-                transition,
-                rows=None,
-                row_flown=None,
-                row_flight=None,
-                row_damage=None,
-                window=window,
-                window_flight=window_flight,
-            )
+            per_row = dict.fromkeys(("rows", "row_flown", "row_flight", "row_damage"))  # all None
+            transition = replace(transition, window=window, window_flight=window_flight, **per_row)
     if reset_ended:
         ended = transition.ended(active)
         state, episode, first_rows = restart_engines(state, env_key, episode, ended, tables)
