@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
 import torch
 
+from torch_student_env.backends.base import C, R
 from torch_student_env.sim import rng
 from torch_student_env.sim.engine import EngineState, SimTables, Transition, advance, restart_engines, sim_step
 from torch_student_env.sim.params import SimParams
@@ -80,7 +82,15 @@ class LocalBackend:
         self._state, transition = self._advance(self._state, actions, active, n_rows, self.max_flights, self.tables)
         return transition
 
-    def step(self, actions, active, n_rows, reset_ended, finish, carry):
+    def step(
+        self,
+        actions: torch.Tensor,
+        active: torch.Tensor,
+        n_rows: int,
+        reset_ended: bool,
+        finish: Callable[[C, Transition, torch.Tensor | None], R],
+        carry: C,
+    ) -> R:
         """Act, fly, restart the ended engines (see `sim.engine.sim_step`), then `finish`.
 
         On the fast path the simulator's half and `finish` (the env's half) are one compiled
@@ -97,22 +107,18 @@ class LocalBackend:
             self.max_flights,
             self.tables,
             reset_ended,
-            self.fast,
-            carry,
+            self.fast,  # recompute_window
+            carry=carry,
         )
         return result
 
-    def _step_graph(self, finish):
+    def _step_graph(self, finish: Callable) -> Callable:
         """`sim_step` followed by `finish`, compiled once per `finish` on the fast path."""
         graph = self._step_graphs.get(finish)
         if graph is None:
 
-            def graph(state, window_damage, env_key, episode, actions, active, n_rows, max_flights, tables, *rest):
-                reset_ended, recompute_window, carry = rest
-                state, window_damage, episode, transition, first_rows = sim_step(
-                    state, window_damage, env_key, episode, actions, active, n_rows, max_flights, tables,
-                    reset_ended, recompute_window,
-                )  # fmt: skip
+            def graph(*sim_step_args, carry):
+                state, window_damage, episode, transition, first_rows = sim_step(*sim_step_args)
                 return state, window_damage, episode, finish(carry, transition, first_rows)
 
             graph = torch.compile(graph, dynamic=False) if self.fast else graph

@@ -15,12 +15,14 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import requests
 import torch
 
+from torch_student_env.backends.base import C, R
 from torch_student_env.config import EnvConfig
 from torch_student_env.sim.engine import ROW_WIDTH, Transition
 from torch_student_env.spec import NUM_FEATURES, NUM_HEALTH_PARAMS
@@ -246,7 +248,15 @@ class RemoteBackend:
             repairs=torch.as_tensor(repairs, **to),
         )
 
-    def step(self, actions, active, n_rows, reset_ended, finish, carry):
+    def step(
+        self,
+        actions: torch.Tensor,
+        active: torch.Tensor,
+        n_rows: int,
+        reset_ended: bool,
+        finish: Callable[[C, Transition, torch.Tensor | None], R],
+        carry: C,
+    ) -> R:
         """A vectorized step request, then (if `reset_ended`) one reset request for the ended."""
         transition = self.advance(actions, active, n_rows)
         first_rows = self.reset(transition.ended(active)) if reset_ended else None
