@@ -11,6 +11,7 @@ from torch_student_env.sim.engine import Transition
 
 C = TypeVar("C")  # what the env carries through `finish`
 R = TypeVar("R")
+Finish = Callable[[C, Transition, "torch.Tensor | None"], R]  # the env's half of a step
 
 
 class Backend(Protocol):
@@ -41,7 +42,7 @@ class Backend(Protocol):
         active: torch.Tensor,
         n_rows: int,
         reset_ended: bool,
-        finish: Callable[[C, Transition, torch.Tensor | None], R],
+        finish: Finish[C, R],
         carry: C,
     ) -> R:
         """`advance`, then (if `reset_ended`) `reset` the engines whose episode ended, then finish.

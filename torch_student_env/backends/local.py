@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from torch_student_env.backends.base import C, R
+from torch_student_env.backends.base import C, Finish, R
 from torch_student_env.sim import rng
 from torch_student_env.sim.engine import EngineState, SimTables, Transition, advance, restart_engines, sim_step
 from torch_student_env.sim.params import SimParams
@@ -70,11 +70,9 @@ class LocalBackend:
             mask = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
         # Eager even on the fast path: resets outside `step` are rare, and compiling this graph
         # would double the one-off compile time (auto-resets are compiled inside `step`).
-        self._state, self._episode, first_rows = restart_engines(
-            self._state, self._env_key, self._episode, mask, self.tables
+        self._state, self._window_damage, self._episode, first_rows = restart_engines(
+            self._state, self._window_damage, self._env_key, self._episode, mask, self.tables
         )
-        if self._window_damage is not None:
-            self._window_damage = torch.where(mask, self._state.damage, self._window_damage)
         return first_rows
 
     def advance(self, actions: torch.Tensor, active: torch.Tensor, n_rows: int) -> Transition:
@@ -88,7 +86,7 @@ class LocalBackend:
         active: torch.Tensor,
         n_rows: int,
         reset_ended: bool,
-        finish: Callable[[C, Transition, torch.Tensor | None], R],
+        finish: Finish[C, R],
         carry: C,
     ) -> R:
         """Act, fly, restart the ended engines (see `sim.engine.sim_step`), then `finish`.

@@ -15,14 +15,13 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import requests
 import torch
 
-from torch_student_env.backends.base import C, R
+from torch_student_env.backends.base import C, Finish, R
 from torch_student_env.config import EnvConfig
 from torch_student_env.sim.engine import ROW_WIDTH, Transition
 from torch_student_env.spec import NUM_FEATURES, NUM_HEALTH_PARAMS
@@ -254,7 +253,7 @@ class RemoteBackend:
         active: torch.Tensor,
         n_rows: int,
         reset_ended: bool,
-        finish: Callable[[C, Transition, torch.Tensor | None], R],
+        finish: Finish[C, R],
         carry: C,
     ) -> R:
         """A vectorized step request, then (if `reset_ended`) one reset request for the ended."""

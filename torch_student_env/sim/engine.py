@@ -348,10 +348,9 @@ def sim_step(
             per_row = dict.fromkeys(("rows", "row_flown", "row_flight", "row_damage"))  # all None
             transition = replace(transition, window=window, window_flight=window_flight, **per_row)
     if reset_ended:
-        ended = transition.ended(active)
-        state, episode, first_rows = restart_engines(state, env_key, episode, ended, tables)
-        if window_damage is not None:
-            window_damage = torch.where(ended, state.damage, window_damage)
+        state, window_damage, episode, first_rows = restart_engines(
+            state, window_damage, env_key, episode, transition.ended(active), tables
+        )
         return state, window_damage, episode, transition, first_rows
     return state, window_damage, episode, transition, None
 
@@ -376,14 +375,24 @@ def window_rows(
 
 
 def restart_engines(
-    state: EngineState | None, env_key: torch.Tensor, episode: torch.Tensor, mask: torch.Tensor, tables: SimTables
-) -> tuple[EngineState, torch.Tensor, torch.Tensor]:
-    """Start the next episode of the masked engines: `(state, episode, first_rows)`.
+    state: EngineState | None,
+    window_damage: torch.Tensor | None,
+    env_key: torch.Tensor,
+    episode: torch.Tensor,
+    mask: torch.Tensor,
+    tables: SimTables,
+) -> tuple[EngineState, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Start the next episode of the masked engines: `(state, window_damage, episode, first_rows)`.
 
-    Only masked engines advance their episode counter. Fresh engines are computed for all N and
-    selected with `where`, which keeps the kernel free of host syncs. With `state=None` (before
-    the first reset) the unmasked engines get a placeholder that is never observed.
+    Only masked engines advance their episode counter; their window damages (W, N), if kept,
+    restart at the fresh engine's damage (only the newest slot, flight 0, is ever read). Fresh
+    engines are computed for all N and selected with `where`, which keeps the kernel free of
+    host syncs. With `state=None` (before the first reset) the unmasked engines get a
+    placeholder that is never observed.
     """
     episode = episode + mask.long()
     fresh, first_rows = reset_engines(rng.fold(env_key, episode), tables)
-    return (fresh if state is None else fresh.where(mask, state)), episode, first_rows
+    state = fresh if state is None else fresh.where(mask, state)
+    if window_damage is not None:
+        window_damage = torch.where(mask, state.damage, window_damage)
+    return state, window_damage, episode, first_rows
