@@ -76,12 +76,9 @@ def window_step(
     ended engines instead. A pure function of tensors, so the fast path compiles it whole.
     """
     active = buffers.active
-    if tr.window is not None:  # the backend recomputed the whole window
-        window, window_flight = tr.window.permute(2, 1, 0), tr.window_flight.T
-    else:
-        n_new = tr.row_flown.sum(1)
-        window = push_rows(buffers.window, tr.rows.permute(2, 1, 0), n_new)
-        window_flight = push_rows(buffers.window_flight.unsqueeze(0), tr.row_flight.T.unsqueeze(0), n_new)[0]
+    n_new = tr.row_flown.sum(1)
+    window = push_rows(buffers.window, tr.rows.permute(2, 1, 0), n_new)
+    window_flight = push_rows(buffers.window_flight.unsqueeze(0), tr.row_flight.T.unsqueeze(0), n_new)[0]
     # Frozen engines (auto_reset=False) repeat their final flags with zero reward.
     terminated = torch.where(active, tr.terminated, buffers.last_terminated)
     truncated = torch.where(active, tr.truncated, buffers.last_truncated)
@@ -135,8 +132,10 @@ class TorchStudentEnv:
       finished episode ended with (zeros / False / -1 elsewhere); `episode_return` (N,) float32,
       `episode_length` (N,) int64 (flights), `episode_repairs` (N,) int64 and `episode_failed`
       (N,) bool: totals of the episodes that ended in this call (0 / False elsewhere);
-    - with `privileged=True`: `health`, `health_cap` (N,), `health_params` (N, 10) of the current
-      engines and `window_health` (N, W), the health of each window row.
+    - with `privileged=True`: `health` (N,) float32, the hidden health of the current engines
+      (the profit of their next flight as a share of a just-repaired engine's: 1 after a repair,
+      failures come as it nears 0), `wear_rate` (N,) float32 (health lost per flight),
+      `repairs` (N,) int64, and `window_health` (N, W), the health of each window row.
 
     With `auto_reset=True` (default) finished engines start a new episode inside `step`; with
     `auto_reset=False` they stay frozen: stepping them is a no-op that repeats their final flags

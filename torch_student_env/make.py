@@ -60,7 +60,6 @@ def make_env(
             config.sim_params,
             config.seed,
             fast=config.fast,
-            history=config.history,
         )
     elif backend == "remote":
         from torch_student_env.backends.remote import RemoteBackend

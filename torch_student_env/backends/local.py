@@ -17,8 +17,8 @@ from torch_student_env.sim.params import SimParams
 class LocalBackend:
     """Runs `sim.engine` on `device`. Env i's episode k is keyed by hash(seed, i, k) alone.
 
-    `fast=True` runs the kernels through `torch.compile`: a whole `step` (advance and the resets
-    of ended engines) is one compiled graph of fused loops. Outputs equal eager ones to float32
+    `fast=True` runs a whole `step` (advance, the resets of ended engines and the env's half)
+    through `torch.compile` as one graph of fused loops. Outputs equal eager ones to float32
     rounding (tests/test_fast_path.py).
     """
 
@@ -30,20 +30,14 @@ class LocalBackend:
         params: SimParams,
         seed: int,
         fast: bool = False,
-        history: int | None = None,
     ) -> None:
         self.num_envs = num_envs
         self.device = device
         self.max_flights = max_flights
         self.tables = SimTables(params, device)
         self.fast = fast
-        self._advance = torch.compile(advance, dynamic=False) if fast else advance
         self._step_graphs: dict = {}  # finish function -> (compiled) sim_step + finish
         self._state: EngineState | None = None
-        # Given a window length, the damages of each engine's last `history` flights are kept, and
-        # the fast path's `step` recomputes those rows from them (sim.engine.window_rows) instead
-        # of returning the new rows for the env to shift in, which compiles to scalar gathers.
-        self._window_damage = torch.zeros(history, num_envs, device=device) if history else None
         self.seed(seed)
 
     def seed(self, seed: int) -> None:
@@ -70,14 +64,14 @@ class LocalBackend:
             mask = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
         # Eager even on the fast path: resets outside `step` are rare, and compiling this graph
         # would double the one-off compile time (auto-resets are compiled inside `step`).
-        self._state, self._window_damage, self._episode, first_rows = restart_engines(
-            self._state, self._window_damage, self._env_key, self._episode, mask, self.tables
+        self._state, self._episode, first_rows = restart_engines(
+            self._state, self._env_key, self._episode, mask, self.tables
         )
         return first_rows
 
     def advance(self, actions: torch.Tensor, active: torch.Tensor, n_rows: int) -> Transition:
         """Act and fly up to `n_rows` flights (see `sim.engine.advance`)."""
-        self._state, transition = self._advance(self._state, actions, active, n_rows, self.max_flights, self.tables)
+        self._state, transition = advance(self._state, actions, active, n_rows, self.max_flights, self.tables)
         return transition
 
     def step(
@@ -91,12 +85,10 @@ class LocalBackend:
     ) -> R:
         """Act, fly, restart the ended engines (see `sim.engine.sim_step`), then `finish`.
 
-        On the fast path the simulator's half and `finish` (the env's half) are one compiled
-        graph, so the window is never materialised between them.
+        On the fast path the simulator's half and `finish` (the env's half) are one compiled graph.
         """
-        self._state, self._window_damage, self._episode, result = self._step_graph(finish)(
+        self._state, self._episode, result = self._step_graph(finish)(
             self._state,
-            self._window_damage,
             self._env_key,
             self._episode,
             actions,
@@ -105,7 +97,6 @@ class LocalBackend:
             self.max_flights,
             self.tables,
             reset_ended,
-            self.fast,  # recompute_window
             carry=carry,
         )
         return result
@@ -116,42 +107,27 @@ class LocalBackend:
         if graph is None:
 
             def graph(*sim_step_args, carry):
-                state, window_damage, episode, transition, first_rows = sim_step(*sim_step_args)
-                return state, window_damage, episode, finish(carry, transition, first_rows)
+                state, episode, transition, first_rows = sim_step(*sim_step_args)
+                return state, episode, finish(carry, transition, first_rows)
 
             graph = torch.compile(graph, dynamic=False) if self.fast else graph
             self._step_graphs[finish] = graph
         return graph
 
     def privileged(self) -> dict[str, torch.Tensor]:
-        """Hidden health: scalar health, its cap, the 10 ODSMR deviations, repair count."""
+        """Hidden state of the current engines: health, wear rate, repair count."""
         s = self._state
-        return {
-            "health": (1.0 - s.damage).clamp(0.0, 1.0),
-            "health_cap": 1.0 - s.damage_floor,
-            "health_params": s.health_params(),
-            "repairs": s.repairs.clone(),
-        }
+        return {"health": s.health.clone(), "wear_rate": s.wear_rate.clone(), "repairs": s.repairs.clone()}
 
     def state_dict(self) -> dict[str, Any]:
         """Seed, episode counters and every engine tensor (cloned)."""
         engines = {k: v.clone() for k, v in asdict(self._state).items()} if self._state is not None else None
-        window_damage = None if self._window_damage is None else self._window_damage.clone()
-        return {
-            "seed": self._seed,
-            "episode": self._episode.clone(),
-            "engines": engines,
-            "window_damage": window_damage,
-        }
+        return {"seed": self._seed, "episode": self._episode.clone(), "engines": engines}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a `state_dict` (tensors moved to this backend's device)."""
         self.seed(state["seed"])
         self._episode = state["episode"].to(self.device).clone()
-        if self._window_damage is not None:
-            if state.get("window_damage") is None:
-                raise ValueError("checkpoint has no window damages: it was saved by a backend made without history")
-            self._window_damage = state["window_damage"].to(self.device).clone()
         engines = state["engines"]
         self._state = (
             None if engines is None else EngineState(**{k: v.to(self.device).clone() for k, v in engines.items()})

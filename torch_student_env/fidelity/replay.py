@@ -1,0 +1,94 @@
+"""Replay logged action sequences on the embedded simulator, batched, and log them the same way."""
+
+from __future__ import annotations
+
+import torch
+
+from torch_student_env.fidelity.data import LoggedEpisode
+from torch_student_env.make import make_env
+from torch_student_env.sim.params import SimParams
+from torch_student_env.spec import Action
+
+STEP_SIZE = 10  # the logs were taken with the client's default
+
+
+def continuations(action_lists: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """Each action list extended by the longest list in `action_lists` that begins with it.
+
+    A logged episode's actions stop where its engine failed, so a simulated engine that outlives
+    it has no logged action to take: it takes the ones the same agent took in its longest
+    episode with the same beginning (agents that follow a schedule repeat it), and beyond those
+    keeps flying. Without this, the replay would fly engines past the repairs the agent makes,
+    and fail them too late.
+    """
+    by_length = sorted(set(action_lists), key=len, reverse=True)
+    extended = {}
+    for actions in by_length:
+        if actions not in extended:
+            longest = next(other for other in by_length if other[: len(actions)] == actions)
+            extended[actions] = longest
+    return [extended[actions] for actions in action_lists]
+
+
+def replay(
+    action_lists: list[tuple[int, ...]],
+    seeds: int = 8,
+    seed: int = 0,
+    params: SimParams | None = None,
+    extra_steps: int = 60,
+) -> list[list[LoggedEpisode]]:
+    """Each action list on `seeds` simulated engines: `result[i][s]` is list i on engine s.
+
+    An engine follows its list while it lasts and then keeps flying (action 0) until it fails,
+    at most `extra_steps` steps more, so that every replay of a failed episode has a failure
+    step to compare. Engine (i, s) is engine `s * len(action_lists) + i` of one env: all replays
+    run as one batch, `num_envs = seeds * len(action_lists)`.
+    """
+    n_lists = len(action_lists)
+    num_envs = n_lists * seeds
+    env = make_env(num_envs=num_envs, step_size=STEP_SIZE, seed=seed, auto_reset=False, sim_params=params, fast=False)
+    longest = max(len(a) for a in action_lists)
+    plan = torch.zeros(longest + extra_steps, n_lists, dtype=torch.int64)
+    for i, actions in enumerate(action_lists):
+        plan[: len(actions), i] = torch.tensor(actions)
+    plan = plan.repeat(1, seeds)  # (T, num_envs)
+
+    env.reset()
+    alive = torch.ones(num_envs, dtype=torch.bool)
+    log = {key: [] for key in ("action", "reward", "flights", "row", "failed", "alive")}
+    for actions in plan:
+        if not bool(alive.any()):
+            break
+        td = env.step(actions)
+        log["action"].append(actions), log["alive"].append(alive.clone())
+        log["reward"].append(td["reward"]), log["flights"].append(td["flight"][:, -1].clamp(min=0))
+        log["row"].append(td["row"]), log["failed"].append(td["episode_failed"])
+        alive &= ~td["done"]
+    stacked = {key: torch.stack(value) for key, value in log.items()}
+    episodes = [_episode(stacked, e) for e in range(num_envs)]
+    return [[episodes[s * n_lists + i] for s in range(seeds)] for i in range(n_lists)]
+
+
+def _episode(log: dict[str, torch.Tensor], e: int) -> LoggedEpisode:
+    steps = int(log["alive"][:, e].sum())
+    failed = bool(log["failed"][:steps, e].any())
+    flights = log["flights"][:steps, e].tolist()
+    if failed and steps > 1 and flights[-1] == flights[-2]:  # a first-flight failure: no row, counter 0
+        flights[-1] = 0
+    return LoggedEpisode(
+        actions=tuple(log["action"][:steps, e].tolist()),
+        rewards=tuple(log["reward"][:steps, e].tolist()),
+        flights=tuple(flights),
+        rows=tuple(map(tuple, log["row"][:steps, e].tolist())),
+        failed=failed,
+    )
+
+
+def schedule(repair_every: int, sell_at: int, step_size: int = STEP_SIZE) -> tuple[int, ...]:
+    """The actions of a fixed schedule: repair every `repair_every` flights, sell at `sell_at`."""
+    actions, flights = [], 0
+    while flights < sell_at:
+        due = flights > 0 and flights % repair_every == 0
+        actions.append(int(Action.REPAIR if due else Action.DO_NOTHING))
+        flights += step_size
+    return tuple(actions) + (int(Action.SELL),)
