@@ -24,12 +24,11 @@ import argparse
 import csv
 import math
 from collections import Counter
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-
-from dataclasses import fields, replace
 
 from torch_student_env.fidelity.compare import compare, ks_distance, summarize
 from torch_student_env.fidelity.data import load_episodes, step_contexts
@@ -61,12 +60,12 @@ def design(episodes):
         seg_sigma_w = np.zeros(n_theta)
         seg_start_w[0], seg_sigma_w[2] = 1.0, 1.0
         done = 0  # flights flown in the current segment
-        for ctx, reward in zip(step_contexts(ep.actions), ep.rewards):
+        for ctx, reward in zip(step_contexts(ep.actions), ep.rewards, strict=True):
             if ctx.action == Action.REPAIR:
                 seg_start_w = np.zeros(n_theta)
                 seg_start_w[1] = 1.0
                 seg_sigma_w = np.zeros(n_theta)
-                seg_sigma_w[2:3 + len(AGE_KNOTS)] = knot_weights(ctx.age)
+                seg_sigma_w[2 : 3 + len(AGE_KNOTS)] = knot_weights(ctx.age)
                 done = 0
             if ctx.terminal or ctx.action == Action.SELL:
                 break
@@ -85,18 +84,21 @@ def fit_economics(episodes):
     # which fails engines the same way, is what checks those bins.
     count = Counter((ctx.repairs_before, ctx.since_repair, ctx.action) for _, ctx in where)
     keep = np.array(
-        [count[(c.repairs_before, c.since_repair, c.action)] >= 0.95 * count[(c.repairs_before, 0, c.action)]
-         or c.action == Action.REPAIR for _, c in where]
+        [
+            count[(c.repairs_before, c.since_repair, c.action)] >= 0.95 * count[(c.repairs_before, 0, c.action)]
+            or c.action == Action.REPAIR
+            for _, c in where
+        ]
     )
-    X, y, where = X[keep], y[keep], [w for w, k in zip(where, keep) if k]
+    X, y, where = X[keep], y[keep], [w for w, k in zip(where, keep, strict=True) if k]
     theta, *_ = np.linalg.lstsq(X, y, rcond=None)
     resid = y - X @ theta
     fly = np.array([ctx.action == Action.DO_NOTHING for _, ctx in where])
     # Noise: var(resid) = 10 s_e^2 + (tau * decline * flights-weighted position)^2 on fly steps.
     position = np.array([d for d, _ in where]) * STEP + STEP * (STEP + 1) / 2
-    decline = X[:, 2:3 + len(AGE_KNOTS)] @ theta[2:3 + len(AGE_KNOTS)] / -position
+    decline = X[:, 2 : 3 + len(AGE_KNOTS)] @ theta[2 : 3 + len(AGE_KNOTS)] / -position
     bins = {}
-    for r, p, s, f in zip(resid, position, decline, fly):
+    for r, p, s, f in zip(resid, position, decline, fly, strict=True):
         if f:
             bins.setdefault(p, []).append((r, s))
     A, b = [], []
@@ -111,7 +113,7 @@ def fit_economics(episodes):
 def health_paths(episodes, theta):
     """Per episode: the deterministic health of every flight flown, and the failing flight's index."""
     pi_new, pi_rep, sigma0 = theta[0], theta[1], theta[2]
-    knots = theta[2:3 + len(AGE_KNOTS)]
+    knots = theta[2 : 3 + len(AGE_KNOTS)]
     paths = []
     for ep in episodes:
         profit, decline, health, fail_at = pi_new, sigma0, [], None
@@ -156,8 +158,8 @@ def fit_sensors(episodes, paths):
     """Per sensor: level at health 1 and DTAMB 10, slope per K of DTAMB, per unit health and per unit
     health squared (wear shows faster as health falls), noise."""
     rows, health = [], []
-    for ep, (h, fail_at) in zip(episodes, paths):
-        for ctx, row in zip(step_contexts(ep.actions), ep.rows):
+    for ep, (h, _fail_at) in zip(episodes, paths, strict=True):
+        for ctx, row in zip(step_contexts(ep.actions), ep.rows, strict=True):
             if ctx.terminal:
                 break
             last = (ctx.age + STEP) - 1  # index of the step's last flight in `h`
@@ -213,7 +215,12 @@ def refine_by_replay(episodes, params: SimParams, seeds: int = 4) -> SimParams:
     for a in np.arange(-6.6, -3.5, 0.4):
         for b in (params.hazard_health_slope, 14.0, 18.0, 22.0, 26.0):
             for spread in (0.04, 0.08, 0.12):
-                trial = replace(params, hazard_log_at_zero=round(float(a), 2), hazard_health_slope=float(b), wear_spread_repair=spread)
+                trial = replace(
+                    params,
+                    hazard_log_at_zero=round(float(a), 2),
+                    hazard_health_slope=float(b),
+                    wear_spread_repair=spread,
+                )
                 sim = summarize([run for runs in replay(actions, seeds=seeds, params=trial) for run in runs])
                 missed = sum(c.passed is False for c in compare(real, sim))
                 score = (ks_distance(real["failure_flights"], sim["failure_flights"]) + 0.02 * missed, trial)
@@ -224,12 +231,17 @@ def refine_by_replay(episodes, params: SimParams, seeds: int = 4) -> SimParams:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data", type=Path, help="folder with exploration_episodes.jsonl and single_engine_250_flights.csv")
+    parser.add_argument(
+        "data", type=Path, help="folder with exploration_episodes.jsonl and single_engine_250_flights.csv"
+    )
     args = parser.parse_args()
     episodes = load_episodes(args.data / "exploration_episodes.jsonl")
     theta, noise, tau, resid_std = fit_economics(episodes)
     pi_new, pi_rep, decline_new = theta[:3]
-    print(f"== economics: step residual std {resid_std:.1f}; per-flight noise {noise:.2f} (with misfit), decline spread {tau:.3f}")
+    print(
+        f"== economics: step residual std {resid_std:.1f}; per-flight noise {noise:.2f} (with misfit), "
+        f"decline spread {tau:.3f}"
+    )
     paths = health_paths(episodes, theta)
     a, b = fit_hazard(paths)
     print(f"== hazard by maximum likelihood: exp({a:.3f} - {b:.3f} * health)")

@@ -20,7 +20,8 @@ def _run_until_failure(env, n, max_steps=200):
     raise AssertionError("no engine failed")
 
 
-def test_sell_ends_episode_with_salvage_and_no_flights(env_factory):
+def test_sell_ends_episode_with_flat_sale_and_one_row(env_factory):
+    """As on the challenge's server: a sale is worth a flat 150, flies one flight and returns its row."""
     env = env_factory(num_envs=4, seed=0, privileged=True)
     env.reset()
     before = env.step(const_actions(4, Action.DO_NOTHING))
@@ -28,17 +29,17 @@ def test_sell_ends_episode_with_salvage_and_no_flights(env_factory):
     td = env.step(actions)
     assert td["terminated"].tolist() == [False, True, False, False]
     assert not td["truncated"].any() and not td["episode_failed"].any()
-    # selling flies nothing: the final window is exactly the window before the sale
-    assert torch.equal(td["final_observation"][1], before["observation"][1])
-    assert torch.equal(td["final_valid"][1], before["valid"][1])
+    # the final window is the window before the sale shifted by one row: the sale's flight 11
+    assert torch.equal(td["final_observation"][1][:-1], before["observation"][1][1:])
+    assert td["final_flight"][1].tolist() == list(range(2, 12))
+    assert td["final_valid"][1].all() and (td["final_observation"][1][-1] != 0).any()
     assert (td["final_observation"][[0, 2, 3]] == 0).all() and not td["final_valid"][[0, 2, 3]].any()
-    salvage_new = env.config.sim_params.salvage_new
-    assert 0 < td["reward"][1] <= salvage_new
+    assert td["reward"][1] == env.config.sim_params.sale_reward
     assert td["episode_return"][1] == before["reward"][1] + td["reward"][1]
-    assert td["episode_length"][1] == 10 and td["episode_repairs"][1] == 0
+    assert td["episode_length"][1] == 11 and td["episode_repairs"][1] == 0
     # the new episode: flight restarts at 0, one valid row, a fresh engine
     assert td["flight"][1].tolist() == [-1] * 9 + [0]
-    assert td["health_cap"][1] == 1.0 and td["repairs"][1] == 0 and td["health"][1] >= 0.9
+    assert td["repairs"][1] == 0 and torch.isclose(td["health"][1], torch.tensor(env.config.sim_params.health_new))
     # the others carry on
     assert td["flight"][[0, 2, 3], -1].tolist() == [20, 20, 20]
 
@@ -58,7 +59,8 @@ def test_failure_mid_window_matches_frozen_twin(env_factory):
     assert torch.equal(td["final_valid"][i], ftd["valid"][i])
     assert torch.equal(td["final_flight"][i], ftd["flight"][i])
     assert td["reward"][i] == ftd["reward"][i]
-    assert td["reward"][i] < -auto.config.sim_params.failure_penalty / 2
+    params = auto.config.sim_params
+    assert td["reward"][i] in (params.failure_reward, params.first_flight_failure_reward)
     # the failing flight is the last valid row; it ended mid-window when length % 10 != 0
     assert ftd["flight"][i, -1] == td["episode_length"][i]
     # the auto-reset env already shows the next episode
@@ -93,7 +95,7 @@ def test_auto_reset_false_freezes_then_masked_reset(env_factory):
     assert td["terminated"][0] and td["reward"][0] == 0 and torch.equal(td["observation"][0], ended_window)
     assert not td["final_valid"][0].any() and td["episode_return"][0] == 0
     td = env.reset(mask=torch.tensor([True, False, False]))
-    assert td["flight"][0].tolist() == [-1] * 9 + [0] and td["health_cap"][0] == 1.0
+    assert td["flight"][0].tolist() == [-1] * 9 + [0] and td["repairs"][0] == 0
     assert td["flight"][1, -1] == 30  # untouched
     td = env.step(torch.tensor([0, 0, 0]))
     assert not td["done"][0] and td["flight"][0, -1] == 10 and td["reward"][0] > 0

@@ -29,9 +29,9 @@ def test_fast_path_matches_eager():
     assert ended > 0  # the comparison crossed auto-resets
 
 
-def test_fast_path_recomputed_window_matches_eager_shifted_window():
-    """The fast path recomputes windows from per-flight damages; eager shifts rows in. Same windows,
-    here with W > K (old rows survive a step), frozen engines and partial resets."""
+def test_fast_path_windows_match_eager_across_frozen_engines_and_partial_resets():
+    """Compiled and eager windows agree with W > K (old rows survive a step), frozen engines and
+    partial resets."""
     kwargs = dict(num_envs=32, seed=5, history=16, auto_reset=False, privileged=True, max_steps_per_episode=60)
     eager, fast = make_env(fast=False, **kwargs), make_env(fast=True, **kwargs)
     eager.reset(), fast.reset()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from torch_student_env import make_env
+from torch_student_env import SimParams, make_env
 from torch_student_env.evaluate import Episodes, leaderboard_metric, markdown_table, run_episodes, summarize
 from torch_student_env.models import ActorCritic, QNetwork
 from torch_student_env.policies import make_policy
@@ -105,15 +105,17 @@ def test_leaderboard_metric_by_hand():
 def test_evaluation_is_deterministic_and_paired():
     def once():
         env = make_env(num_envs=32, seed=77, privileged=True)
-        return run_episodes(env, make_policy("threshold", env), episodes_per_env=2)
+        return run_episodes(env, make_policy("time_based", env), episodes_per_env=4)
 
     a, b = once(), once()
     assert torch.equal(a.returns, b.returns) and torch.equal(a.finish_step, b.finish_step)
-    assert len(a) == 64 and a.lengths.min() >= 0
-    # returns agree with lengths and flags: at most ~55 profit per flight, minus the penalty on failure
+    assert len(a) == 128 and a.lengths.min() >= 0
+    # returns agree with lengths and flags: at most ~65 profit per flight (a repaired engine's 50
+    # plus noise), less the repairs; a failure's step is worth -1,000 and a sale 150
     assert a.failed.any() and (~a.failed).any()
-    assert (a.returns[a.failed] <= 55.0 * a.lengths[a.failed] - 10_000).all()
-    assert (a.returns[~a.failed] <= 55.0 * a.lengths[~a.failed] + 150).all()
+    cost = SimParams().repair_cost * a.repairs
+    assert (a.returns[a.failed] <= 65.0 * a.lengths[a.failed] - cost[a.failed] - 1000).all()
+    assert (a.returns[~a.failed] <= 65.0 * a.lengths[~a.failed] - cost[~a.failed] + 150).all()
 
 
 def test_run_episodes_counts_only_first_k_per_env():

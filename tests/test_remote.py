@@ -70,8 +70,8 @@ def test_every_endpoint_shapes(server_url):
     assert r.status_code == 200
     body = r.json()
     assert set(body) >= {"observations", "rewards", "terminateds", "truncateds", "infos"}
-    # ragged: a sale flies no row; the others fly 10
-    assert [len(o) for o in body["observations"]] == [10, 0, 10]
+    # ragged: a sale flies one row, as on the challenge's server; the others fly 10
+    assert [len(o) for o in body["observations"]] == [10, 1, 10]
     assert all(len(row) == 9 for row in body["observations"][0])
     assert body["terminateds"] == [False, True, False] and body["infos"][1]["reason"] == "sold"
     # the 15-flight limit ends the next step mid-window: 5 rows, truncated
@@ -344,7 +344,7 @@ def test_compat_return_types_match_the_seed_client(server_url):
         obs, infos = env.reset()
         assert obs.shape == (3, 9) and obs.dtype == np.float32 and len(infos) == 3
         obs, rewards, term, trunc, infos = env.step(np.array([0, 2, 0]))
-        assert isinstance(obs, list) and [o.shape for o in obs] == [(10, 9), (0, 9), (10, 9)]
+        assert isinstance(obs, list) and [o.shape for o in obs] == [(10, 9), (1, 9), (10, 9)]
         assert rewards.dtype == np.float32 and term.tolist() == [False, True, False]
         assert env.get_terminated_env_indices() == [1] and env.get_active_count() == 2
         assert "degradation" in infos[0] and infos[0]["step"] == 10

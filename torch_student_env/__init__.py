@@ -9,13 +9,12 @@ from torch_student_env.config import EnvConfig
 from torch_student_env.env import TorchStudentEnv
 from torch_student_env.make import make_env
 from torch_student_env.sim.params import SimParams
-from torch_student_env.spec import FEATURE_NAMES, HEALTH_PARAM_NAMES, SENSOR_NAMES, Action, Phase
+from torch_student_env.spec import FEATURE_NAMES, SENSOR_NAMES, Action, Phase
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FEATURE_NAMES",
-    "HEALTH_PARAM_NAMES",
     "SENSOR_NAMES",
     "Action",
     "EnvConfig",

@@ -198,8 +198,8 @@ class StudentGymEnvVectorized:
             if not self.prod and "health" in td.keys():
                 info |= {
                     "degradation": 1.0 - float(td["health"][i]),
-                    "max_degradation": 1.0 - float(td["health_cap"][i]),
-                    "health_params": td["health_params"][i].tolist(),
+                    "health": float(td["health"][i]),
+                    "wear_rate": float(td["wear_rate"][i]),
                 }
             infos.append(info)
         return infos

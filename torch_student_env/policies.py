@@ -2,12 +2,14 @@
 
 - `RandomPolicy`: uniform over the three actions;
 - `DoNothingPolicy`: always fly;
-- `TimeBasedPolicy`: the airline's conservative rule, repair every K flights, sell at age A;
-- `ThresholdPolicy`: repair/sell when the context-normalised EGT proxy (LPT_Tin) rises too far;
-- `OraclePolicy`: acts on the true hidden health (needs `privileged=True`), an upper reference.
+- `TimeBasedPolicy`: the airline's rule, repair every K flights, sell at age A;
+- `ThresholdPolicy`: repair, or sell, when the health read from the sensors that show wear
+  (HP_Nmech, HPC_Tout, HPC_Pout_st) falls below a threshold;
+- `OraclePolicy` (`torch_student_env.oracle`): the best action for the true hidden state, by
+  dynamic programming on the model (needs `privileged=True`).
 
-`make_policy(name, env)` builds one by name with defaults tuned on training seeds (not the
-evaluation seeds), see docs/simulator.md.
+`make_policy(name, env)` builds one by name with defaults tuned on training seeds (never the
+evaluation seeds) by `scripts/tune_baselines.py`; docs/simulator.md gives the tuning.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from __future__ import annotations
 import torch
 from tensordict import TensorDict
 
-from torch_student_env.sim.engine import SimTables, takeoff_egt_margin
+from torch_student_env.oracle import OraclePolicy
 from torch_student_env.sim.params import SimParams
-from torch_student_env.spec import DTAMB_COLUMN, PHASE_COLUMN, SENSOR_NAMES, Action
+from torch_student_env.spec import DTAMB_COLUMN, SENSOR_NAMES, Action
 
-_EGT = SENSOR_NAMES.index("LPT_Tin")
+WEAR_SENSORS = ("HP_Nmech", "HPC_Tout", "HPC_Pout_st")  # the sensors that show wear
 
 
 def _fill(td: TensorDict, action: Action | torch.Tensor) -> torch.Tensor:
@@ -50,7 +52,7 @@ class TimeBasedPolicy:
     multiple of `repair_every` (hence `step_size`).
     """
 
-    def __init__(self, repair_every: int = 100, sell_at: int = 450, step_size: int = 10) -> None:
+    def __init__(self, repair_every: int = 60, sell_at: int = 280, step_size: int = 10) -> None:
         self.repair_every, self.sell_at, self.step_size = repair_every, sell_at, step_size
 
     def __call__(self, td: TensorDict) -> torch.Tensor:
@@ -63,87 +65,41 @@ class TimeBasedPolicy:
         return torch.where(flight >= self.sell_at, int(Action.SELL), actions)
 
 
-def egt_rise(td: TensorDict, params: SimParams | None = None) -> torch.Tensor:
-    """Mean rise of LPT_Tin over the healthy reference, in K at cruise scale, per engine (N,).
+def sensor_health(td: TensorDict, params: SimParams | None = None) -> torch.Tensor:
+    """Health read from the sensors that show wear, averaged over the window's valid rows (N,).
 
-    Removes the context (phase level, DTAMB) with the model's own healthy reference, which an
-    operator would know from the engine's pass-off test, and averages the window's valid rows.
+    Each wear sensor, less its DTAMB term, is turned into health with the model's linear
+    response (an operator knows it from the engine's pass-off test), and the three estimates are
+    averaged with inverse-variance weights. Noisy (about 0.05 per row); the window averages it.
     """
-    tables = _tables(params or SimParams(), td.device)
+    p = params or SimParams()
     obs, valid = td["observation"], td["valid"]
-    phase = obs[..., PHASE_COLUMN].long().clamp(0, 2)
-    per_phase = tables.baseline[:, _EGT, 0, 0], tables.phase_ratio[:, _EGT, 0, 0]  # (3,) each
-    reference = per_phase[0][phase] + tables.dtamb_sensitivity[_EGT, 0, 0] * (
-        obs[..., DTAMB_COLUMN] - tables.params.dtamb_reference
-    )
-    rise = (obs[..., _EGT] - reference) / per_phase[1][phase]
+    estimate = torch.zeros(obs.shape[:-1], dtype=obs.dtype, device=obs.device)
+    total_weight = 0.0
+    for name in WEAR_SENSORS:
+        i = SENSOR_NAMES.index(name)
+        slope = p.sensor_per_health[i]
+        level = obs[..., i] - p.sensor_level[i] - p.sensor_per_dtamb[i] * (obs[..., DTAMB_COLUMN] - p.dtamb_reference)
+        noise = (p.sensor_noise_std[i] ** 2 + (p.sensor_per_dtamb[i] * p.hidden_dtamb_std) ** 2) ** 0.5
+        weight = (slope / noise) ** 2
+        estimate = estimate + weight * (1.0 + level / slope)
+        total_weight += weight
     weights = valid.to(obs.dtype)
-    return (rise * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+    return (estimate / total_weight * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
 class ThresholdPolicy:
-    """Repair when the EGT proxy rises `repair_above` K; sell past `sell_above` K or `sell_at` flights."""
+    """Repair when the sensor-read health falls below `repair_below`; past `sell_after` flights,
+    when a repair would no longer pay back, sell at that point instead."""
 
-    def __init__(
-        self, repair_above: float = 45.0, sell_above: float = 50.0, sell_at: int = 900, params: SimParams | None = None
-    ) -> None:
-        self.repair_above, self.sell_above, self.sell_at = repair_above, sell_above, sell_at
+    def __init__(self, repair_below: float = 0.45, sell_after: int = 300, params: SimParams | None = None) -> None:
+        self.repair_below, self.sell_after = repair_below, sell_after
         self.params = params or SimParams()
 
     def __call__(self, td: TensorDict) -> torch.Tensor:
-        rise = egt_rise(td, self.params)
-        flight = td["flight"][:, -1]
-        actions = torch.where(rise > self.repair_above, int(Action.REPAIR), int(Action.DO_NOTHING))
-        sell = (rise > self.sell_above) | (flight >= self.sell_at)
-        return torch.where(sell, int(Action.SELL), actions)
-
-
-class OraclePolicy:
-    """Acts on the true take-off EGT margin and health cap (keys of a `privileged=True` env).
-
-    Repairs when the margin falls under `repair_margin` K while a repair still buys enough
-    (`health_cap` above `min_cap`); otherwise sells once the margin is under `sell_margin` K.
-    Close to the time limit, selling beats a repair that cannot pay back.
-    """
-
-    def __init__(
-        self,
-        repair_margin: float = 35.0,
-        sell_margin: float = 30.0,
-        min_cap: float = 0.75,
-        max_flights: int = 1000,
-        payback_flights: int = 60,
-        params: SimParams | None = None,
-    ) -> None:
-        self.repair_margin, self.sell_margin, self.min_cap = repair_margin, sell_margin, min_cap
-        self.max_flights, self.payback_flights = max_flights, payback_flights
-        self.params = params or SimParams()
-
-    def egt_margin(self, td: TensorDict) -> torch.Tensor:
-        """True take-off LPT_Tin margin to the failure limit, K (N,)."""
-        if "health_params" not in td.keys():
-            raise KeyError("OraclePolicy needs the hidden health: build the env with privileged=True")
-        tables = _tables(self.params, td.device)
-        return takeoff_egt_margin(td["health_params"] @ tables.jacobian[_EGT], tables)
-
-    def __call__(self, td: TensorDict) -> torch.Tensor:
-        margin = self.egt_margin(td)
-        flights_left = self.max_flights - td["flight"][:, -1]
-        worth_repairing = (td["health_cap"] > self.min_cap) & (flights_left > self.payback_flights)
-        risky = margin < self.repair_margin
-        actions = torch.where(risky & worth_repairing, int(Action.REPAIR), int(Action.DO_NOTHING))
-        sell = (margin < self.sell_margin) & ~worth_repairing
-        return torch.where(sell, int(Action.SELL), actions)
-
-
-_TABLES: dict[tuple[SimParams, torch.device], SimTables] = {}
-
-
-def _tables(params: SimParams, device: torch.device) -> SimTables:
-    key = (params, torch.device(device))
-    if key not in _TABLES:
-        _TABLES[key] = SimTables(params, key[1])
-    return _TABLES[key]
+        worn = sensor_health(td, self.params) < self.repair_below
+        old = td["flight"][:, -1] >= self.sell_after
+        return torch.where(worn, torch.where(old, int(Action.SELL), int(Action.REPAIR)), int(Action.DO_NOTHING))
 
 
 BASELINES = ("random", "do_nothing", "time_based", "threshold", "oracle")
@@ -156,8 +112,8 @@ def make_policy(name: str, env=None, seed: int = 0, device: torch.device | str |
     """
     step_size = env.step_size if env is not None else 10
     device = device if device is not None else (env.device if env is not None else "cpu")
-    max_flights = env.config.max_steps_per_episode if env is not None else 1000
     params = env.config.sim_params if env is not None else SimParams()
+    max_flights = env.config.max_steps_per_episode if env is not None else 1000
     if name == "random":
         return RandomPolicy(seed=seed, device=device)
     if name == "do_nothing":
@@ -167,5 +123,5 @@ def make_policy(name: str, env=None, seed: int = 0, device: torch.device | str |
     if name == "threshold":
         return ThresholdPolicy(params=params)
     if name == "oracle":
-        return OraclePolicy(max_flights=max_flights, params=params)
+        return OraclePolicy(params=params, step_size=step_size, max_flights=max_flights)
     raise ValueError(f"unknown policy {name!r}; baselines are {BASELINES}")

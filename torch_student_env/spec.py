@@ -14,7 +14,7 @@ class Action(IntEnum):
 
 
 class Phase(IntEnum):
-    """Flight phase of a row (the challenge's `phase_type`)."""
+    """Flight phase of a row (the challenge's `phase_type`; its server flies cruise only)."""
 
     CRUISE = 0  # CR
     CLIMB = 1  # MCL, max climb
@@ -37,12 +37,5 @@ NUM_SENSORS = len(SENSOR_NAMES)
 NUM_FEATURES = len(FEATURE_NAMES)  # 9, the challenge's row width
 PHASE_COLUMN = FEATURE_NAMES.index("phase_type")
 DTAMB_COLUMN = FEATURE_NAMES.index("DTAMB")
-
-# ODSMR's 10-parameter health state: an efficiency and a corrected-flow deviation per module.
-MODULE_NAMES: tuple[str, ...] = ("LPC", "Fan", "HPC", "HPT", "LPT")
-HEALTH_PARAM_NAMES: tuple[str, ...] = tuple(
-    f"{module}_{quantity}" for module in MODULE_NAMES for quantity in ("Eff", "Wc")
-)
-NUM_HEALTH_PARAMS = len(HEALTH_PARAM_NAMES)
 
 MAX_STEP_SIZE = 50  # the challenge server's limit on flights per step

@@ -24,7 +24,7 @@ import torch
 from torch_student_env.backends.base import C, Finish, R
 from torch_student_env.config import EnvConfig
 from torch_student_env.sim.engine import ROW_WIDTH, Transition
-from torch_student_env.spec import NUM_FEATURES, NUM_HEALTH_PARAMS
+from torch_student_env.spec import NUM_FEATURES
 
 log = logging.getLogger(__name__)
 DEFAULT_SERVER_URL = "http://localhost:8001"  # the seed client's configuration default
@@ -273,15 +273,13 @@ class RemoteBackend:
         if not self._health:
             self._health = {
                 "health": torch.zeros(self.num_envs),
-                "health_cap": torch.ones(self.num_envs),
-                "health_params": torch.zeros(self.num_envs, NUM_HEALTH_PARAMS),
+                "wear_rate": torch.zeros(self.num_envs),
                 "repairs": torch.zeros(self.num_envs, dtype=torch.int64),
             }
         for j, i in enumerate(index):
             info = infos[j]
             self._health["health"][i] = info["health"]
-            self._health["health_cap"][i] = info["health_cap"]
-            self._health["health_params"][i] = torch.tensor(info["health_params"])
+            self._health["wear_rate"][i] = info.get("wear_rate", 0.0)
             self._health["repairs"][i] = info.get("repairs", 0)
             rows_health = info.get("health_rows", [])[: lengths[j]]
             if rows_health:

@@ -26,7 +26,7 @@ def summarize(episodes: list[LoggedEpisode]) -> dict:
     failing, first_flight, sale, failure_flights = [], [], [], []
     fresh_rows, fresh_since = [], []
     for ep in episodes:
-        for ctx, reward, row in zip(step_contexts(ep.actions), ep.rewards, ep.rows):
+        for ctx, reward, row in zip(step_contexts(ep.actions), ep.rewards, ep.rows, strict=True):
             if ctx.terminal and ep.failed:
                 (first_flight if ep.flights[-1] == 0 else failing).append(reward)
             elif ctx.action == Action.SELL:
@@ -93,7 +93,9 @@ def ks_distance(a: list[float], b: list[float]) -> float:
     """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs."""
     a, b = np.sort(a), np.sort(b)
     grid = np.concatenate([a, b])
-    return float(np.max(np.abs(np.searchsorted(a, grid, "right") / len(a) - np.searchsorted(b, grid, "right") / len(b))))
+    return float(
+        np.max(np.abs(np.searchsorted(a, grid, "right") / len(a) - np.searchsorted(b, grid, "right") / len(b)))
+    )
 
 
 def _relative(group: str, name: str, real: float, sim: float, tolerance: float, scale: float | None = None) -> Check:
@@ -108,7 +110,9 @@ def compare(real: dict, sim: dict) -> list[Check]:
     checks = []
     for s in range(FRESH_STEPS):
         key = f"0,{s}"
-        checks.append(_relative("fly reward, fresh engine", f"step {s + 1}", real["fly"][key][0], sim["fly"][key][0], 0.05))
+        checks.append(
+            _relative("fly reward, fresh engine", f"step {s + 1}", real["fly"][key][0], sim["fly"][key][0], 0.05)
+        )
     for key, (mean, count) in sorted(real["fly"].items(), key=lambda kv: tuple(map(int, kv[0].split(",")))):
         k, s = key.split(",")
         if count >= MIN_BIN and key in sim["fly"]:
@@ -125,7 +129,16 @@ def compare(real: dict, sim: dict) -> list[Check]:
     checks.append(Check("episode end", "share of failures on a step's first flight", *share, "reported", None))
     rf, sf = real["failure_flights"], sim["failure_flights"]
     ratio = float(np.median(sf) / np.median(rf))
-    checks.append(Check("failure flight", "median (sim/real ratio in 0.9-1.1)", float(np.median(rf)), float(np.median(sf)), "0.9-1.1", 0.9 <= ratio <= 1.1))
+    checks.append(
+        Check(
+            "failure flight",
+            "median (sim/real ratio in 0.9-1.1)",
+            float(np.median(rf)),
+            float(np.median(sf)),
+            "0.9-1.1",
+            0.9 <= ratio <= 1.1,
+        )
+    )
     ks = ks_distance(rf, sf)
     checks.append(Check("failure flight", "KS distance (sim column)", 0.0, ks, "< 0.15", ks < 0.15))
     checks.append(_relative("return", "mean episode return", real["mean_return"], sim["mean_return"], 0.10))
@@ -138,7 +151,16 @@ def compare(real: dict, sim: dict) -> list[Check]:
             ok = np.sign(r) == np.sign(s) and 1 / 1.5 <= s / r <= 1.5
             checks.append(Check("drift per step", name, r, s, "same sign, ×1.5", bool(ok)))
         else:
-            checks.append(Check("drift per step", f"{name} (flat)", r, s, f"|drift| × {FRESH_STEPS} < noise", bool(abs(s) * FRESH_STEPS < real["noise"][i] * 1.5)))
+            checks.append(
+                Check(
+                    "drift per step",
+                    f"{name} (flat)",
+                    r,
+                    s,
+                    f"|drift| × {FRESH_STEPS} < noise",
+                    bool(abs(s) * FRESH_STEPS < real["noise"][i] * 1.5),
+                )
+            )
     for i, name in enumerate(SENSOR_NAMES):
         checks.append(Check("row noise", name, real["noise"][i], sim["noise"][i], "reported", None))
     for key in ("mean", "std", "floor_share"):

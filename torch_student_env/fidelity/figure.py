@@ -24,31 +24,43 @@ def draw(real: dict, sim: dict, single_totals: list[float], single_real: float):
         x = [s + 1 for s, _ in keys]
         line = rewards.plot(x, [sim["fly"][key][0] for _, key in keys], label=f"{k} repairs")[0]
         rewards.plot(x, [real["fly"][key][0] for _, key in keys], "o", color=line.get_color(), ms=5)
-    rewards.set(xlabel="fly steps since the last repair (10 flights each)", ylabel="mean step reward",
-                title="Step reward: real (dots) against simulated (lines)")
+    rewards.set(
+        xlabel="fly steps since the last repair (10 flights each)",
+        ylabel="mean step reward",
+        title="Step reward: real (dots) against simulated (lines)",
+    )
     rewards.axhline(0, color="grey", lw=0.6)
     rewards.legend(fontsize=8)
 
     for name, flights in (("real", real["failure_flights"]), ("simulated", sim["failure_flights"])):
         xs = np.sort(flights)
         failures.step(xs, np.arange(1, len(xs) + 1) / len(xs), where="post", label=f"{name} (n={len(xs)})")
-    failures.set(xlabel="flight of the failure", ylabel="share of failed episodes",
-                 title="Failure flight under the logged actions (CDF)")
+    failures.set(
+        xlabel="flight of the failure",
+        ylabel="share of failed episodes",
+        title="Failure flight under the logged actions (CDF)",
+    )
     failures.legend(fontsize=8)
 
     steps = np.arange(1, len(real["sensor_by_step"]) + 1)
-    for name, color in zip(_MOVING, ("tab:blue", "tab:orange", "tab:green")):
+    for name, color in zip(_MOVING, ("tab:blue", "tab:orange", "tab:green"), strict=True):
         i = SENSOR_NAMES.index(name)
         for source, style, label in ((real, "o", "real"), (sim, "-", "simulated")):
             values = np.array([row[i] for row in source["sensor_by_step"]])
             drift.plot(steps, (values - values[0]) / real["noise"][i], style, color=color, label=f"{name}, {label}")
-    drift.set(xlabel="fly step of a fresh engine", ylabel="change since step 1, in row-noise units",
-              title="Sensor drift with wear (real dots, simulated lines)")
+    drift.set(
+        xlabel="fly step of a fresh engine",
+        ylabel="change since step 1, in row-noise units",
+        title="Sensor drift with wear (real dots, simulated lines)",
+    )
     drift.legend(fontsize=7, ncol=2)
 
     totals.hist(single_totals, bins=24, color="tab:gray", alpha=0.7, label="simulated engines")
     totals.axvline(single_real, color="tab:red", lw=2, label=f"real engine: {single_real:,.0f}")
-    totals.set(xlabel="episode return", ylabel="engines",
-               title="The 250-flight schedule (repairs at 50/100/150/200, sale at 250)")
+    totals.set(
+        xlabel="episode return",
+        ylabel="engines",
+        title="The 250-flight schedule (repairs at 50/100/150/200, sale at 250)",
+    )
     totals.legend(fontsize=8)
     return fig

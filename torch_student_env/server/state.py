@@ -323,12 +323,11 @@ def _replay(kind: str, episode_id: str, counter: int | None, last: int, stored: 
 
 def _health_info(privileged: dict[str, torch.Tensor], i: int, health_rows: list[float]) -> dict[str, Any]:
     """Hidden state, as the challenge server sends it (the client hides it unless prod=False)."""
-    health, cap = float(privileged["health"][i]), float(privileged["health_cap"][i])
+    health = float(privileged["health"][i])
     return {
         "degradation": 1.0 - health,
-        "max_degradation": 1.0 - cap,
         "health": health,
-        "health_cap": cap,
-        "health_params": privileged["health_params"][i].tolist(),
+        "wear_rate": float(privileged["wear_rate"][i]),
+        "repairs": int(privileged["repairs"][i]),
         "health_rows": health_rows,
     }

@@ -23,6 +23,7 @@ _ROW_DRAWS = 6  # hashes per flight row: 5 x 2 normals (7 sensors, profit, DTAMB
 ROW_WIDTH = NUM_FEATURES + 1  # the 9 challenge features + the hidden health of that flight
 # Plain ints: under torch.compile, `tensor == Action.SELL` (an IntEnum) silently compares False.
 _SELL, _REPAIR = int(Action.SELL), int(Action.REPAIR)
+_CRUISE = float(Phase.CRUISE)  # the challenge's server flies cruise only
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ def _flight_rows(key: torch.Tensor, flight: torch.Tensor, health: torch.Tensor, 
         + (tables.sensor_per_health + tables.sensor_per_health_sq * wear) * wear
         + tables.sensor_noise_std * normals[:NUM_SENSORS]
     )
-    phase = torch.full_like(dtamb, float(Phase.CRUISE))  # the challenge's server flies cruise only
+    phase = torch.full_like(dtamb, _CRUISE)
     rows = torch.cat((sensors, phase.unsqueeze(0), dtamb.unsqueeze(0), health.unsqueeze(0)), dim=0)
     return _Rows(rows=rows.permute(2, 1, 0), profit_noise=normals[7], hazard_draw=rng.uniform24(bits[5]))
 

@@ -75,7 +75,13 @@ class SimParams:
     dtamb_innovation_std: float = 0.20
 
     def __post_init__(self) -> None:
-        for name in ("sensor_level", "sensor_per_dtamb", "sensor_per_health", "sensor_per_health_sq", "sensor_noise_std"):
+        for name in (
+            "sensor_level",
+            "sensor_per_dtamb",
+            "sensor_per_health",
+            "sensor_per_health_sq",
+            "sensor_noise_std",
+        ):
             if len(getattr(self, name)) != 7:
                 raise ValueError(f"SimParams.{name} needs 7 values (one per sensor), got {len(getattr(self, name))}")
         if len(self.wear_rate_after_repair) != len(REPAIR_AGE_KNOTS):
@@ -88,7 +94,13 @@ class SimParams:
             values = getattr(self, name)
             if min(values if isinstance(values, tuple) else (values,)) <= 0:
                 raise ValueError(f"SimParams.{name} must be > 0, got {values}")
-        for name in ("profit_noise_std", "wear_spread_new", "wear_spread_repair", "dtamb_innovation_std", "hidden_dtamb_std"):
+        for name in (
+            "profit_noise_std",
+            "wear_spread_new",
+            "wear_spread_repair",
+            "dtamb_innovation_std",
+            "hidden_dtamb_std",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"SimParams.{name} must be >= 0, got {getattr(self, name)}")
         if min(self.sensor_noise_std) < 0:
