@@ -84,7 +84,7 @@ def main(args: Args) -> None:
     start_update, global_step, curve = 1, 0, []
     ckpt_path = out / "checkpoint.pt"
     if args.resume:
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
         agent.load_state_dict(ckpt["agent"])
         optimizer.load_state_dict(ckpt["optimizer"])
         env.load_state_dict(ckpt["env"])

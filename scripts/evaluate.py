@@ -28,7 +28,7 @@ def load_policy(spec: str, device: torch.device, seed: int):
     path = Path(spec)
     if not path.is_file():
         raise SystemExit(f"--policy {spec!r} is neither a baseline {BASELINES} nor a checkpoint file")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
+    ckpt = torch.load(path, map_location=device, weights_only=True)
     if "agent" in ckpt:
         model = ActorCritic()
         model.load_state_dict(ckpt["agent"])

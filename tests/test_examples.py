@@ -69,12 +69,12 @@ def test_ppo_cnn_smoke_and_resume(tmp_path):
     _run("examples/ppo_cnn.py", *tiny_ppo(384), "--out", str(out))
     report = _check_outputs(out, "ppo_cnn")
     assert report["env_steps"] == 384  # 3 updates of 8 envs x 16 steps
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["update"] == 3 and ckpt["global_step"] == 384
     # resume with a larger budget: continues from the saved step count, not from zero
     stdout = _run("examples/ppo_cnn.py", *tiny_ppo(640), "--resume", "--out", str(out))
     assert "resumed from" in stdout and "at update 3, 384 env steps" in stdout
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["update"] == 5 and ckpt["global_step"] == 640
 
 

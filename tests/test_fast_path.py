@@ -11,6 +11,9 @@ from torch_student_env.window import push_rows
 
 
 def test_fast_path_matches_eager():
+    from torch._dynamo.utils import counters
+
+    graphs_before = counters["stats"]["unique_graphs"]
     eager = make_env(num_envs=48, seed=12, fast=False, privileged=True)
     fast = make_env(num_envs=48, seed=12, fast=True, privileged=True)
     assert fast.config.fast and fast.backend.fast and not eager.backend.fast
@@ -27,6 +30,9 @@ def test_fast_path_matches_eager():
         assert torch.allclose(a["health"], b["health"], atol=1e-5)
         ended += int(a["done"].sum())
     assert ended > 0  # the comparison crossed auto-resets
+    # one graph for the whole life of the env: nothing about a reset (e.g. aliased state fields)
+    # or an action may trigger a recompile
+    assert counters["stats"]["unique_graphs"] - graphs_before == 1
 
 
 def test_fast_path_windows_match_eager_across_frozen_engines_and_partial_resets():

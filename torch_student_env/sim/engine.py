@@ -170,15 +170,16 @@ def reset_engines(episode_key: torch.Tensor, tables: SimTables) -> tuple[EngineS
     p = tables.params
     engine_bits = rng.stream_bits(rng.fold(episode_key, _ENGINE_SALT), 1)  # (1, N)
     spread_z, _ = rng.normal_pair(engine_bits[0])
-    zeros = torch.zeros_like(episode_key, dtype=torch.int64)
     state = EngineState(
         episode_key=episode_key,
         health=torch.full_like(spread_z, p.health_new),
         wear_rate=p.wear_rate_new * _lognormal_factor(spread_z, p.wear_spread_new),
-        flights=zeros,
-        repairs=zeros,
+        # Two tensors, not one shared: torch.compile guards on aliasing, and a state whose fields
+        # alias only after a reset would compile the step twice.
+        flights=torch.zeros_like(episode_key, dtype=torch.int64),
+        repairs=torch.zeros_like(episode_key, dtype=torch.int64),
     )
-    first = _flight_rows(episode_key, zeros.unsqueeze(0), state.health.unsqueeze(0), tables)
+    first = _flight_rows(episode_key, state.flights.unsqueeze(0), state.health.unsqueeze(0), tables)
     return state, first.rows[:, 0]
 
 
