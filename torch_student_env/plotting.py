@@ -11,23 +11,21 @@ from torch_student_env.spec import SENSOR_NAMES, Action, Phase
 _PHASE_COLORS = {Phase.CRUISE: "tab:blue", Phase.CLIMB: "tab:orange", Phase.TAKEOFF: "tab:red"}
 
 
-def _pyplot():
+def _figure(**kwargs):
+    """A `matplotlib.figure.Figure`: no pyplot state, and the user's backend is never switched."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError as err:
         raise ImportError("plotting needs matplotlib: pip install 'torch-student-env[examples]'") from err
-    return plt
+    return Figure(layout="constrained", **kwargs)
 
 
 def plot_learning_curve(
     curve: list[dict[str, float]], baselines: dict[str, float], path: str | Path, title: str = "PPO + 1D-CNN"
 ) -> Path:
     """Evaluation return (mean ± 95 % CI) against env steps, baselines as horizontal lines."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.8), constrained_layout=True)
+    fig = _figure(figsize=(8, 4.8))
+    ax = fig.subplots()
     steps = np.array([c["env_steps"] for c in curve])
     mean = np.array([c["mean_return"] for c in curve])
     ci = np.array([c["ci95"] for c in curve])
@@ -43,22 +41,23 @@ def plot_learning_curve(
     ax.legend(fontsize=8, loc="lower right")
     path = Path(path)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
 def plot_episode(trace: dict[str, np.ndarray], path: str | Path, title: str = "one engine's episode") -> Path:
     """The 7 sensors over flights (coloured by phase), repair/sell markers, and hidden health."""
-    plt = _pyplot()
     has_health = "health" in trace
     rows = len(SENSOR_NAMES) + int(has_health)
-    fig, axes = plt.subplots(rows, 1, figsize=(9, 1.55 * rows + 0.8), sharex=True, constrained_layout=True)
+    fig = _figure(figsize=(9, 1.55 * rows + 0.8))
+    axes = fig.subplots(rows, 1, sharex=True)
     flight, phase = trace["flight"], trace["phase"]
     repairs = trace["action_flight"][trace["action"] == Action.REPAIR]
     sells = trace["action_flight"][trace["action"] == Action.SELL]
     for i, (ax, name) in enumerate(zip(axes, SENSOR_NAMES, strict=False)):  # axes has a health row more
         for p, color in _PHASE_COLORS.items():
             keep = phase == p
+            if not keep.any():  # the challenge's engine flies cruise only
+                continue
             ax.scatter(
                 flight[keep], trace["sensors"][keep, i], s=4, color=color, label=p.name.lower() if i == 0 else None
             )
@@ -69,7 +68,7 @@ def plot_episode(trace: dict[str, np.ndarray], path: str | Path, title: str = "o
         ax = axes[-1]
         ax.plot(flight, trace["health"], color="black", linewidth=1.2, label="health")
         ax.set_ylabel("hidden health", fontsize=8)
-        ax.set_ylim(0, 1.05)
+        ax.set_ylim(min(0.0, float(trace["health"].min()) - 0.05), 1.05)
         ax.grid(alpha=0.3)
     for ax in axes:
         for f in repairs:
@@ -86,5 +85,4 @@ def plot_episode(trace: dict[str, np.ndarray], path: str | Path, title: str = "o
     axes[-1].set_xlabel("flight")
     path = Path(path)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
