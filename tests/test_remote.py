@@ -74,11 +74,13 @@ def test_every_endpoint_shapes(server_url):
     assert [len(o) for o in body["observations"]] == [10, 1, 10]
     assert all(len(row) == 9 for row in body["observations"][0])
     assert body["terminateds"] == [False, True, False] and body["infos"][1]["reason"] == "sold"
-    # the 15-flight limit ends the next step mid-window: 5 rows, truncated
+    # the 15-flight limit ends the next step mid-window: 5 rows, truncated; the sold episode
+    # starts its next episode first (auto_reset, the client's default) and flies 10 flights
     step["episode_actions"][1]["action"] = 0
     body = _post(server_url, "/episode/vectorized_step", json=step).json()
-    assert [len(o) for o in body["observations"]] == [5, 0, 5]
-    assert body["truncateds"] == [True, False, True] and body["rewards"][1] == 0.0
+    assert [len(o) for o in body["observations"]] == [5, 10, 5]
+    assert body["truncateds"] == [True, False, True] and body["rewards"][1] > 0
+    assert body["infos"][1]["step"] == 10 and body["infos"][1]["total_reward"] == body["rewards"][1]
     # return_all_states=False: one row per episode
     _post(server_url, "/episode/vectorized_reset", json={"episode_ids": ids})
     flat = {"episode_actions": [{"episode_id": e, "action": 0, "return_all_states": False} for e in ids]}
@@ -89,6 +91,46 @@ def test_every_endpoint_shapes(server_url):
     assert info.status_code == 200 and info.json()["step"] == 10 and info.json()["episode_id"] == ids[0]
     latest = _get(server_url, f"/episode/{ids[0]}/state/latest", TOKEN_A)
     assert latest.json()["step"] == 10 and latest.json()["terminated"] is False
+    assert latest.json()["observation"] == body["observations"][0]  # the newest row, as restored
+
+
+def test_sessions_are_released_by_close_and_by_delete(tmp_path):
+    """Hundreds of create -> close cycles on one token under the default limit (16 sessions)."""
+    from torch_student_env.server.state import Limits
+
+    app = create_app(tokens={TOKEN_A, TOKEN_B}, limits=Limits())
+    with running_server(app) as url:
+        for k in range(200):
+            env = make_env(num_envs=2, backend="remote", server_url=url, user_token=TOKEN_A, seed=k)
+            env.reset()
+            env.step(torch.tensor([0, 2]))
+            env.close()
+            env.close()  # idempotent
+        assert len(app.state.server.sessions) == 0 and len(app.state.server.episodes) == 0
+        sid = _post(url, "/session/create", TOKEN_A).json()["session_id"]
+        gone = requests.delete(f"{url}{API}/session/{sid}", headers={"User-Token": TOKEN_B}, timeout=10)
+        assert gone.status_code == 404  # another token's session does not exist for you
+        ok = requests.delete(f"{url}{API}/session/{sid}", headers={"User-Token": TOKEN_A}, timeout=10)
+        assert ok.status_code == 200 and sid not in app.state.server.sessions
+        # past the limit, a token's least recently used session is released, never the request refused
+        sids = [
+            _post(url, "/session/create", TOKEN_B).json()["session_id"]
+            for _ in range(Limits().max_sessions_per_token + 3)
+        ]
+        assert set(app.state.server.sessions) == set(sids[3:])
+        # the score counts what the closed envs finished: 200 sales (the last 100 by default)
+        score = requests.get(f"{url}{API}/user/{TOKEN_A}/score", params={"limit": 1000}, timeout=10).json()
+        assert score["metrics"]["total_episodes"] == 200
+
+
+def test_finished_episode_without_auto_reset_flies_nothing(server_url):
+    _, ids = _group(server_url, 2, auto_reset=False)
+    _post(server_url, "/episode/vectorized_reset", json={"episode_ids": ids})
+    sell = {"episode_actions": [{"episode_id": e, "action": a} for e, a in zip(ids, [2, 0], strict=True)]}
+    assert _post(server_url, "/episode/vectorized_step", json=sell).json()["terminateds"] == [True, False]
+    body = _post(server_url, "/episode/vectorized_step", json=sell).json()
+    assert [len(o) for o in body["observations"]] == [0, 10] and body["rewards"][0] == 0.0
+    assert body["terminateds"][0] is True and "reset it" in body["infos"][0]["message"]
 
 
 def test_single_episode_endpoints(server_url):
@@ -100,6 +142,7 @@ def test_single_episode_endpoints(server_url):
         json={"max_steps_per_episode": 1000, "step_size": 10},
     )
     episode_id = r.json()["episode_id"]
+    assert len(r.json()["initial_observation"]) == 9  # the single-env client reads it
     r = _post(server_url, "/episode/reset", json={"episode_id": episode_id, "seed": 3})
     assert len(r.json()["observation"]) == 9
     r = _post(server_url, "/episode/step", json={"episode_id": episode_id, "action": 0, "step_size": 7})

@@ -27,6 +27,10 @@ class Backend(Protocol):
     def seed(self, seed: int) -> None:
         """Restart the episode counters of every engine under a new root seed."""
 
+    def seed_engines(self, mask: torch.Tensor, seeds: torch.Tensor, env_indices: torch.Tensor) -> None:
+        """Re-key the masked engines (N,) as engine `env_indices[i]` of root seed `seeds[i]`: their
+        next reset is that engine's episode 0."""
+
     def reset(self, mask: torch.Tensor | None) -> torch.Tensor:
         """Start the next episode of the engines in `mask` (all if None); their first rows (N, 10).
 

@@ -90,11 +90,18 @@ class RemoteBackend:
         self.retry_steps = "step_counter" in self.features
         if not self.retry_steps:
             log.warning("server %s has no step counters: failed steps will raise instead of retrying", self.server_url)
+        # A session this backend opened is released by close(); one it was given is the caller's.
+        self._owns_session = session_id is None
         self.session_id = session_id or self._request("POST", "/api/v1/session/create", idempotent=False)["session_id"]
         if episode_ids is None:
             body = {
                 "num_envs": self.num_envs,
-                "env_config": {"max_steps_per_episode": self.max_flights, "step_size": config.step_size},
+                # The env owns resets (it resets ended engines itself): no server-side auto-reset.
+                "env_config": {
+                    "max_steps_per_episode": self.max_flights,
+                    "step_size": config.step_size,
+                    "auto_reset": False,
+                },
             }
             created = self._request("POST", "/api/v1/vectorized/episodes/create", body, idempotent=False, session=True)
             episode_ids = created["episode_ids"]
@@ -108,6 +115,7 @@ class RemoteBackend:
             )
         self.episode_ids = list(episode_ids)
         self._seed: int | None = config.seed
+        self._engine_seeds: dict[int, tuple[int, int]] = {}  # engine -> (seed, env index), next reset
         self._flights = np.zeros(self.num_envs, dtype=np.int64)
         self._health: dict[str, torch.Tensor] = {}
 
@@ -158,6 +166,12 @@ class RemoteBackend:
     def seed(self, seed: int) -> None:
         """The next reset re-keys every engine i as engine i of `seed` on the server."""
         self._seed = seed
+        self._engine_seeds.clear()
+
+    def seed_engines(self, mask: torch.Tensor, seeds: torch.Tensor, env_indices: torch.Tensor) -> None:
+        """The next reset of each masked engine re-keys it as engine `env_indices[i]` of `seeds[i]`."""
+        for i in np.flatnonzero(mask.cpu().numpy()):
+            self._engine_seeds[int(i)] = (int(seeds[i]), int(env_indices[i]))
 
     def reset(self, mask: torch.Tensor | None) -> torch.Tensor:
         """Reset the masked episodes on the server (one request); first rows (N, 10)."""
@@ -167,9 +181,12 @@ class RemoteBackend:
             return rows.to(self.device)
         body: dict[str, Any] = {"episode_ids": [self.episode_ids[i] for i in index]}
         if self._seed is not None and mask is None:
-            body["seeds"] = [self._seed] * len(index)
-            body["env_indices"] = index.tolist()
+            self._engine_seeds = {int(i): (self._seed, int(i)) for i in index}
             self._seed = None
+        if any(int(i) in self._engine_seeds for i in index):
+            keyed = [self._engine_seeds.get(int(i)) for i in index]
+            body["seeds"] = [k[0] if k else None for k in keyed]
+            body["env_indices"] = [k[1] if k else 0 for k in keyed]
         counters = self._counters[1, index] + 1
         if "reset_counter" in self.features:
             body["reset_counters"] = counters.tolist()
@@ -181,6 +198,8 @@ class RemoteBackend:
             what="vectorized reset",
         )
         self._counters[1, index] = counters
+        for i in index:
+            self._engine_seeds.pop(int(i), None)
         self._flights[index] = 0
         rows[index, :NUM_FEATURES] = torch.tensor(data["observations"], dtype=torch.float32)
         self._read_health(index, data["infos"], rows[:, None, NUM_FEATURES], [1] * len(index))
@@ -307,7 +326,19 @@ class RemoteBackend:
             raise NotImplementedError("a remote episode cannot be rewound to an earlier step; the server has moved on")
 
     def close(self) -> None:
-        """Close the keep-alive connection."""
+        """Release the session this backend opened (its episodes with it), then the connection.
+
+        A session given to the constructor is left open: it is the caller's. Idempotent; a
+        server that cannot be reached is logged, not raised, since there is nothing left to lose.
+        """
+        if self._owns_session and "session_delete" in self.features:
+            try:
+                response = self.http.delete(f"{self.server_url}/api/v1/session/{self.session_id}", timeout=self.timeout)
+                if response.status_code not in (200, 404):  # 404: already expired or released
+                    log.warning("releasing session %s: HTTP %s", self.session_id, response.status_code)
+            except requests.RequestException as err:
+                log.warning("could not release session %s: %s", self.session_id, err)
+        self._owns_session = False
         self.http.close()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import logging
 import os
 from pathlib import Path
@@ -11,16 +12,18 @@ from torch_student_env.adapters import require
 
 require("fastapi", "server")
 
-from fastapi import Depends, FastAPI, Header, Request  # noqa: E402
-from fastapi.responses import JSONResponse  # noqa: E402
+from fastapi import Depends, FastAPI, Header, Query, Request  # noqa: E402
+from fastapi.responses import HTMLResponse, JSONResponse  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 
 from torch_student_env.server.state import Limits, ServerError, ServerState  # noqa: E402
 from torch_student_env.sim.params import SimParams  # noqa: E402
 
 log = logging.getLogger("torch_student_env.server")
-PROTOCOL_VERSION = "0.1"
-FEATURES = ["step_counter", "reset_counter", "env_indices"]
+# The newest client's CLIENT_VERSION (student_client 1.0.1 reports "0.4"): the client compares it
+# with its own and warns when it is older.
+PROTOCOL_VERSION = "0.4"
+FEATURES = ["step_counter", "reset_counter", "env_indices", "session_delete", "score", "leaderboard"]
 DEFAULT_TOKEN = "student_user"  # the seed client's default token
 
 
@@ -74,23 +77,37 @@ class SingleStep(_Body):
     return_all_states: bool = True
 
 
-def load_tokens(tokens_file: str | Path | None = None) -> set[str]:
-    """Tokens from a file (one per line, # comments) or STUDENT_ENV_TOKENS (comma-separated).
+def load_tokens(tokens_file: str | Path | None = None) -> dict[str, str]:
+    """Tokens and their display names on the leaderboard page.
 
-    With neither, only the seed client's default token `student_user` is accepted, with a warning.
+    From a file (one `token [display name]` per line, # comments) or STUDENT_ENV_TOKENS
+    (comma-separated tokens). With neither, only the seed client's default token `student_user`
+    is accepted, with a warning. Tokens without a name are shown as "player K".
     """
     if tokens_file is not None:
-        lines = Path(tokens_file).read_text().splitlines()
-        tokens = {line.strip() for line in lines if line.strip() and not line.strip().startswith("#")}
-        if not tokens:
+        entries = []
+        for line in Path(tokens_file).read_text().splitlines():
+            if line.strip() and not line.strip().startswith("#"):
+                token, _, name = line.strip().partition(" ")
+                entries.append((token, name.strip()))
+        if not entries:
             raise ValueError(f"{tokens_file} holds no token")
-        return tokens
+        return display_names(entries)
     env = os.environ.get("STUDENT_ENV_TOKENS", "")
-    tokens = {t.strip() for t in env.split(",") if t.strip()}
+    tokens = [(t.strip(), "") for t in env.split(",") if t.strip()]
     if not tokens:
         log.warning("no tokens configured: accepting only the default token %r", DEFAULT_TOKEN)
-        tokens = {DEFAULT_TOKEN}
-    return tokens
+        tokens = [(DEFAULT_TOKEN, "")]
+    return display_names(tokens)
+
+
+def display_names(entries: list[tuple[str, str]] | set[str] | dict[str, str]) -> dict[str, str]:
+    """token -> display name; unnamed tokens become "player K" (K by sorted token, never the token)."""
+    if isinstance(entries, dict):
+        entries = list(entries.items())
+    elif isinstance(entries, set):
+        entries = [(token, "") for token in sorted(entries)]
+    return {token: name or f"player {k + 1}" for k, (token, name) in enumerate(entries)}
 
 
 def _user(request: Request, user_token: Annotated[str | None, Header(alias="User-Token")] = None) -> str:
@@ -113,14 +130,14 @@ def _observation(rows: list[list[float]], return_all_states: bool) -> Any:
 
 
 def create_app(
-    tokens: set[str] | None = None,
+    tokens: set[str] | dict[str, str] | None = None,
     limits: Limits | None = None,
     params: SimParams | None = None,
     expose_health: bool = True,
 ) -> FastAPI:
     """A FastAPI app serving the embedded simulator over the challenge protocol."""
     state = ServerState(limits, params, expose_health)
-    tokens = tokens if tokens is not None else load_tokens()
+    tokens = display_names(tokens) if tokens is not None else load_tokens()
     app = FastAPI(title="torch_student_env reference server", version=PROTOCOL_VERSION)
     app.state.server = state
     app.state.tokens = tokens
@@ -148,19 +165,28 @@ def create_app(
         with state.lock:
             return {"session_id": state.create_session(token)}
 
+    @app.delete("/api/v1/session/{session_id}")
+    def delete_session(session_id: str, token: Token) -> dict:
+        with state.lock:
+            state.close_session(token, session_id)
+        return {"session_id": session_id, "deleted": True}
+
     @app.post("/api/v1/vectorized/episodes/create")
     def create_vectorized(body: VectorizedCreate, token: Token, session_id: SessionHeader = None) -> dict:
+        config = body.env_config
         with state.lock:
-            group = state.create_group(
-                state.session(token, session_id), body.num_envs, body.env_config.max_steps_per_episode
-            )
+            session = state.session(token, session_id)
+            group = state.create_group(session, body.num_envs, config.max_steps_per_episode, config.auto_reset)
             return {"episode_ids": group.episode_ids, "vectorized_group_id": group.group_id}
 
     @app.post("/api/v1/episode/create")
     def create_episode(body: EnvConfigBody, token: Token, session_id: SessionHeader = None) -> dict:
+        """One episode, already reset: the single-env client reads `initial_observation`."""
         with state.lock:
-            group = state.create_group(state.session(token, session_id), 1, body.max_steps_per_episode)
-            return {"episode_id": group.episode_ids[0]}
+            session = state.session(token, session_id)
+            group = state.create_group(session, 1, body.max_steps_per_episode, body.auto_reset)
+            (row, info) = state._restart(group, [0])[0]
+            return {"episode_id": group.episode_ids[0], "initial_observation": row, "info": info}
 
     @app.post("/api/v1/episode/vectorized_reset")
     def vectorized_reset(body: VectorizedReset, token: Token) -> dict:
@@ -218,6 +244,65 @@ def create_app(
     def latest_state(episode_id: str, token: Token) -> dict:
         with state.lock:
             info = state.episode_info(token, episode_id)
-        return {k: info[k] for k in ("episode_id", "step", "terminated", "truncated", "total_reward")}
+        keys = ("episode_id", "step", "terminated", "truncated", "total_reward", "observation")
+        return {k: info[k] for k in keys}
+
+    @app.get("/api/v1/user/{user_token}/score")
+    def user_score(user_token: str, limit: int = Query(100, ge=1, le=state.limits.scored_episodes_per_token)) -> dict:
+        """The challenge's leaderboard metrics over the token's last `limit` finished episodes.
+
+        The token in the path is the credential, as in the client's `get_leaderboard_score`: a
+        token sees only its own score, and an unknown one gets 404.
+        """
+        if user_token not in app.state.tokens:
+            raise ServerError(404, "unknown user")
+        with state.lock:
+            metrics = state.score(user_token, limit)
+        return {"metrics": metrics, "limit": limit}
+
+    @app.get("/leaderboard", response_class=HTMLResponse)
+    def leaderboard(limit: int = Query(100, ge=1, le=state.limits.scored_episodes_per_token)) -> str:
+        """Every token's score under its display name (never the token), best total first."""
+        with state.lock:
+            scores = [(app.state.tokens[t], state.score(t, limit)) for t in list(state.finished)]
+        return leaderboard_page([(name, m) for name, m in scores if m], limit)
 
     return app
+
+
+def leaderboard_page(scores: list[tuple[str, dict[str, Any]]], limit: int) -> str:
+    """An HTML page ranking (display name, metrics) by total reward of the last `limit` episodes."""
+    rows = []
+    for rank, (name, m) in enumerate(sorted(scores, key=lambda s: -s[1]["total_reward"]), start=1):
+        cells = (
+            rank,
+            html.escape(name),
+            f"{m['total_reward']:,.0f}",
+            f"{m['avg_reward']:,.1f}",
+            f"{m['best_reward']:,.1f}",
+            m["total_maintenance"],
+            f"{m['avg_steps']:.1f}",
+            f"{100 * m['failure_rate']:.1f} %",
+            m["total_episodes"],
+            html.escape(m["last_episode_date"].replace("T", " ").replace("+00:00", " UTC")),
+        )
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = (
+        "rank", "player", f"total reward (last {limit})", "mean", "best", "repairs",
+        "mean length (flights)", "failure rate", "episodes", "last episode",
+    )  # fmt: skip
+    body = "\n".join(rows) or f'<tr><td colspan="{len(head)}">no finished episode yet</td></tr>'
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Leaderboard</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
+table {{ border-collapse: collapse; }} th, td {{ padding: .4rem .8rem; text-align: right; white-space: nowrap; }}
+th {{ border-bottom: 2px solid #444; }} tr:nth-child(even) {{ background: #f3f3f3; }}
+td:nth-child(2), th:nth-child(2) {{ text-align: left; }}
+</style></head><body>
+<h1>Leaderboard</h1>
+<p>Ranked by the total reward of each player's last {limit} finished episodes, as the challenge ranks.</p>
+<table><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr>
+{body}
+</table></body></html>
+"""

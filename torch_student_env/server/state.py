@@ -9,6 +9,10 @@ Exactly-once steps: a request may carry a per-episode `step_counter` (the number
 client has taken on that episode, starting at 1). A repeated counter gets the stored result
 without stepping again, so a client can safely retry a step whose response was lost.
 `reset_counter` does the same for resets.
+
+Episode ends as on the challenge's server: with the group's `auto_reset` (the client's default),
+stepping a finished episode starts the next one in the same call; every finished episode is
+recorded for its token's leaderboard score.
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from torch_student_env.backends.local import LocalBackend
+from torch_student_env.leaderboard import FinishedEpisode, score_metrics
 from torch_student_env.sim.params import SimParams
 from torch_student_env.spec import NUM_FEATURES
 
@@ -45,6 +51,7 @@ class Limits:
     max_body_bytes: int = 1 << 20
     session_ttl_s: float = 3600.0
     max_flights: int = 100_000
+    scored_episodes_per_token: int = 1000  # finished episodes kept for the leaderboard
 
 
 @dataclass
@@ -55,6 +62,8 @@ class Group:
     episode_ids: list[str]
     backend: LocalBackend
     max_flights: int
+    auto_reset: bool
+    last_row: list[list[float]]
     finished: list[bool]
     terminated: list[bool]
     truncated: list[bool]
@@ -87,15 +96,21 @@ class ServerState:
         self.expose_health = expose_health
         self.sessions: dict[str, Session] = {}
         self.episodes: dict[str, tuple[Session, Group, int]] = {}
+        self.finished: dict[str, deque[FinishedEpisode]] = {}  # token -> its finished episodes, newest last
         self.lock = threading.Lock()
 
     # -- sessions and episodes ------------------------------------------------------------------
     def create_session(self, token: str) -> str:
+        """A new session; past the token's limit, its least recently used session is released.
+
+        The challenge's client never releases a session (its `close()` only closes the
+        connection), so a script that opens an env per episode would otherwise hit the limit
+        after a few episodes. The limit bounds what a token holds, and never refuses new work.
+        """
         self._expire()
-        owned = sum(1 for s in self.sessions.values() if s.token == token)
-        if owned >= self.limits.max_sessions_per_token:
-            # 403, not 429: waiting does not help, a session must expire (session_ttl_s) first
-            raise ServerError(403, f"token already has {owned} sessions (limit {self.limits.max_sessions_per_token})")
+        owned = sorted((s for s in self.sessions.values() if s.token == token), key=lambda s: s.last_used)
+        for stale in owned[: max(0, len(owned) - self.limits.max_sessions_per_token + 1)]:
+            self._drop(stale.session_id)
         session = Session(secrets.token_hex(8), token, time.monotonic())
         self.sessions[session.session_id] = session
         return session.session_id
@@ -110,7 +125,15 @@ class ServerState:
         session.last_used = time.monotonic()
         return session
 
-    def create_group(self, session: Session, num_envs: int, max_flights: int) -> Group:
+    def close_session(self, token: str, session_id: str) -> None:
+        """Release a session, its groups and their episodes (404 for another token's session)."""
+        self._expire()
+        session = self.sessions.get(session_id)
+        if session is None or session.token != token:
+            raise ServerError(404, f"session {session_id!r} not found")
+        self._drop(session_id)
+
+    def create_group(self, session: Session, num_envs: int, max_flights: int, auto_reset: bool = True) -> Group:
         if not 1 <= num_envs <= self.limits.max_envs_per_request:
             raise ServerError(422, f"num_envs must be in [1, {self.limits.max_envs_per_request}], got {num_envs}")
         if session.envs + num_envs > self.limits.max_envs_per_session:
@@ -129,6 +152,8 @@ class ServerState:
             ids,
             backend,
             max_flights,
+            auto_reset,
+            [[] for _ in range(n)],
             [True] * n,
             [False] * n,
             [False] * n,
@@ -147,6 +172,7 @@ class ServerState:
         return group
 
     def locate(self, token: str, episode_id: str) -> tuple[Group, int]:
+        self._expire()
         found = self.episodes.get(episode_id)
         if found is None or found[0].token != token or found[0].session_id not in self.sessions:
             raise ServerError(404, f"episode {episode_id!r} not found")
@@ -154,12 +180,21 @@ class ServerState:
         return found[1], found[2]
 
     def _expire(self) -> None:
+        """Drop the sessions idle past their TTL (run on every request that touches a session)."""
         now = time.monotonic()
         for sid in [s for s, v in self.sessions.items() if now - v.last_used > self.limits.session_ttl_s]:
-            session = self.sessions.pop(sid)
-            for group in session.groups.values():
-                for episode_id in group.episode_ids:
-                    self.episodes.pop(episode_id, None)
+            self._drop(sid)
+
+    def _drop(self, session_id: str) -> None:
+        session = self.sessions.pop(session_id)
+        for group in session.groups.values():
+            for episode_id in group.episode_ids:
+                self.episodes.pop(episode_id, None)
+
+    # -- leaderboard ----------------------------------------------------------------------------
+    def score(self, token: str, limit: int = 100) -> dict[str, Any]:
+        """The challenge's leaderboard metrics over the token's last `limit` finished episodes."""
+        return score_metrics(list(self.finished.get(token, ())), limit)
 
     # -- simulation -----------------------------------------------------------------------------
     def reset(
@@ -182,36 +217,56 @@ class ServerState:
             by_group.setdefault(group.group_id, []).append(j)
         for js in by_group.values():
             group = located[js[0]][0]
-            n = len(group.episode_ids)
-            mask = torch.zeros(n, dtype=torch.bool)
-            seeded = torch.zeros(n, dtype=torch.bool)
-            seed_values = torch.zeros(n, dtype=torch.int64)
-            index_values = torch.zeros(n, dtype=torch.int64)
+            seeded = {
+                located[j][1]: (seeds[j], env_indices[j] if env_indices is not None else 0)
+                for j in js
+                if seeds[j] is not None
+            }
+            restarted = self._restart(group, [located[j][1] for j in js], seeded)
             for j in js:
                 i = located[j][1]
-                mask[i] = True
-                if seeds[j] is not None:
-                    seeded[i], seed_values[i] = True, seeds[j]
-                    index_values[i] = env_indices[j] if env_indices is not None else 0
-            if bool(seeded.any()):
-                group.backend.seed_engines(seeded, seed_values, index_values)
-            first = group.backend.reset(mask)
-            privileged = group.backend.privileged()
-            for j in js:
-                i = located[j][1]
-                group.finished[i] = group.terminated[i] = group.truncated[i] = False
-                group.total_reward[i], group.flights[i], group.has_reset[i] = 0.0, 0, True
-                info = {"step": 0, "episode_id": group.episode_ids[i], "total_reward": 0.0}
-                if self.expose_health:
-                    info |= _health_info(privileged, i, [float(first[i, NUM_FEATURES])])
-                results[j] = (first[i, :NUM_FEATURES].tolist(), info)
+                results[j] = restarted[i]
                 if reset_counters is not None and reset_counters[j] is not None:
                     group.reset_counter[i] = reset_counters[j]
                     group.last_reset[i] = results[j]
         return [r[0] for r in results], [r[1] for r in results]
 
+    def _restart(
+        self, group: Group, engines: list[int], seeded: dict[int, tuple[int, int]] | None = None
+    ) -> dict[int, tuple[list[float], dict]]:
+        """Start the next episode of `engines` of one group (one batched reset): first row and info each.
+
+        `seeded[i] = (seed, env_index)` re-keys engine i first, as engine `env_index` of `seed`.
+        """
+        n = len(group.episode_ids)
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[engines] = True
+        if seeded:
+            which = torch.zeros(n, dtype=torch.bool)
+            seed_values = torch.zeros(n, dtype=torch.int64)
+            index_values = torch.zeros(n, dtype=torch.int64)
+            for i, (seed, env_index) in seeded.items():
+                which[i], seed_values[i], index_values[i] = True, seed, env_index
+            group.backend.seed_engines(which, seed_values, index_values)
+        first = group.backend.reset(mask)
+        privileged = group.backend.privileged()
+        out = {}
+        for i in engines:
+            group.finished[i] = group.terminated[i] = group.truncated[i] = False
+            group.total_reward[i], group.flights[i], group.has_reset[i] = 0.0, 0, True
+            group.last_row[i] = first[i, :NUM_FEATURES].tolist()
+            info = {"step": 0, "episode_id": group.episode_ids[i], "total_reward": 0.0}
+            if self.expose_health:
+                info |= _health_info(privileged, i, [float(first[i, NUM_FEATURES])])
+            out[i] = (group.last_row[i], info)
+        return out
+
     def step(self, token: str, actions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Step each listed episode; one batched advance per (group, step_size)."""
+        """Step each listed episode; one batched advance per (group, step_size).
+
+        A finished episode of an `auto_reset` group starts its next episode first (the client
+        sends actions for its terminated envs when `auto_reset` is on); otherwise it flies nothing.
+        """
         seen: set[str] = set()
         located = []
         for a in actions:
@@ -234,6 +289,9 @@ class ServerState:
             batches.setdefault((group.group_id, a["step_size"]), []).append(j)
         for (_, step_size), js in batches.items():
             group = located[js[0]][0]
+            restart = [located[j][1] for j in js if group.finished[located[j][1]] and group.auto_reset]
+            if restart:
+                self._restart(group, restart)
             n = len(group.episode_ids)
             acts = torch.zeros(n, dtype=torch.int64)
             active = torch.zeros(n, dtype=torch.bool)
@@ -246,15 +304,17 @@ class ServerState:
             n_flown = tr.row_flown.sum(dim=1)
             for j in js:
                 i = located[j][1]
-                results[j] = self._step_result(group, i, bool(active[i]), tr, int(n_flown[i]), privileged)
+                results[j] = self._step_result(token, group, i, bool(active[i]), tr, int(n_flown[i]), privileged)
                 if actions[j].get("step_counter") is not None:
                     group.step_counter[i] = actions[j]["step_counter"]
                     group.last_step[i] = results[j]
         return results  # type: ignore[return-value]
 
-    def _step_result(self, group: Group, i: int, active: bool, tr, n_flown: int, privileged) -> dict[str, Any]:
+    def _step_result(
+        self, token: str, group: Group, i: int, active: bool, tr, n_flown: int, privileged
+    ) -> dict[str, Any]:
         episode_id = group.episode_ids[i]
-        if not active:  # a finished episode: nothing flies until it is reset
+        if not active:  # a finished episode of a group without auto_reset: nothing flies until a reset
             return {
                 "rows": [],
                 "reward": 0.0,
@@ -274,6 +334,8 @@ class ServerState:
         group.terminated[i], group.truncated[i] = terminated, truncated
         group.finished[i] = terminated or truncated
         rows = tr.rows[i, :n_flown]
+        if n_flown:
+            group.last_row[i] = rows[-1, :NUM_FEATURES].tolist()
         info = {
             "step": group.flights[i],
             "episode_id": episode_id,
@@ -285,6 +347,9 @@ class ServerState:
             info["reason"] = "failure" if failed else "sold"
         elif truncated:
             info["reason"] = "time limit"
+        if group.finished[i]:
+            kept = self.finished.setdefault(token, deque(maxlen=self.limits.scored_episodes_per_token))
+            kept.append(FinishedEpisode.now(group.total_reward[i], int(tr.repairs[i]), group.flights[i], failed))
         if self.expose_health:
             info |= _health_info(privileged, i, rows[:, NUM_FEATURES].tolist())
         return {
@@ -307,6 +372,7 @@ class ServerState:
             "max_steps_per_episode": group.max_flights,
             "step_counter": group.step_counter[i],
             "reset_counter": group.reset_counter[i],
+            "observation": group.last_row[i],
         }
 
 
