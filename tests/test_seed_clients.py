@@ -265,3 +265,21 @@ def test_compat_plots_and_local_leaderboard(monkeypatch, tmp_path):
     assert score["total_episodes"] == 1 and score["total_reward"] == pytest.approx(sum(rewards), rel=1e-5)
     assert score["maintenance_actions"] == 1 and score["avg_episode_length"] == 31
     assert compat.get_leaderboard_score(user_token="nobody-here", return_dataframe=False) == {}
+
+
+def _notebook_code() -> str:
+    """The code cells of the challenge's vectorized-env notebook, as it ships (the last cell,
+    which only displays `observations`, left out)."""
+    text = (SEED / "vectorized_env_notebook.txt").read_text()
+    first = text[text.index("import numpy as np") : text.index("## Training")]
+    loop = text[text.index("for step in range(40):") : text.index("env.close()") + len("env.close()")]
+    return "\n".join(line for line in (first + "\n" + loop).splitlines() if not line.startswith("In ["))
+
+
+@needs_seed
+@pytest.mark.parametrize("client", ["0.3", "1.0.1"])
+def test_the_notebook_runs_unchanged_against_the_server(client, tmp_path):
+    with running_server(tokens={"your_token"}, limits=Limits()) as url:  # the notebook's token
+        out = _run(_notebook_code(), client, tmp_path, url)
+    assert "Environment created with 4 parallel environments" in out and "Step 40:" in out
+    assert "Observations shape: (4, 9)" in out and "'error'" not in out and "Traceback" not in out
