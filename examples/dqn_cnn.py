@@ -19,6 +19,7 @@ from tensordict import TensorDict
 from tqdm.auto import tqdm
 
 from torch_student_env import make_env
+from torch_student_env.config import normalize_device
 from torch_student_env.evaluate import run_episodes, summarize
 from torch_student_env.models import QNetwork
 from torch_student_env.training import arg, final_report, parse_args, save_checkpoint
@@ -84,7 +85,7 @@ def _view(batch: TensorDict, prefix: str) -> TensorDict:
 def main(args: Args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(args.device)
+    device = normalize_device(args.device)  # "cuda" -> "cuda:0", "cpu:0" -> "cpu"
     torch.manual_seed(args.seed)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     env = make_env(num_envs=args.num_envs, device=device, seed=args.seed)

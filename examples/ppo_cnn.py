@@ -3,6 +3,7 @@
     python examples/ppo_cnn.py                       # defaults: < 10 min on a 2-core CPU
     python examples/ppo_cnn.py --device cuda --num-envs 1024 --total-steps 5000000
     python examples/ppo_cnn.py --resume              # continue from <out>/checkpoint.pt
+    torchrun --nproc-per-node 2 examples/ppo_cnn.py --distributed   # DDP, one env shard per rank
 
 Writes to --out: checkpoint.pt, eval.md (trained policy vs every baseline on held-out seeds),
 eval.json, learning_curve.png and episode.png. CleanRL's ppo.py layout: Args, agent, one flat loop.
@@ -11,14 +12,17 @@ eval.json, learning_curve.png and episode.png. CleanRL's ppo.py layout: Args, ag
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from tensordict import TensorDict
 from tqdm.auto import tqdm
 
 from torch_student_env import make_env
+from torch_student_env.config import normalize_device
 from torch_student_env.evaluate import run_episodes, summarize
 from torch_student_env.models import ActorCritic
 from torch_student_env.training import arg, final_report, parse_args, save_checkpoint
@@ -49,19 +53,73 @@ class Args:
     eval_envs: int = arg(256, "episodes per periodic evaluation (validation seed)")
     final_eval_envs: int = arg(1024, "held-out episodes for the final table")
     checkpoint_every: int = arg(20, "updates between checkpoints")
+    distributed: bool = arg(
+        False, "under torchrun: DDP over the ranks (gloo on CPU, NCCL on CUDA), each stepping its own env shard"
+    )
 
 
-def main(args: Args) -> None:
+def setup_distributed(args: Args) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) of this process; (0, 1, --device) without --distributed.
+
+    Under torchrun each rank runs on its own device (`cuda:LOCAL_RANK` when --device is CUDA)
+    and steps engines `rank * num_envs ...` of one env (`make_env(env_offset=...)`), so the
+    ranks together step the same engines as one process with `world_size * num_envs` envs.
+    """
+    device = normalize_device(args.device)  # "cuda" -> "cuda:0", "cpu:0" -> "cpu"
+    if not args.distributed:
+        return 0, 1, device
+    if "RANK" not in os.environ:
+        raise SystemExit(
+            "--distributed runs under torchrun: torchrun --nproc-per-node K examples/ppo_cnn.py --distributed"
+        )
+    if device.type == "cuda":
+        device = normalize_device(f"cuda:{int(os.environ['LOCAL_RANK'])}")
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def ddp(agent: torch.nn.Module) -> torch.nn.Module:
+    """`agent` under DistributedDataParallel, without the per-forward buffer broadcast (the
+    normalisation statistics are kept identical by `gather_envs`; the initial ones already are)."""
+    import inspect
+
+    ddp_class = torch.nn.parallel.DistributedDataParallel
+    newer = "forward_sync_buffers" in inspect.signature(ddp_class).parameters  # torch >= 2.13 renamed it
+    return ddp_class(agent, **({"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}))
+
+
+def gather_envs(tensor: torch.Tensor, world: int) -> torch.Tensor:
+    """All ranks' `tensor`s (envs on dim 0) concatenated in rank order: the same on every rank."""
+    if world == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def main(args: Args) -> dict | None:
+    rank, world, device = setup_distributed(args)
+    lead = rank == 0  # evaluation, checkpoints, logs and plots happen on rank 0 only
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(args.device)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # the same on every rank: identical initial weights
     batch_size = args.num_envs * args.num_steps
     minibatch_size = batch_size // args.num_minibatches
-    num_updates = max(1, args.total_steps // batch_size)
+    num_updates = max(1, args.total_steps // (batch_size * world))  # --total-steps counts all ranks
 
-    env = make_env(num_envs=args.num_envs, step_size=args.step_size, device=device, seed=args.seed, fast=args.fast)
+    env = make_env(
+        num_envs=args.num_envs,
+        step_size=args.step_size,
+        device=device,
+        seed=args.seed,
+        fast=args.fast,
+        env_offset=rank * args.num_envs,
+    )
     agent = ActorCritic(max_flights=env.config.max_steps_per_episode).to(device)
+    # DDP averages gradients across ranks in backward. The normalisation statistics are buffers
+    # that every rank updates from all ranks' rows (gather_envs), so they need no broadcast.
+    learner = agent if world == 1 else ddp(agent)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
 
     # ALGO LOGIC: rollout storage, preallocated on the env's device
@@ -87,25 +145,33 @@ def main(args: Args) -> None:
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
         agent.load_state_dict(ckpt["agent"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        env.load_state_dict(ckpt["env"])
+        if len(ckpt["envs"]) != world:
+            raise SystemExit(
+                f"{ckpt_path} holds {len(ckpt['envs'])} env shards; resume it with {len(ckpt['envs'])} ranks"
+            )
+        env.load_state_dict(ckpt["envs"][rank])
         td = env.reset(mask=torch.zeros(args.num_envs, dtype=torch.bool, device=device))  # current obs
         start_update, global_step, curve = ckpt["update"] + 1, ckpt["global_step"], ckpt["curve"]
-        print(f"resumed from {ckpt_path} at update {ckpt['update']}, {global_step:,} env steps")
+        if lead:
+            print(f"resumed from {ckpt_path} at update {ckpt['update']}, {global_step:,} env steps")
     next_done = torch.zeros(args.num_envs, device=device)
     return_sum = torch.zeros((), device=device)
     return_count = torch.zeros((), device=device)
     env_time, first_step_time = 0.0, None  # the first step includes the one-off compile
     start = time.perf_counter()
-    bar = tqdm(total=num_updates * batch_size, initial=global_step, unit="step", desc="ppo_cnn", dynamic_ncols=True)
+    bar = tqdm(
+        total=num_updates * batch_size * world, initial=global_step, unit="step", desc="ppo_cnn", disable=not lead
+    )
+    first_rollout = {"reward": torch.zeros_like(rewards)}  # raw rewards, saved for the shard check
 
     for update in range(start_update, num_updates + 1):
         optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - (update - 1.0) / num_updates)
         for step in range(args.num_steps):
-            global_step += args.num_envs
+            global_step += args.num_envs * world
             storage[step] = td.select(*obs_keys)
             dones[step] = next_done
             with torch.no_grad():
-                agent.trunk.norm.update(td["observation"], td["valid"])
+                agent.trunk.norm.update(gather_envs(td["observation"], world), gather_envs(td["valid"], world))
                 action, logprob, _, value = agent.get_action_and_value(td)
             values[step], actions[step], logprobs[step] = value, action, logprob
             t_env = time.perf_counter()
@@ -115,6 +181,8 @@ def main(args: Args) -> None:
             else:
                 env_time += time.perf_counter() - t_env
             rewards[step] = td["reward"] * args.reward_scale
+            if update == start_update:
+                first_rollout["reward"][step] = td["reward"]
             # CRUCIAL, easy to overlook: a truncated episode did not end, its value continues.
             # Keep the window it ended with (final_observation, not the reset window) to bootstrap.
             final_storage["observation"][step] = td["final_observation"]
@@ -152,7 +220,7 @@ def main(args: Args) -> None:
             order = torch.randperm(batch_size, device=device)
             for begin in range(0, batch_size, minibatch_size):
                 mb = order[begin : begin + minibatch_size]
-                _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb], b_actions[mb])
+                _, newlogprob, entropy, newvalue = learner(b_obs[mb], b_actions[mb])
                 logratio = newlogprob - b_logprobs[mb]
                 ratio = logratio.exp()
                 mb_adv = b_advantages[mb]
@@ -168,14 +236,19 @@ def main(args: Args) -> None:
                 torch.nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
                 optimizer.step()
 
+        if args.distributed and update == start_update and not args.resume:
+            save_first_rollout(out, world, rank, storage, actions, first_rollout["reward"])
+
         # LOGGING: one host read per update, never per step
+        if world > 1:
+            dist.all_reduce(return_sum), dist.all_reduce(return_count)
         mean_return = (return_sum / return_count.clamp(min=1)).item()
         return_sum.zero_(), return_count.zero_()
-        sps = (global_step - (start_update - 1) * batch_size) / (time.perf_counter() - start)
-        bar.update(batch_size)
+        sps = (global_step - (start_update - 1) * batch_size * world) / (time.perf_counter() - start)
+        bar.update(batch_size * world)
         last_eval = f"{curve[-1]['mean_return']:,.0f}" if curve else "-"
         bar.set_postfix(sps=f"{sps:,.0f}", train_return=f"{mean_return:,.0f}", eval=last_eval)
-        if update % args.eval_every == 0 or update == num_updates:
+        if lead and (update % args.eval_every == 0 or update == num_updates):
             env_eval = make_env(num_envs=args.eval_envs, seed=5_000, device=device)
             stats = summarize(run_episodes(env_eval, agent.act, episodes_per_env=1))
             curve.append(
@@ -183,11 +256,17 @@ def main(args: Args) -> None:
             )
             bar.set_postfix(sps=f"{sps:,.0f}", train_return=f"{mean_return:,.0f}", eval=f"{stats['mean_return']:,.0f}")
         if update % args.checkpoint_every == 0 or update == num_updates:
+            envs = [env.state_dict()]
+            if world > 1:
+                envs = [None] * world
+                dist.all_gather_object(envs, env.state_dict())
+            if not lead:
+                continue
             save_checkpoint(
                 ckpt_path,
                 agent=agent.state_dict(),
                 optimizer=optimizer.state_dict(),
-                env=env.state_dict(),
+                envs=envs,
                 update=update,
                 global_step=global_step,
                 curve=curve,
@@ -197,6 +276,16 @@ def main(args: Args) -> None:
     wall = time.perf_counter() - start
     first_step_time = first_step_time or 0.0
     steady_share = env_time / max(wall - first_step_time, 1e-9)
+    if world > 1:
+        flat = torch.cat([p.detach().reshape(-1) for p in agent.state_dict().values() if p.is_floating_point()])
+        ranks = [torch.empty_like(flat) for _ in range(world)]
+        dist.all_gather(ranks, flat)
+        identical = all(torch.equal(ranks[0], r) for r in ranks)
+        if lead:
+            print(f"ranks' parameters and statistics identical: {identical} ({world} ranks, {flat.numel():,} values)")
+        dist.destroy_process_group()
+        if not lead:
+            return None
     print(
         f"trained {global_step:,} env steps in {wall:.0f} s; env.step took {100 * steady_share:.1f}% of it "
         f"after its first call, which took {first_step_time:.1f} s (the one-off compile with --fast)"
@@ -216,6 +305,7 @@ def main(args: Args) -> None:
             "env_step_share": steady_share,
             "env_first_step_seconds": first_step_time,
             "env_steps": global_step,
+            "world_size": world,
         },
     )
     print((out / "eval.md").read_text())
@@ -223,6 +313,19 @@ def main(args: Args) -> None:
     ppo, tb = results["ppo_cnn"], results["time_based"]
     verdict = "beats" if ppo["mean_return"] - ppo["ci95"] > tb["mean_return"] + tb["ci95"] else "does not clearly beat"
     print(f"ppo_cnn {verdict} the time-based baseline ({ppo['mean_return']:,.0f} vs {tb['mean_return']:,.0f}).")
+    return results
+
+
+def save_first_rollout(out: Path, world: int, rank: int, storage, actions, rewards) -> None:
+    """Rank 0 writes every rank's first rollout, envs concatenated in rank order (first_rollout.pt):
+    replayed on one env of world * num_envs engines, the same actions must give the same rows."""
+    gathered = {
+        "observation": gather_envs(storage["observation"].transpose(0, 1), world).transpose(0, 1),
+        "action": gather_envs(actions.T, world).T,
+        "reward": gather_envs(rewards.T, world).T,
+    }
+    if rank == 0:
+        torch.save({k: v.cpu() for k, v in gathered.items()}, out / "first_rollout.pt")
 
 
 if __name__ == "__main__":

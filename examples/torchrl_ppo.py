@@ -24,6 +24,7 @@ from torchrl.objectives.value import GAE  # noqa: E402
 from tqdm.auto import tqdm
 
 from torch_student_env.adapters.torchrl import TorchRLStudentEnv
+from torch_student_env.config import normalize_device
 from torch_student_env.evaluate import run_episodes, summarize
 from torch_student_env.make import make_env
 from torch_student_env.models import SensorCNN
@@ -67,7 +68,7 @@ class Head(nn.Module):
 def main(args: Args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(args.device)
+    device = normalize_device(args.device)  # "cuda" -> "cuda:0", "cpu:0" -> "cpu"
     torch.manual_seed(args.seed)
     base = TorchRLStudentEnv(num_envs=args.num_envs, seed=args.seed, device=device)
     max_flights = base.env.config.max_steps_per_episode

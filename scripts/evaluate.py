@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from torch_student_env.config import normalize_device
 from torch_student_env.evaluate import evaluate_policies, markdown_table
 from torch_student_env.models import ActorCritic, QNetwork
 from torch_student_env.policies import BASELINES, make_policy
@@ -49,7 +50,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", help="also write the table to this Markdown file")
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = normalize_device(args.device)  # "cuda" -> "cuda:0", "cpu:0" -> "cpu"
     policies = dict(load_policy(spec, device, args.seed) for spec in (args.policy or BASELINES))
     results = evaluate_policies(policies, num_envs=args.episodes, seed=args.seed, device=device, progress=True)
     table = f"{args.episodes} episodes per policy, seed {args.seed}\n\n" + markdown_table(results)

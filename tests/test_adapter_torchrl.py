@@ -119,3 +119,20 @@ def test_multi_process_collector_two_workers():
     finally:
         collector.shutdown()
     assert shapes == [160, 160]
+
+
+def test_collector_workers_step_different_engines_by_default():
+    """Two workers from one factory (same seed), a deterministic policy: different data, because
+    each worker process gets its own env_offset, k * N for the k-th child process."""
+    create = EnvCreator(_make_worker_env)
+    collector = MultiSyncCollector([create, create], FixedActions(), frames_per_batch=160, total_frames=160)
+    try:
+        batch = next(iter(collector))  # (workers, envs, steps)
+    finally:
+        collector.shutdown()
+    first_windows = batch["observation"][:, :, 0]  # (2, 4, W, 9)
+    assert not torch.equal(first_windows[0], first_windows[1])
+    # each worker's engines are a shard of one seed-3 env: engines k*4 .. k*4+3 for its own k
+    native = make_env(num_envs=4 * 64, seed=3).reset()["observation"].view(64, 4, *first_windows.shape[-2:])
+    shards = [[k for k in range(64) if torch.equal(first_windows[w], native[k])] for w in range(2)]
+    assert all(len(s) == 1 and s[0] >= 1 for s in shards) and shards[0] != shards[1], shards

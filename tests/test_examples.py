@@ -94,6 +94,8 @@ def test_dqn_cnn_smoke(tmp_path):
         "200",
         "--eval-envs",
         "8",
+        "--device",
+        "cpu:0",  # normalised to cpu: the flag takes any torch device name
         "--final-eval-envs",
         "16",
         "--out",
@@ -134,6 +136,8 @@ def test_torchrl_ppo_smoke(tmp_path):
         "256",
         "--eval-every",
         "1",
+        "--device",
+        "cpu:0",
         "--final-eval-envs",
         "16",
         "--out",

@@ -5,7 +5,7 @@
 >>> td = env.step(torch.zeros(4, dtype=torch.long))
 """
 
-from torch_student_env.config import EnvConfig
+from torch_student_env.config import EnvConfig, normalize_device
 from torch_student_env.env import TorchStudentEnv
 from torch_student_env.make import make_env
 from torch_student_env.sim.params import SimParams
@@ -22,4 +22,5 @@ __all__ = [
     "SimParams",
     "TorchStudentEnv",
     "make_env",
+    "normalize_device",
 ]

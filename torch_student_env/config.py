@@ -31,7 +31,38 @@ def check_seed(value: object) -> int:
     return value  # type: ignore[return-value]
 
 
+def normalize_device(device: torch.device | str | int) -> torch.device:
+    """A device as tensors report it, so that devices compare by value.
+
+    `torch.device("cuda") != torch.device("cuda:0")`, yet every CUDA tensor reports an index:
+    "cuda" becomes the current CUDA device ("cuda:0" on one GPU), and "cpu:0" becomes "cpu" (CPU
+    tensors report no index). Raises ValueError for a name torch does not know and for an
+    accelerator that is not available.
+    """
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda:0', got {device!r}") from err
+    if device.type == "cpu":
+        return torch.device("cpu")
+    module = getattr(torch, device.type, None)
+    if module is None or not hasattr(module, "is_available") or not module.is_available():
+        raise ValueError(
+            f"device {str(device)!r} is not available on this machine: use 'cpu', or install a torch build for it"
+        )
+    if device.index is None:
+        return torch.device(device.type, module.current_device())
+    if device.index >= module.device_count():
+        raise ValueError(
+            f"device {str(device)!r} does not exist: this machine has {module.device_count()} {device.type} devices"
+        )
+    return device
+
+
 FAST_PATH_MIN_ENVS = 8192
+# Engine indices are folded into the counter-based RNG as 32-bit words: global indices (offset +
+# i) must stay below 2**31 to remain distinct.
+MAX_ENV_OFFSET = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -42,6 +73,9 @@ class EnvConfig:
     flights, as the challenge's server does. `seed=None` draws one from the OS and records it.
     `fast` compiles the simulator kernels with `torch.compile`; None (default) turns it on from
     `FAST_PATH_MIN_ENVS` engines, where the one-off compile (seconds) pays for itself.
+    `env_offset` makes this env's engine i the engine `env_offset + i` of one big env with the
+    same seed: shards of a run on several processes or devices reproduce one large env.
+    `device` is normalised (`normalize_device`): "cuda" becomes "cuda:<current>", "cpu:0" "cpu".
     """
 
     num_envs: int = 4
@@ -54,6 +88,7 @@ class EnvConfig:
     seed: int | None = None
     validate_actions: bool = True
     fast: bool | None = None
+    env_offset: int = 0
     sim_params: SimParams = field(default_factory=SimParams)
 
     def __post_init__(self) -> None:
@@ -66,10 +101,8 @@ class EnvConfig:
         if self.seed is None:
             object.__setattr__(self, "seed", secrets.randbits(63))
         check_seed(self.seed)
-        try:
-            object.__setattr__(self, "device", torch.device(self.device))
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda:0', got {self.device!r}") from err
+        object.__setattr__(self, "device", normalize_device(self.device))
+        _check_int("env_offset", self.env_offset, 0, MAX_ENV_OFFSET - self.num_envs)
         if self.fast is None:
             object.__setattr__(self, "fast", self.num_envs >= FAST_PATH_MIN_ENVS)
         if not isinstance(self.sim_params, SimParams):

@@ -261,8 +261,8 @@ class TorchStudentEnv:
 
     def _as_mask(self, mask: torch.Tensor | np.ndarray | list) -> torch.Tensor:
         if isinstance(mask, torch.Tensor):
-            if mask.device != self.device:
-                raise ValueError(f"mask is on {mask.device}, the env is on {self.device}")
+            if mask.device != self.device:  # self.device is normalised: tensors report the same form
+                raise ValueError(f"mask is on {mask.device}, the env is on {self.device}: move it with .to(env.device)")
             tensor = mask
         else:
             tensor = torch.as_tensor(np.asarray(mask))
@@ -276,7 +276,9 @@ class TorchStudentEnv:
         """Validate and convert actions to an int64 tensor on the env's device, or raise."""
         if isinstance(actions, torch.Tensor):
             if actions.device != self.device:
-                raise ValueError(f"actions are on {actions.device}, the env is on {self.device}: move them with .to()")
+                raise ValueError(
+                    f"actions are on {actions.device}, the env is on {self.device}: move them with .to(env.device)"
+                )
             if actions.dtype == torch.bool or actions.dtype.is_floating_point or actions.dtype.is_complex:
                 raise TypeError(f"actions must be integers, got a tensor of dtype {actions.dtype}")
             tensor = actions

@@ -26,6 +26,7 @@ def make_env(
     max_steps_per_episode: int = 1000,
     validate_actions: bool = True,
     fast: bool | None = None,
+    env_offset: int = 0,
     sim_params: SimParams | None = None,
     **remote_options: Any,
 ) -> TorchStudentEnv:
@@ -46,6 +47,7 @@ def make_env(
         seed=seed,
         validate_actions=validate_actions,
         fast=fast,
+        env_offset=env_offset,
         sim_params=sim_params if sim_params is not None else SimParams(),
     )
     if backend == "local":
@@ -60,6 +62,7 @@ def make_env(
             config.sim_params,
             config.seed,
             fast=config.fast,
+            env_offset=config.env_offset,
         )
     elif backend == "remote":
         from torch_student_env.backends.remote import RemoteBackend

@@ -132,6 +132,10 @@ class ActorCritic(nn.Module):
             action = dist.sample()
         return action, dist.log_prob(action), dist.entropy(), self.critic(h).squeeze(-1)
 
+    def forward(self, td: TensorDict, action: torch.Tensor | None = None):
+        """`get_action_and_value`: what a `DistributedDataParallel` wrapper calls."""
+        return self.get_action_and_value(td, action)
+
     @torch.no_grad()
     def act(self, td: TensorDict) -> torch.Tensor:
         """Greedy action (N,): what the evaluator and the plots use."""

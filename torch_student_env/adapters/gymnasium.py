@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from torch_student_env.adapters import require
+from torch_student_env.adapters import require, worker_env_offset
 
 gym = require("gymnasium", "gym")
 from gymnasium.vector import AutoresetMode, VectorEnv  # noqa: E402
@@ -23,6 +23,12 @@ from gymnasium.vector import AutoresetMode, VectorEnv  # noqa: E402
 from torch_student_env.env import TorchStudentEnv  # noqa: E402
 from torch_student_env.make import make_env  # noqa: E402
 from torch_student_env.spec import NUM_ACTIONS, NUM_FEATURES  # noqa: E402
+
+
+def _make(make_env_kwargs: dict[str, Any]) -> TorchStudentEnv:
+    """`make_env(**kwargs)`, each worker process of a multi-process wrapper on its own engines."""
+    make_env_kwargs.setdefault("env_offset", worker_env_offset(make_env_kwargs.get("num_envs", 4)))
+    return make_env(**make_env_kwargs)
 
 
 def _spaces(env: TorchStudentEnv) -> tuple[gym.spaces.Box, gym.spaces.Discrete]:
@@ -40,7 +46,7 @@ class GymnasiumVectorEnv(VectorEnv):
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
     def __init__(self, env: TorchStudentEnv | None = None, **make_env_kwargs: Any) -> None:
-        self.env = env if env is not None else make_env(**make_env_kwargs)
+        self.env = env if env is not None else _make(make_env_kwargs)
         if not self.env.config.auto_reset:
             raise ValueError("GymnasiumVectorEnv implements SAME_STEP autoreset: build the env with auto_reset=True")
         self.num_envs = self.env.num_envs
@@ -97,7 +103,7 @@ class SB3VecEnv(_sb3_base()):
     """`num_envs` engines as a Stable-Baselines3 `VecEnv`: `PPO("MlpPolicy", SB3VecEnv(...))`."""
 
     def __init__(self, env: TorchStudentEnv | None = None, **make_env_kwargs: Any) -> None:
-        self.env = env if env is not None else make_env(**make_env_kwargs)
+        self.env = env if env is not None else _make(make_env_kwargs)
         if not self.env.config.auto_reset:
             raise ValueError("SB3VecEnv needs auto_reset=True: SB3 expects VecEnvs to reset themselves")
         observation_space, action_space = _spaces(self.env)

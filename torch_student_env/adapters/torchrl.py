@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from tensordict import TensorDict, TensorDictBase
 
-from torch_student_env.adapters import require
+from torch_student_env.adapters import require, worker_env_offset
 
 require("torchrl", "torchrl")
 
@@ -31,7 +31,9 @@ class TorchRLStudentEnv(EnvBase):
     """A batch of `num_envs` engines as a TorchRL env with batch_size `[N]`.
 
     Pass `make_env` keyword arguments (`num_envs`, `step_size`, `device`, `seed`, ...) or an
-    existing `env=` built with `auto_reset=False`. Keys: `observation` (N, W, 9), `row` (N, 9),
+    existing `env=` built with `auto_reset=False`. In a worker process of a multi-process
+    collector the default `env_offset` gives each worker its own engines
+    (`adapters.worker_env_offset`). Keys: `observation` (N, W, 9), `row` (N, 9),
     `valid` (N, W), `flight` (N, W); `action` (N,) in {0, 1, 2}; `reward`, `done`, `terminated`,
     `truncated` (N, 1).
     """
@@ -40,6 +42,7 @@ class TorchRLStudentEnv(EnvBase):
 
     def __init__(self, env: TorchStudentEnv | None = None, **make_env_kwargs: Any) -> None:
         if env is None:
+            make_env_kwargs.setdefault("env_offset", worker_env_offset(make_env_kwargs.get("num_envs", 4)))
             env = make_env(auto_reset=False, **make_env_kwargs)
         elif make_env_kwargs:
             raise TypeError("pass either env= or make_env keyword arguments, not both")

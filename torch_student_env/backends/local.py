@@ -30,20 +30,25 @@ class LocalBackend:
         params: SimParams,
         seed: int,
         fast: bool = False,
+        env_offset: int = 0,
     ) -> None:
         self.num_envs = num_envs
         self.device = device
         self.max_flights = max_flights
         self.tables = SimTables(params, device)
         self.fast = fast
+        self.env_offset = env_offset
         self._step_graphs: dict = {}  # finish function -> (compiled) sim_step + finish
         self._state: EngineState | None = None
         self.seed(seed)
 
     def seed(self, seed: int) -> None:
-        """Restart every engine's episode counter under `seed` (the next reset is episode 0)."""
+        """Restart every engine's episode counter under `seed` (the next reset is episode 0).
+
+        Engine i is keyed as engine `env_offset + i` of the seed: shards reproduce one big env.
+        """
         self._seed = seed
-        env_index = torch.arange(self.num_envs, device=self.device, dtype=torch.int64)
+        env_index = self.env_offset + torch.arange(self.num_envs, device=self.device, dtype=torch.int64)
         self._env_key = rng.fold(rng.seed_key(seed, self.device), env_index)  # (N,) int32
         self._episode = torch.full((self.num_envs,), -1, dtype=torch.int64, device=self.device)
 

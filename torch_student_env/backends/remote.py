@@ -115,6 +115,7 @@ class RemoteBackend:
             )
         self.episode_ids = list(episode_ids)
         self._seed: int | None = config.seed
+        self.env_offset = config.env_offset
         self._engine_seeds: dict[int, tuple[int, int]] = {}  # engine -> (seed, env index), next reset
         self._flights = np.zeros(self.num_envs, dtype=np.int64)
         self._health: dict[str, torch.Tensor] = {}
@@ -181,7 +182,7 @@ class RemoteBackend:
             return rows.to(self.device)
         body: dict[str, Any] = {"episode_ids": [self.episode_ids[i] for i in index]}
         if self._seed is not None and mask is None:
-            self._engine_seeds = {int(i): (self._seed, int(i)) for i in index}
+            self._engine_seeds = {int(i): (self._seed, self.env_offset + int(i)) for i in index}
             self._seed = None
         if any(int(i) in self._engine_seeds for i in index):
             keyed = [self._engine_seeds.get(int(i)) for i in index]

@@ -129,6 +129,20 @@ def dtamb_within_step(innovations: torch.Tensor, params: SimParams) -> tuple[tor
     return (p.dtamb_mean + dev).clamp(p.dtamb_floor, p.dtamb_ceiling), first
 
 
+def sum_over_flights(x: torch.Tensor) -> torch.Tensor:
+    """Sum (K, N) over K by a fixed pairwise tree of elementwise adds.
+
+    `x.sum(dim=0)` picks its accumulation order by N (vector width, threads), so an engine's
+    float sum would change in its last bit with the number of engines beside it; elementwise
+    adds in a fixed tree do not: shards of a run then equal one big env bit for bit.
+    """
+    while x.shape[0] > 1:
+        if x.shape[0] % 2:
+            x = torch.cat((x, torch.zeros_like(x[:1])), dim=0)
+        x = x[0::2] + x[1::2]
+    return x[0]
+
+
 @dataclass(frozen=True)
 class _Rows:
     """Per-flight quantities of a step, (K, N) each, besides the rows themselves."""
@@ -234,7 +248,7 @@ def advance(
     first_flight_failed = first_failure == 1
     flown = in_budget & (j <= first_failure) & ~first_flight_failed
     profit = p.profit_per_flight * health + p.profit_noise_std * rows.profit_noise
-    earned = (profit * (flown & ~sell)).sum(dim=0)
+    earned = sum_over_flights(profit * (flown & ~sell))
     reward = torch.where(sell, p.sale_reward, earned - p.repair_cost * repair.to(torch.float32))
     failure_reward = torch.where(first_flight_failed, p.first_flight_failure_reward, p.failure_reward)
     reward = torch.where(failed, failure_reward, reward)
