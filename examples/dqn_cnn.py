@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from pathlib import Path
 
 import torch
 from tensordict import TensorDict
@@ -22,7 +21,7 @@ from torch_student_env import make_env
 from torch_student_env.config import normalize_device
 from torch_student_env.evaluate import run_episodes, summarize
 from torch_student_env.models import QNetwork
-from torch_student_env.training import arg, final_report, parse_args, save_checkpoint
+from torch_student_env.training import RunLogger, arg, final_report, parse_args, run_dir, save_checkpoint
 
 OBS_KEYS = ("observation", "valid", "flight")
 
@@ -33,7 +32,8 @@ class Args:
     total_steps: int = arg(150_000, "env steps to train for")
     device: str = arg("cpu", "torch device for env, networks and replay buffer")
     seed: int = arg(1, "seed of the training env and the networks")
-    out: str = arg("runs/dqn_cnn", "output folder")
+    out: str = arg("", "output folder (default: runs/TorchStudentEnv-v0__dqn_cnn__<seed>__<time>)")
+    track: bool = arg(False, "also log to Weights & Biases (pip install wandb)")
     buffer_size: int = arg(50_000, "replay capacity (transitions)")
     batch_size: int = arg(256, "minibatch size")
     learning_rate: float = arg(2.5e-4, "Adam learning rate")
@@ -82,13 +82,15 @@ def _view(batch: TensorDict, prefix: str) -> TensorDict:
     return TensorDict({k: batch[f"{prefix}_{k}"] for k in OBS_KEYS}, batch_size=batch.batch_size)
 
 
-def main(args: Args) -> None:
-    out = Path(args.out)
+def main(args: Args) -> dict:
+    out = run_dir(args.out, "dqn_cnn", args.seed)
     out.mkdir(parents=True, exist_ok=True)
     device = normalize_device(args.device)  # "cuda" -> "cuda:0", "cpu:0" -> "cpu"
     torch.manual_seed(args.seed)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     env = make_env(num_envs=args.num_envs, device=device, seed=args.seed)
+    log = RunLogger(out, dataclasses.asdict(args), args.track)
+    best = {"mean_return": float("-inf"), "env_steps": 0}  # by validation return
     q_net = QNetwork(max_flights=env.config.max_steps_per_episode).to(device)
     target = copy.deepcopy(q_net)
     optimizer = torch.optim.Adam(q_net.parameters(), lr=args.learning_rate)
@@ -140,11 +142,13 @@ def main(args: Args) -> None:
                 batch = buffer.sample(args.batch_size, generator)
                 with torch.no_grad():
                     next_obs = _view(batch, "next")
-                    best = q_net(next_obs).argmax(-1, keepdim=True)
-                    next_q = target(next_obs).gather(1, best).squeeze(1)
+                    greedy_next = q_net(next_obs).argmax(-1, keepdim=True)
+                    next_q = target(next_obs).gather(1, greedy_next).squeeze(1)
                     target_q = batch["reward"] + args.gamma * (1.0 - batch["terminated"]) * next_q
                 q = q_net(_view(batch, "obs")).gather(1, batch["action"].unsqueeze(1)).squeeze(1)
                 loss = torch.nn.functional.smooth_l1_loss(q, target_q)
+                if global_step % 1000 < args.num_envs:  # CleanRL logs the losses every few hundred steps
+                    log.scalars(global_step, losses_td_loss=loss.item(), losses_q_values=q.mean().item())
                 optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(q_net.parameters(), 10.0)
@@ -162,6 +166,12 @@ def main(args: Args) -> None:
                 {"env_steps": global_step, "mean_return": round(stats["mean_return"], 1), "ci95": stats["ci95"]}
             )
             sps = global_step / (time.perf_counter() - start)
+            log.scalars(
+                global_step, charts_validation_return=stats["mean_return"], charts_SPS=sps, charts_epsilon=epsilon
+            )
+            if stats["mean_return"] > best["mean_return"]:  # validation seeds, never the held-out ones
+                best = {"mean_return": stats["mean_return"], "env_steps": global_step}
+                save_checkpoint(out / "best.pt", q_net=q_net.state_dict(), global_step=global_step, best=best)
             bar.set_postfix(sps=f"{sps:,.0f}", epsilon=f"{epsilon:.2f}", eval=f"{stats['mean_return']:,.0f}")
     bar.close()
     wall = time.perf_counter() - start
@@ -173,18 +183,29 @@ def main(args: Args) -> None:
         args=dataclasses.asdict(args),
     )
     print(f"trained {global_step:,} env steps in {wall:.0f} s; env.step took {100 * env_time / wall:.1f}% of it")
-    final_report(
-        "dqn_cnn",
-        q_net.act,
+    best_net = copy.deepcopy(q_net)
+    best_net.load_state_dict(torch.load(out / "best.pt", map_location=device, weights_only=True)["q_net"])
+    best_name = f"dqn_cnn (best: {best['env_steps']:,} steps)"
+    results = final_report(
+        {best_name: best_net.act, "dqn_cnn (final)": q_net.act},
         out,
         curve,
         args.final_eval_envs,
         seed=10_000,
         device=device,
+        best=best,
         extra={"train_seconds": wall, "env_steps": global_step},
     )
+    log.close()
     print((out / "eval.md").read_text())
     print(f"wrote {out / 'eval.md'}, {out / 'learning_curve.png'}, {out / 'episode.png'}")
+    return {
+        "run_dir": str(out),
+        "best_validation_return": best["mean_return"],
+        "best_env_steps": best["env_steps"],
+        "final_validation_return": curve[-1]["mean_return"] if curve else None,
+        "held_out": results,
+    }
 
 
 if __name__ == "__main__":

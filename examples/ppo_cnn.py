@@ -25,7 +25,7 @@ from torch_student_env import make_env
 from torch_student_env.config import normalize_device
 from torch_student_env.evaluate import run_episodes, summarize
 from torch_student_env.models import ActorCritic
-from torch_student_env.training import arg, final_report, parse_args, save_checkpoint
+from torch_student_env.training import RunLogger, arg, final_report, parse_args, run_dir, save_checkpoint
 
 
 @dataclasses.dataclass
@@ -34,7 +34,8 @@ class Args:
     total_steps: int = arg(1_200_000, "env steps to train for (one step = step_size flights of one engine)")
     device: str = arg("cpu", "torch device for the env, the model and the rollout storage")
     seed: int = arg(1, "seed of the training env and the model")
-    out: str = arg("runs/ppo_cnn", "output folder")
+    out: str = arg("", "output folder (default: runs/TorchStudentEnv-v0__ppo_cnn__<seed>__<time>)")
+    track: bool = arg(False, "also log to Weights & Biases (pip install wandb)")
     resume: bool = arg(False, "continue from <out>/checkpoint.pt")
     step_size: int = arg(10, "flights per env step")
     fast: bool = arg(True, "compile the training env's step (torch.compile: one-off ~35 s, cached on disk)")
@@ -101,8 +102,11 @@ def gather_envs(tensor: torch.Tensor, world: int) -> torch.Tensor:
 def main(args: Args) -> dict | None:
     rank, world, device = setup_distributed(args)
     lead = rank == 0  # evaluation, checkpoints, logs and plots happen on rank 0 only
-    out = Path(args.out)
+    if args.resume and not args.out:
+        raise SystemExit("--resume continues a run: pass its folder with --out")
+    out = run_dir(args.out, "ppo_cnn", args.seed)
     out.mkdir(parents=True, exist_ok=True)
+    log = RunLogger(out, dataclasses.asdict(args), args.track) if lead else None
     torch.manual_seed(args.seed)  # the same on every rank: identical initial weights
     batch_size = args.num_envs * args.num_steps
     minibatch_size = batch_size // args.num_minibatches
@@ -140,7 +144,8 @@ def main(args: Args) -> dict | None:
     values = torch.zeros_like(logprobs)
 
     start_update, global_step, curve = 1, 0, []
-    ckpt_path = out / "checkpoint.pt"
+    best = {"mean_return": float("-inf"), "env_steps": 0, "update": 0}  # by validation return
+    ckpt_path, best_path = out / "checkpoint.pt", out / "best.pt"
     if args.resume:
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
         agent.load_state_dict(ckpt["agent"])
@@ -152,6 +157,7 @@ def main(args: Args) -> dict | None:
         env.load_state_dict(ckpt["envs"][rank])
         td = env.reset(mask=torch.zeros(args.num_envs, dtype=torch.bool, device=device))  # current obs
         start_update, global_step, curve = ckpt["update"] + 1, ckpt["global_step"], ckpt["curve"]
+        best = ckpt["best"]
         if lead:
             print(f"resumed from {ckpt_path} at update {ckpt['update']}, {global_step:,} env steps")
     next_done = torch.zeros(args.num_envs, device=device)
@@ -216,6 +222,7 @@ def main(args: Args) -> dict | None:
         b_obs = storage.reshape(-1)
         b_actions, b_logprobs = actions.reshape(-1), logprobs.reshape(-1)
         b_advantages, b_returns, b_values = advantages.reshape(-1), returns.reshape(-1), values.reshape(-1)
+        clipfracs = []
         for _ in range(args.update_epochs):
             order = torch.randperm(batch_size, device=device)
             for begin in range(0, batch_size, minibatch_size):
@@ -223,6 +230,10 @@ def main(args: Args) -> dict | None:
                 _, newlogprob, entropy, newvalue = learner(b_obs[mb], b_actions[mb])
                 logratio = newlogprob - b_logprobs[mb]
                 ratio = logratio.exp()
+                with torch.no_grad():  # http://joschu.net/blog/kl-approx.html
+                    old_approx_kl = (-logratio).mean()
+                    approx_kl = ((ratio - 1) - logratio).mean()
+                    clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean())
                 mb_adv = b_advantages[mb]
                 mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
                 pg_loss = torch.max(
@@ -239,21 +250,43 @@ def main(args: Args) -> dict | None:
         if args.distributed and update == start_update and not args.resume:
             save_first_rollout(out, world, rank, storage, actions, first_rollout["reward"])
 
-        # LOGGING: one host read per update, never per step
+        # LOGGING: a few host reads per update, never per step
         if world > 1:
             dist.all_reduce(return_sum), dist.all_reduce(return_count)
+        episodes_done = return_count.item()
         mean_return = (return_sum / return_count.clamp(min=1)).item()
         return_sum.zero_(), return_count.zero_()
         sps = (global_step - (start_update - 1) * batch_size * world) / (time.perf_counter() - start)
         bar.update(batch_size * world)
         last_eval = f"{curve[-1]['mean_return']:,.0f}" if curve else "-"
         bar.set_postfix(sps=f"{sps:,.0f}", train_return=f"{mean_return:,.0f}", eval=last_eval)
+        if log is not None:
+            variance = b_returns.var()
+            explained = (1 - (b_returns - b_values).var() / variance).item() if variance > 0 else float("nan")
+            log.scalars(
+                global_step,
+                charts_learning_rate=optimizer.param_groups[0]["lr"],
+                charts_SPS=sps,
+                losses_value_loss=v_loss.item(),
+                losses_policy_loss=pg_loss.item(),
+                losses_entropy=entropy.mean().item(),
+                losses_old_approx_kl=old_approx_kl.item(),
+                losses_approx_kl=approx_kl.item(),
+                losses_clipfrac=torch.stack(clipfracs).mean().item(),
+                losses_explained_variance=explained,
+            )
+            if episodes_done:
+                log.scalars(global_step, charts_episodic_return=mean_return)
         if lead and (update % args.eval_every == 0 or update == num_updates):
             env_eval = make_env(num_envs=args.eval_envs, seed=5_000, device=device)
             stats = summarize(run_episodes(env_eval, agent.act, episodes_per_env=1))
             curve.append(
                 {"env_steps": global_step, "mean_return": round(stats["mean_return"], 1), "ci95": stats["ci95"]}
             )
+            log.scalars(global_step, charts_validation_return=stats["mean_return"])
+            if stats["mean_return"] > best["mean_return"]:  # validation seeds, never the held-out ones
+                best = {"mean_return": stats["mean_return"], "env_steps": global_step, "update": update}
+                save_checkpoint(best_path, agent=agent.state_dict(), global_step=global_step, best=best)
             bar.set_postfix(sps=f"{sps:,.0f}", train_return=f"{mean_return:,.0f}", eval=f"{stats['mean_return']:,.0f}")
         if update % args.checkpoint_every == 0 or update == num_updates:
             envs = [env.state_dict()]
@@ -267,6 +300,7 @@ def main(args: Args) -> dict | None:
                 agent=agent.state_dict(),
                 optimizer=optimizer.state_dict(),
                 envs=envs,
+                best=best,
                 update=update,
                 global_step=global_step,
                 curve=curve,
@@ -291,15 +325,19 @@ def main(args: Args) -> dict | None:
         f"after its first call, which took {first_step_time:.1f} s (the one-off compile with --fast)"
     )
 
-    # EVALUATION: the trained policy against every baseline on held-out seeds
+    # EVALUATION: the best checkpoint (by validation return) and the final policy, against every
+    # baseline, on held-out seeds (10,000; validation uses 5,000)
+    best_agent = ActorCritic(max_flights=env.config.max_steps_per_episode).to(device)
+    best_agent.load_state_dict(torch.load(best_path, map_location=device, weights_only=True)["agent"])
+    best_name = f"ppo_cnn (best: {best['env_steps']:,} steps)"
     results = final_report(
-        "ppo_cnn",
-        agent.act,
+        {best_name: best_agent.act, "ppo_cnn (final)": agent.act},
         out,
         curve,
         args.final_eval_envs,
         seed=10_000,
         device=device,
+        best=best,
         extra={
             "train_seconds": wall,
             "env_step_share": steady_share,
@@ -310,10 +348,17 @@ def main(args: Args) -> dict | None:
     )
     print((out / "eval.md").read_text())
     print(f"wrote {out / 'eval.md'}, {out / 'learning_curve.png'}, {out / 'episode.png'}, {ckpt_path}")
-    ppo, tb = results["ppo_cnn"], results["time_based"]
+    ppo, tb = results[best_name], results["time_based"]
     verdict = "beats" if ppo["mean_return"] - ppo["ci95"] > tb["mean_return"] + tb["ci95"] else "does not clearly beat"
-    print(f"ppo_cnn {verdict} the time-based baseline ({ppo['mean_return']:,.0f} vs {tb['mean_return']:,.0f}).")
-    return results
+    print(f"ppo_cnn's best checkpoint {verdict} time-based ({ppo['mean_return']:,.0f} vs {tb['mean_return']:,.0f}).")
+    log.close()
+    return {
+        "run_dir": str(out),
+        "best_validation_return": best["mean_return"],
+        "best_env_steps": best["env_steps"],
+        "final_validation_return": curve[-1]["mean_return"] if curve else None,
+        "held_out": results,
+    }
 
 
 def save_first_rollout(out: Path, world: int, rank: int, storage, actions, rewards) -> None:

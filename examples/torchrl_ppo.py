@@ -129,8 +129,7 @@ def main(args: Args) -> None:
     )
     print(f"trained {steps:,} env steps in {wall:.0f} s")
     final_report(
-        "torchrl_ppo",
-        greedy,
+        {"torchrl_ppo": greedy},
         out,
         curve,
         args.final_eval_envs,

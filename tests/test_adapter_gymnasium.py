@@ -8,6 +8,7 @@ import torch
 
 pytest.importorskip("gymnasium", reason="Gymnasium adapter tests need the [gym] extra")
 
+import gymnasium as gym  # noqa: E402
 from gymnasium.vector import AutoresetMode  # noqa: E402
 
 from torch_student_env import make_env  # noqa: E402
@@ -57,7 +58,7 @@ def test_reset_seed_reproducible_and_matches_native():
 
 
 def test_sb3_vec_env_terminal_observation_and_ppo():
-    pytest.importorskip("stable_baselines3", reason="SB3 adapter tests need the [gym] extra")
+    pytest.importorskip("stable_baselines3", reason="SB3 adapter tests need the [sb3] extra")
     from stable_baselines3 import PPO
 
     from torch_student_env.adapters.gymnasium import SB3VecEnv
@@ -82,3 +83,20 @@ def test_sb3_vec_env_terminal_observation_and_ppo():
 def test_adapters_require_auto_reset_choice():
     with pytest.raises(ValueError, match="auto_reset=True"):
         GymnasiumVectorEnv(env=make_env(num_envs=2, auto_reset=False))
+
+
+def test_registered_for_make_and_make_vec():
+    """`import torch_student_env` registers TorchStudentEnv-v0 with Gymnasium."""
+    import torch_student_env  # noqa: F401
+
+    vec = gym.make_vec("TorchStudentEnv-v0", num_envs=3, vectorization_mode="vector_entry_point", seed=2)
+    assert isinstance(vec, GymnasiumVectorEnv) and vec.num_envs == 3
+    obs, _ = vec.reset(seed=2)
+    np.testing.assert_array_equal(obs, make_env(num_envs=3, seed=2).reset()["observation"].numpy())
+    single = gym.make("TorchStudentEnv-v0", seed=2)
+    obs, info = single.reset(seed=2)
+    assert obs.shape == (10, 9) and info["valid"][-1] and not info["valid"][0]
+    obs, reward, terminated, truncated, info = single.step(2)  # a sale: one row, 150, the end
+    assert reward == 150.0 and terminated and not truncated and info["valid"].sum() == 2
+    obs, _ = single.reset()
+    assert info["flight"][-1] == 1 and single.unwrapped.env.backend._episode[0] == 1  # the next episode

@@ -17,24 +17,33 @@ pytest.importorskip("tqdm", reason="examples need the [examples] extra (tqdm)")
 
 
 def _run(script: str, *args: str, timeout: int = 300) -> str:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / script), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
-    )
+    command = ["-m", script.removeprefix("-m ")] if script.startswith("-m ") else [str(ROOT / script)]
+    proc = subprocess.run([sys.executable, *command, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
 
-def _check_outputs(out: Path, name: str) -> dict:
-    for f in ("eval.md", "eval.json", "learning_curve.png", "episode.png", "checkpoint.pt"):
+def _check_outputs(out: Path, name: str, logged: bool = True) -> dict:
+    """The run folder's files; `logged`: a CleanRL-style run (TensorBoard events, best checkpoint)."""
+    files = ["eval.md", "eval.json", "learning_curve.png", "episode.png", "checkpoint.pt"]
+    for f in files + (["best.pt"] if logged else []):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads((out / "eval.json").read_text())
     results = report["results"]
-    assert set(results) == {name, "random", "do_nothing", "time_based", "threshold", "oracle"}
+    baselines = {"random", "do_nothing", "time_based", "threshold", "oracle"}
     for r in results.values():
         assert all(math.isfinite(v) for v in r.values())
     assert all(math.isfinite(c["mean_return"]) for c in report["curve"]) and report["curve"]
-    assert f"| {name} |" in (out / "eval.md").read_text()
+    if not logged:
+        assert set(results) == {name} | baselines and f"| {name} |" in (out / "eval.md").read_text()
+        return report
+    assert list(out.glob("events.out.tfevents.*")), "no TensorBoard event file"
+    best = report["best"]
+    assert abs(best["mean_return"] - max(c["mean_return"] for c in report["curve"])) <= 0.05  # curve: 1 decimal
+    learned = {f"{name} (best: {best['env_steps']:,} steps)", f"{name} (final)"}
+    assert set(results) == learned | baselines
+    assert f"| {name} (best: " in (out / "eval.md").read_text()
     return report
 
 
@@ -69,6 +78,14 @@ def test_ppo_cnn_smoke_and_resume(tmp_path):
     _run("examples/ppo_cnn.py", *tiny_ppo(384), "--out", str(out))
     report = _check_outputs(out, "ppo_cnn")
     assert report["env_steps"] == 384  # 3 updates of 8 envs x 16 steps
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ("approx_kl", "clipfrac", "entropy", "explained_variance", "value_loss", "policy_loss"):
+        assert f"losses/{tag}" in tags, tag
+    assert {"charts/SPS", "charts/validation_return", "charts/episodic_return"} <= tags
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["update"] == 3 and ckpt["global_step"] == 384
     # resume with a larger budget: continues from the saved step count, not from zero
@@ -76,6 +93,21 @@ def test_ppo_cnn_smoke_and_resume(tmp_path):
     assert "resumed from" in stdout and "at update 3, 384 env steps" in stdout
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["update"] == 5 and ckpt["global_step"] == 640
+
+
+def test_ppo_main_returns_its_results_for_sweeps(tmp_path):
+    """`main()` hands a sweep tool the scores: best and final validation returns, the held-out table."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ppo_cnn_example", ROOT / "examples" / "ppo_cnn.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    flags = tiny_ppo(256) + ["--out", str(tmp_path / "sweep")]
+    result = module.main(module.parse_args(module.Args, "", flags))
+    assert result["run_dir"] == str(tmp_path / "sweep") and result["best_env_steps"] in (128, 256)
+    assert result["best_validation_return"] >= result["final_validation_return"]
+    assert "time_based" in result["held_out"] and "score_total" in result["held_out"]["time_based"]
 
 
 def test_dqn_cnn_smoke(tmp_path):
@@ -109,7 +141,7 @@ def test_evaluate_script_on_checkpoint_and_baselines(tmp_path):
     _run("examples/ppo_cnn.py", *tiny_ppo(384), "--out", str(out))
     table = tmp_path / "table.md"
     stdout = _run(
-        "scripts/evaluate.py",
+        "-m torch_student_env.evaluate",
         "--policy",
         str(out / "checkpoint.pt"),
         "--policy",
@@ -121,6 +153,7 @@ def test_evaluate_script_on_checkpoint_and_baselines(tmp_path):
     )
     text = table.read_text()
     assert "time_based" in text and "ppo (384 steps)" in text and text.strip() in stdout
+    assert "challenge score" in text
 
 
 def test_torchrl_ppo_smoke(tmp_path):
@@ -143,5 +176,5 @@ def test_torchrl_ppo_smoke(tmp_path):
         "--out",
         str(out),
     )
-    report = _check_outputs(out, "torchrl_ppo")
+    report = _check_outputs(out, "torchrl_ppo", logged=False)
     assert report["env_steps"] == 256

@@ -6,8 +6,15 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from torch_student_env import SimParams, make_env
-from torch_student_env.evaluate import Episodes, leaderboard_metric, markdown_table, run_episodes, summarize
+from torch_student_env import Action, SimParams, make_env
+from torch_student_env.evaluate import (
+    Episodes,
+    challenge_score,
+    markdown_table,
+    run_episodes,
+    run_stream,
+    summarize,
+)
 from torch_student_env.models import ActorCritic, QNetwork
 from torch_student_env.policies import make_policy
 
@@ -80,20 +87,37 @@ def test_phase_norm_statistics_match_direct_computation():
     assert torch.allclose(norm.var[0].double(), expected_var, rtol=1e-2)
 
 
-def test_leaderboard_metric_by_hand():
-    # 3 envs x 2 episodes (env-major); finish steps order them in time.
-    returns = torch.arange(6, dtype=torch.float32) * 10.0  # env0: 0, 10; env1: 20, 30; env2: 40, 50
-    finish = torch.tensor([5, 1, 3, 3, 0, 9])
+def test_challenge_score_is_the_last_100_of_a_stream():
+    """Two envs sell at once (150), two fly 3 steps first: in a stream on 4 envs the short
+    episodes finish 4 times as often, so they are 80 % of the last 100, as on the leaderboard."""
+    index = torch.arange(4)
+
+    def policy(td):
+        long_done = td["flight"][:, -1] >= 30
+        return torch.where((index < 2) | long_done, int(Action.SELL), int(Action.DO_NOTHING))
+
+    stream = run_stream(policy, num_envs=4, last=100, seed=3)
+    assert len(stream) >= 100 and (stream.finish_step.diff() >= 0).all()  # in the order they ended
+    last = stream.returns[-100:]
+    short = int((last == 150.0).sum())
+    assert 78 <= short <= 82, short
+    score = challenge_score(stream)
+    assert score["score_total"] == pytest.approx(last.double().sum().item())
+    assert score["score_mean"] == pytest.approx(score["score_total"] / 100)
+    # the parallel evaluation weighs each env's first episode equally: half short, half long
+    parallel = summarize(run_episodes(make_env(num_envs=4, seed=3), policy, episodes_per_env=1))
+    assert parallel["mean_return"] > score["score_mean"] + 200
+
+
+def test_summarize_by_hand():
+    returns = torch.arange(6, dtype=torch.float32) * 10.0
     eps = Episodes(
         returns,
         torch.ones(6, dtype=torch.long),
         torch.zeros(6, dtype=torch.long),
         torch.zeros(6, dtype=torch.bool),
-        finish,
+        torch.zeros(6, dtype=torch.long),
     )
-    # by time: 40 (t0), 10 (t1), 20 (t3, env1), 30 (t3, env1), 0 (t5), 50 (t9); the last 3: 30, 0, 50
-    assert leaderboard_metric(eps, last=3) == pytest.approx((30 + 0 + 50) / 3)
-    assert leaderboard_metric(eps, last=100) == pytest.approx(25.0)
     s = summarize(eps)
     assert s["mean_return"] == pytest.approx(25.0)
     # sample std of 0, 10, ..., 50 is 18.708; 95 % CI = 1.96 * 18.708 / sqrt(6)

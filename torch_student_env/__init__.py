@@ -13,6 +13,19 @@ from torch_student_env.spec import FEATURE_NAMES, SENSOR_NAMES, Action, Phase
 
 __version__ = "0.1.0"
 
+
+def _register_with_gymnasium() -> None:
+    """`gymnasium.make("TorchStudentEnv-v0")` / `make_vec(...)` work once this package is imported."""
+    import importlib.util
+
+    if importlib.util.find_spec("gymnasium") is not None:
+        from torch_student_env.adapters.gymnasium import register_envs
+
+        register_envs()
+
+
+_register_with_gymnasium()
+
 __all__ = [
     "FEATURE_NAMES",
     "SENSOR_NAMES",

@@ -1,5 +1,12 @@
 """Batched evaluation: run a policy until every env has finished its first k episodes.
 
+    python -m torch_student_env.evaluate                                  # all five baselines
+    python -m torch_student_env.evaluate --policy runs/ppo_cnn/best.pt --policy time_based
+    python -m torch_student_env.evaluate --episodes 2048 --seed 123 --out eval.md
+
+A `--policy` is a baseline name (random, do_nothing, time_based, threshold, oracle) or a checkpoint
+written by examples/ppo_cnn.py or examples/dqn_cnn.py, loaded with `weights_only=True`.
+
 Episode i of env j is a pure function of (seed, j, i) and the policy, so a fixed seed and env
 count give the same episodes for every policy: comparisons are paired, not just averaged.
 """
@@ -96,24 +103,69 @@ def _progress(enabled: bool, total: int, desc: str):
     return tqdm(total=total, desc=desc, leave=False)
 
 
-def leaderboard_metric(episodes: Episodes, last: int = 100) -> float:
-    """The challenge's leaderboard score: mean return of the last `last` episodes to finish.
+@torch.no_grad()
+def run_stream(
+    policy: Policy,
+    num_envs: int = 4,
+    last: int = 100,
+    warmup: int | None = None,
+    seed: int = 10_000,
+    device: torch.device | str = "cpu",
+    max_env_steps: int = 200_000,
+    **env_kwargs,
+) -> Episodes:
+    """Play episodes one after another on `num_envs` envs, as a student does with the client,
+    until `warmup + last` have finished; the finished episodes in the order they ended.
 
-    Episodes are ordered by the env step at which they ended, ties by env index (stable sort of
-    the env-major layout), so the metric is deterministic.
+    The challenge ranks the total reward of a user's last 100 finished episodes: a stream where
+    short episodes finish, and so count, more often than long ones. `warmup` (default: one
+    episode per env) drops the first episodes, which all start together.
     """
-    order = torch.sort(episodes.finish_step, stable=True).indices
-    return episodes.returns[order][-last:].mean().item()
+    from torch_student_env.make import make_env
+
+    warmup = num_envs if warmup is None else warmup
+    env = make_env(num_envs=num_envs, seed=seed, device=device, privileged=True, **env_kwargs)
+    keys = ("episode_return", "episode_length", "episode_repairs", "episode_failed")
+    finished: dict[str, list[torch.Tensor]] = {k: [] for k in keys + ("finish_step",)}
+    count, td = 0, env.reset()
+    for step in range(max_env_steps):
+        td = env.step(policy(td))
+        done = td["done"]
+        n_done = int(done.sum())  # one host read per step: a stream of a few envs is host-paced anyway
+        if n_done:
+            for k in keys:
+                finished[k].append(td[k][done])
+            finished["finish_step"].append(torch.full((n_done,), step, dtype=torch.int64, device=done.device))
+            count += n_done
+            if count >= warmup + last:
+                break
+    env.close()
+    if count < warmup + last:
+        raise RuntimeError(f"only {count} episodes finished in {max_env_steps} steps of {num_envs} envs")
+    # within a step, env order: torch.cat keeps it, since td[k][done] is in env order
+    cat = {k: torch.cat(v)[warmup:] for k, v in finished.items()}
+    return Episodes(
+        returns=cat["episode_return"],
+        lengths=cat["episode_length"],
+        repairs=cat["episode_repairs"],
+        failed=cat["episode_failed"],
+        finish_step=cat["finish_step"],
+    )
+
+
+def challenge_score(stream: Episodes, last: int = 100) -> dict[str, float]:
+    """The challenge's leaderboard figures over the last `last` episodes of a stream."""
+    returns = stream.returns[-last:].double()
+    return {"score_total": returns.sum().item(), "score_mean": returns.mean().item(), "score_episodes": len(returns)}
 
 
 def summarize(episodes: Episodes) -> dict[str, float]:
-    """Leaderboard metric, mean return with a 95 % normal CI, failure rate, repairs, life."""
+    """Mean return with a 95 % normal CI, failure rate, repairs and life over a set of episodes."""
     n = len(episodes)
     returns = episodes.returns.double()
     std = returns.std().item() if n > 1 else 0.0
     return {
         "episodes": n,
-        "leaderboard": leaderboard_metric(episodes),
         "mean_return": returns.mean().item(),
         "ci95": 1.96 * std / math.sqrt(n),
         "failure_rate": episodes.failed.double().mean().item(),
@@ -129,9 +181,15 @@ def evaluate_policies(
     seed: int = 10_000,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    stream_envs: int = 4,
     **env_kwargs,
 ) -> dict[str, dict[str, float]]:
-    """Evaluate each policy on the same held-out episodes (same seed, same env count).
+    """Each policy on the same held-out episodes, two ways:
+
+    - `mean_return` ± `ci95` over `num_envs * episodes_per_env` episodes run in parallel: the
+      precise comparison (every policy plays the same engines);
+    - `score_total` / `score_mean`: the challenge's metric, the last 100 episodes of a stream on
+      `stream_envs` envs (`run_stream`).
 
     The env is built with `privileged=True` so the oracle can run; policies that read only the
     observation keys are unaffected.
@@ -143,19 +201,22 @@ def evaluate_policies(
         env = make_env(num_envs=num_envs, seed=seed, device=device, privileged=True, **env_kwargs)
         results[name] = summarize(run_episodes(env, policy, episodes_per_env, progress=progress))
         env.close()
+        stream = run_stream(policy, num_envs=stream_envs, seed=seed + 1, device=device, **env_kwargs)
+        results[name] |= challenge_score(stream)
     return results
 
 
 def markdown_table(results: dict[str, dict[str, float]]) -> str:
     """A Markdown table of `evaluate_policies` results, best mean return first."""
     lines = [
-        "| policy | leaderboard (last 100) | mean return ± 95% CI | failure rate | repairs | life (flights) "
-        "| episodes |",
+        "| policy | mean return ± 95% CI | challenge score: last 100 (mean) | failure rate | repairs "
+        "| life (flights) | episodes |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in sorted(results.items(), key=lambda kv: -kv[1]["mean_return"]):
+        score = f"{r['score_total']:,.0f} ({r['score_mean']:,.0f})" if "score_total" in r else "–"
         lines.append(
-            f"| {name} | {r['leaderboard']:,.0f} | {r['mean_return']:,.0f} ± {r['ci95']:,.0f} | "
+            f"| {name} | {r['mean_return']:,.0f} ± {r['ci95']:,.0f} | {score} | "
             f"{100 * r['failure_rate']:.1f}% | {r['mean_repairs']:.2f} | {r['mean_life']:.0f} | {r['episodes']} |"
         )
     return "\n".join(lines)
@@ -201,3 +262,61 @@ def record_episode(policy: Policy, seed: int = 0, max_env_steps: int = 1000, **e
     }
     env.close()
     return result
+
+
+def load_policy(spec: str, device: torch.device, seed: int) -> tuple[str, Policy]:
+    """(name, policy): a baseline by name, or the greedy policy of a training checkpoint."""
+    from torch_student_env.models import ActorCritic, QNetwork
+    from torch_student_env.policies import BASELINES, make_policy
+
+    if spec in BASELINES:
+        return spec, make_policy(spec, seed=seed, device=device)
+    from pathlib import Path
+
+    path = Path(spec)
+    if not path.is_file():
+        raise SystemExit(f"--policy {spec!r} is neither a baseline {BASELINES} nor a checkpoint file")
+    ckpt = torch.load(path, map_location=device, weights_only=True)  # never runs a checkpoint's code
+    if "agent" in ckpt:
+        model = ActorCritic()
+        model.load_state_dict(ckpt["agent"])
+    elif "q_net" in ckpt:
+        model = QNetwork()
+        model.load_state_dict(ckpt["q_net"])
+    else:
+        raise SystemExit(f"{spec}: not a checkpoint of examples/ppo_cnn.py or examples/dqn_cnn.py")
+    model.to(device).eval()
+    return f"{path.parent.name or path.stem} ({ckpt.get('global_step', '?'):,} steps)", model.act
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: evaluate baselines and checkpoints on held-out seeds, print a Markdown table."""
+    import argparse
+    from pathlib import Path
+
+    from torch_student_env.config import normalize_device
+    from torch_student_env.policies import BASELINES
+
+    parser = argparse.ArgumentParser(
+        prog="python -m torch_student_env.evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--policy", action="append", help="baseline name or checkpoint path (repeatable)")
+    parser.add_argument("--episodes", type=int, default=1024, help="episodes per policy (one per env)")
+    parser.add_argument("--seed", type=int, default=10_000, help="held-out seed (training uses others)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", help="also write the table to this Markdown file")
+    args = parser.parse_args(argv)
+    device = normalize_device(args.device)  # "cuda" -> "cuda:0", "cpu:0" -> "cpu"
+    policies = dict(load_policy(spec, device, args.seed) for spec in (args.policy or BASELINES))
+    results = evaluate_policies(policies, num_envs=args.episodes, seed=args.seed, device=device, progress=True)
+    table = f"{args.episodes} episodes per policy, seed {args.seed}\n\n" + markdown_table(results)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table + "\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -21,16 +21,24 @@ def _figure(**kwargs):
 
 
 def plot_learning_curve(
-    curve: list[dict[str, float]], baselines: dict[str, float], path: str | Path, title: str = "PPO + 1D-CNN"
+    curve: list[dict[str, float]],
+    baselines: dict[str, float],
+    path: str | Path,
+    title: str = "PPO + 1D-CNN",
+    best: dict[str, float] | None = None,
 ) -> Path:
-    """Evaluation return (mean ± 95 % CI) against env steps, baselines as horizontal lines."""
+    """Validation return (mean, 95 % CI band) against env steps; the best checkpoint as a star;
+    the baselines' held-out returns as horizontal lines."""
     fig = _figure(figsize=(8, 4.8))
     ax = fig.subplots()
     steps = np.array([c["env_steps"] for c in curve])
     mean = np.array([c["mean_return"] for c in curve])
     ci = np.array([c["ci95"] for c in curve])
-    ax.plot(steps, mean, marker="o", color="black", label=f"{title} (greedy, held-out seeds)")
-    ax.fill_between(steps, mean - ci, mean + ci, color="black", alpha=0.15)
+    ax.plot(steps, mean, marker="o", color="black", label=f"{title} (greedy, validation seeds)")
+    ax.fill_between(steps, mean - ci, mean + ci, color="black", alpha=0.15, label="95 % CI")
+    if best is not None and best.get("env_steps"):
+        ax.plot(best["env_steps"], best["mean_return"], "*", color="gold", markersize=16, markeredgecolor="black",
+                label=f"best checkpoint ({best['mean_return']:,.0f} at {best['env_steps']:,} steps)")  # fmt: skip
     colors = iter(["tab:green", "tab:purple", "tab:blue", "tab:orange", "tab:red", "tab:brown"])
     for name, value in sorted(baselines.items(), key=lambda kv: -kv[1]):
         ax.axhline(value, linestyle="--", linewidth=1.2, color=next(colors), label=f"{name} ({value:,.0f})")

@@ -45,28 +45,77 @@ def save_checkpoint(path: Path, **state: Any) -> None:
 
 
 def final_report(
-    name: str,
-    policy,
+    learned: dict[str, Any],
     out: Path,
     curve: list[dict[str, float]],
     eval_envs: int,
     seed: int,
     device: torch.device | str,
     extra: dict[str, Any] | None = None,
+    best: dict[str, float] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Evaluate `policy` against every baseline on held-out seeds; write eval.md/json and the PNGs."""
+    """Evaluate the `learned` policies (name -> policy; the first is plotted) against every
+    baseline on held-out seeds; write eval.md/json and the PNGs."""
     from torch_student_env.plotting import plot_episode, plot_learning_curve
 
-    policies = {name: policy}
+    policies = dict(learned)
     for baseline in BASELINES:
         policies[baseline] = make_policy(baseline, seed=seed, device=device)
     results = evaluate_policies(policies, num_envs=eval_envs, seed=seed, device=device, progress=True)
     table = markdown_table(results)
-    header = f"Evaluation on {eval_envs} held-out episodes (seed {seed}, 1 episode per env)\n\n"
+    header = (
+        f"Evaluation on {eval_envs} held-out episodes (seed {seed}, 1 episode per env). The challenge "
+        "score is the total (mean) reward of the last 100 episodes of a stream on 4 envs, as the "
+        "challenge ranks; the mean ± CI is over the held-out episodes.\n\n"
+    )
     (out / "eval.md").write_text(header + table + "\n")
-    (out / "eval.json").write_text(json.dumps({"results": results, "curve": curve, **(extra or {})}, indent=2))
-    baselines = {k: v["mean_return"] for k, v in results.items() if k != name}
-    plot_learning_curve(curve, baselines, out / "learning_curve.png", title=name)
+    report = {"results": results, "curve": curve, "best": best, **(extra or {})}
+    (out / "eval.json").write_text(json.dumps(report, indent=2))
+    name, policy = next(iter(learned.items()))
+    baselines = {k: v["mean_return"] for k, v in results.items() if k not in learned}
+    plot_learning_curve(curve, baselines, out / "learning_curve.png", title=name.split(" ")[0], best=best)
     trace = record_episode(policy, seed=seed + 1, device=device)
     plot_episode(trace, out / "episode.png", title=f"{name}, one engine")
     return results
+
+
+def run_dir(out: str, exp_name: str, seed: int, env_id: str = "TorchStudentEnv-v0") -> Path:
+    """`out` if given, else CleanRL's `runs/<env>__<exp>__<seed>__<unix time>`: runs never overwrite."""
+    import time
+
+    return Path(out) if out else Path("runs") / f"{env_id}__{exp_name}__{seed}__{int(time.time())}"
+
+
+class RunLogger:
+    """Scalars for TensorBoard (`<run>/events.*`, CleanRL's `charts/*` and `losses/*` tags), and
+    W&B when `track` (it mirrors the TensorBoard files). Both are imported lazily."""
+
+    def __init__(self, path: Path, config: dict[str, Any], track: bool = False, project: str = "torch-student-env"):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as err:
+            raise ImportError(
+                "TensorBoard logging needs tensorboard: pip install 'torch-student-env[examples]'"
+            ) from err
+        if track:
+            try:
+                import wandb
+            except ImportError as err:
+                raise ImportError("--track logs to Weights & Biases: pip install wandb, then wandb login") from err
+            wandb.init(project=project, name=path.name, config=config, sync_tensorboard=True, dir=str(path))
+        self.writer = SummaryWriter(str(path))
+        table = "\n".join(f"|{k}|{v}|" for k, v in config.items())
+        self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+        self.track = track
+
+    def scalars(self, step: int, **values: float) -> None:
+        """Log `tag=value` pairs; `charts_x` -> `charts/x`, `losses_y` -> `losses/y`."""
+        for tag, value in values.items():
+            self.writer.add_scalar(tag.replace("_", "/", 1), float(value), step)
+
+    def close(self) -> None:
+        self.writer.close()
+        if self.track:
+            import wandb
+
+            wandb.finish()

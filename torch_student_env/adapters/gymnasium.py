@@ -95,8 +95,57 @@ class GymnasiumVectorEnv(VectorEnv):
         self.env.close()
 
 
+class GymnasiumEnv(gym.Env):
+    """One engine as a plain Gymnasium `Env` (`gymnasium.make("TorchStudentEnv-v0")`).
+
+    Observation: the (W, 9) window, float32, zero-padded (`info["valid"]`); actions
+    `Discrete(3)`. Episodes end as in the native env; `reset()` starts the next one.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, **make_env_kwargs: Any) -> None:
+        if make_env_kwargs.pop("num_envs", 1) != 1:
+            raise ValueError("GymnasiumEnv is one engine: use gymnasium.make_vec for several")
+        self.env = _make({"num_envs": 1, "auto_reset": False, **make_env_kwargs})
+        self.observation_space, self.action_space = _spaces(self.env)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if seed is not None or not self.env._has_reset:
+            td = self.env.reset(seed=seed)
+        else:
+            td = self.env.reset(mask=torch.ones(1, dtype=torch.bool, device=self.env.device))
+        return _numpy(td["observation"][0]), {"valid": _numpy(td["valid"][0]), "flight": _numpy(td["flight"][0])}
+
+    def step(self, action):
+        td = self.env.step(np.asarray([action]))
+        info = {"valid": _numpy(td["valid"][0]), "flight": _numpy(td["flight"][0])}
+        reward, terminated, truncated = float(td["reward"][0]), bool(td["terminated"][0]), bool(td["truncated"][0])
+        return _numpy(td["observation"][0]), reward, terminated, truncated, info
+
+    def close(self) -> None:
+        self.env.close()
+
+
+ENV_ID = "TorchStudentEnv-v0"
+
+
+def register_envs() -> None:
+    """Register `TorchStudentEnv-v0` for `gymnasium.make` (one engine) and `gymnasium.make_vec`
+    (`vectorization_mode="vector_entry_point"`: one batched `GymnasiumVectorEnv`). Idempotent;
+    `import torch_student_env` calls it when gymnasium is installed."""
+    if ENV_ID not in gym.registry:
+        gym.register(
+            id=ENV_ID,
+            entry_point=f"{__name__}:GymnasiumEnv",
+            vector_entry_point=f"{__name__}:GymnasiumVectorEnv",
+            disable_env_checker=True,  # the checker's random-action probe adds nothing to a typed, tested env
+        )
+
+
 def _sb3_base():
-    return require("stable_baselines3.common.vec_env", "gym").VecEnv
+    return require("stable_baselines3.common.vec_env", "sb3").VecEnv
 
 
 class SB3VecEnv(_sb3_base()):
