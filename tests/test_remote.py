@@ -206,6 +206,35 @@ def test_malformed_and_oversized_bodies_then_server_still_serves(server_url):
     assert r.status_code == 200 and len(r.json()["observations"][0]) == 10
 
 
+def _status_after_sending(url: str, token: str | None, body_bytes: int) -> int:
+    """Send a chunked POST's headers and `body_bytes` of body, never its end; the status the
+    server answers without waiting for the rest (a server that buffers the body first hangs)."""
+    host, port = url.removeprefix("http://").split(":")
+    head = f"POST {API}/episode/vectorized_reset HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n"
+    head += "Content-Type: application/json\r\n" + (f"User-Token: {token}\r\n" if token else "") + "\r\n"
+    chunk = b"10000\r\n" + b"x" * 0x10000 + b"\r\n"
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(head.encode())
+        try:
+            for _ in range(body_bytes // 0x10000):
+                sock.sendall(chunk)
+        except OSError:
+            pass  # the server answered and closed while we were still sending
+        return int(sock.recv(4096).split(b" ", 2)[1])
+
+
+def test_chunked_bodies_are_capped_while_streaming_and_strangers_never_read():
+    """The token is checked before any of the body is read, and a chunked body (no length) is
+    refused at the first chunk past the limit, not after buffering it whole."""
+    from torch_student_env.server.state import Limits
+
+    with running_server(create_app(tokens={TOKEN_A}, limits=Limits(max_body_bytes=1 << 20))) as url:
+        assert _status_after_sending(url, None, 64 << 10) == 401
+        assert _status_after_sending(url, "intruder", 64 << 10) == 401
+        assert _status_after_sending(url, TOKEN_A, (1 << 20) + (128 << 10)) == 413
+        assert requests.get(f"{url}{API}/version", timeout=10).status_code == 200  # and it still serves
+
+
 def test_client_errors_name_the_cause(server_url):
     with pytest.raises(AuthenticationError, match="unknown User-Token"):
         make_env(num_envs=2, backend="remote", server_url=server_url, user_token="intruder")
