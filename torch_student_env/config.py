@@ -25,10 +25,37 @@ def check_step_size(value: object) -> int:
     return value  # type: ignore[return-value]
 
 
+MAX_SEED = 2**63 - 1  # seeds are int64 tensors inside the counter-based RNG
+
+
 def check_seed(value: object) -> int:
-    """Validate a seed: a non-negative int."""
-    _check_int("seed", value, 0)
+    """Validate a seed: an int in [0, 2**63 - 1]."""
+    _check_int("seed", value, 0, MAX_SEED)
     return value  # type: ignore[return-value]
+
+
+def check_state_tensor(name: str, value: object, like: torch.Tensor) -> torch.Tensor:
+    """A checkpoint tensor with `like`'s shape and dtype and finite values, or a ValueError naming it."""
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"checkpoint entry {name!r} must be a tensor, got {type(value).__name__}")
+    if value.shape != like.shape or value.dtype != like.dtype:
+        raise ValueError(
+            f"checkpoint entry {name!r} has shape {tuple(value.shape)} and dtype {value.dtype}; "
+            f"this env needs {tuple(like.shape)} and {like.dtype}"
+        )
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        raise ValueError(f"checkpoint entry {name!r} holds NaN or infinite values")
+    return value
+
+
+def check_state_keys(name: str, state: object, expected: set[str]) -> dict:
+    """A checkpoint dict with exactly the `expected` keys, or a ValueError naming the difference."""
+    if not isinstance(state, dict):
+        raise ValueError(f"{name} must be a dict, got {type(state).__name__}")
+    missing, extra = expected - set(state), set(state) - expected
+    if missing or extra:
+        raise ValueError(f"{name} does not match this env: missing {sorted(missing)}, unexpected {sorted(extra)}")
+    return state
 
 
 def normalize_device(device: torch.device | str | int) -> torch.device:

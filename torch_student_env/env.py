@@ -11,7 +11,7 @@ import torch
 from tensordict import TensorDict
 
 from torch_student_env.backends.base import Backend
-from torch_student_env.config import EnvConfig, check_seed, check_step_size
+from torch_student_env.config import EnvConfig, check_seed, check_state_keys, check_state_tensor, check_step_size
 from torch_student_env.sim.engine import ROW_WIDTH, Transition
 from torch_student_env.spec import NUM_ACTIONS, NUM_FEATURES, Action
 from torch_student_env.window import push_rows
@@ -178,8 +178,8 @@ class TorchStudentEnv:
             raise ValueError("reset(seed=...) reseeds every engine; it cannot be combined with mask=")
         if mask is None:
             if seed is not None:
-                self._seed = check_seed(seed)
-                self.backend.seed(seed)
+                self.backend.seed(check_seed(seed))  # validated before anything changes
+                self._seed = seed
             reset_mask = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
         else:
             if not self._has_reset:
@@ -218,16 +218,25 @@ class TorchStudentEnv:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a `state_dict()` taken from an env with the same `num_envs` and `history`."""
+        """Restore a `state_dict()` taken from an env with the same `num_envs` and `history`.
+
+        Atomic: every entry is checked (keys, shapes, dtypes, finite values, the seed) before
+        anything changes, so a rejected checkpoint leaves the env as it was.
+        """
+        buffer_names = {f.name for f in fields(EpisodeBuffers)}
+        check_state_keys("checkpoint", state, {"num_envs", "history", "seed", "backend"} | buffer_names)
         for name in ("num_envs", "history"):
             if state[name] != getattr(self, name):
                 raise ValueError(f"checkpoint has {name}={state[name]}, this env has {name}={getattr(self, name)}")
-        self.backend.load_state_dict(state["backend"])
-        self._seed = state["seed"]
-        self._buffers = EpisodeBuffers(
-            **{f.name: state[f.name].to(self.device).clone() for f in fields(EpisodeBuffers)}
+        seed = check_seed(state["seed"])
+        buffers = EpisodeBuffers(
+            **{
+                name: check_state_tensor(name, state[name], getattr(self._buffers, name)).to(self.device).clone()
+                for name in buffer_names
+            }
         )
-        self._has_reset = True
+        self.backend.load_state_dict(state["backend"])  # validates its own part first, then swaps
+        self._seed, self._buffers, self._has_reset = seed, buffers, True
 
     def close(self) -> None:
         """Release the backend's resources (connections of a remote backend)."""

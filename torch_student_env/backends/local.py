@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any
 
 import torch
 
 from torch_student_env.backends.base import C, Finish, R
+from torch_student_env.config import check_seed, check_state_keys, check_state_tensor
 from torch_student_env.sim import rng
 from torch_student_env.sim.engine import EngineState, SimTables, Transition, advance, restart_engines, sim_step
 from torch_student_env.sim.params import SimParams
@@ -130,10 +131,19 @@ class LocalBackend:
         return {"seed": self._seed, "episode": self._episode.clone(), "engines": engines}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a `state_dict` (tensors moved to this backend's device)."""
-        self.seed(state["seed"])
-        self._episode = state["episode"].to(self.device).clone()
+        """Restore a `state_dict` (tensors moved to this backend's device); checked whole first."""
+        check_state_keys("backend checkpoint", state, {"seed", "episode", "engines"})
+        seed = check_seed(state["seed"])
+        episode = check_state_tensor("episode", state["episode"], self._episode)
         engines = state["engines"]
+        if engines is not None:
+            names = {f.name for f in fields(EngineState)}
+            check_state_keys("engine checkpoint", engines, names)
+            like = {"episode_key": self._env_key, "flights": self._episode, "repairs": self._episode}
+            for name in names:
+                check_state_tensor(name, engines[name], like.get(name, self._env_key.float()))
+        self.seed(seed)
+        self._episode = episode.to(self.device).clone()
         self._state = (
             None if engines is None else EngineState(**{k: v.to(self.device).clone() for k, v in engines.items()})
         )
