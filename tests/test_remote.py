@@ -431,3 +431,48 @@ def test_compat_return_types_match_the_seed_client(server_url):
         o, r, te, tr, info = single.step(0, step_size=5)
         assert o.shape == (5, 9) and isinstance(r, float) and info["step"] == 5 and "degradation" not in info
         single.close()
+
+
+def test_replayed_step_counter_with_other_actions_is_refused(server_url):
+    """A retry repeats its request: the same counter with other actions is a 409, not the old result."""
+    _, ids = _group(server_url, 2)
+    _post(server_url, "/episode/vectorized_reset", json={"episode_ids": ids})
+
+    def step(actions, counter):
+        entries = [{"episode_id": e, "action": a, "step_counter": counter} for e, a in zip(ids, actions, strict=True)]
+        return _post(server_url, "/episode/vectorized_step", json={"episode_actions": entries})
+
+    first = step([2, 2], 1)
+    assert first.status_code == 200 and first.json()["terminateds"] == [True, True]
+    assert step([2, 2], 1).json() == first.json()  # a true retry: the stored answer
+    again = step([0, 0], 1)
+    assert again.status_code == 409 and "different request" in again.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"seeds": [2**63, 1]},
+        {"seeds": [2**64, None]},
+        {"seeds": [-1, 1]},
+        {"env_indices": [2**40, 0], "seeds": [1, 1]},
+        {"reset_counters": [2**70, 1]},
+    ],
+)
+def test_out_of_range_integers_are_422_and_change_nothing(server_url, body):
+    _, ids = _group(server_url, 2)
+    first = _post(server_url, "/episode/vectorized_reset", json={"episode_ids": ids}).json()["observations"]
+    _post(
+        server_url, "/episode/vectorized_step", json={"episode_actions": [{"episode_id": e, "action": 0} for e in ids]}
+    )
+    r = _post(server_url, "/episode/vectorized_reset", json={"episode_ids": ids, **body})
+    assert r.status_code == 422 and isinstance(r.json()["detail"], list)
+    info = [_get(server_url, f"/episode/{e}").json() for e in ids]
+    assert [i["step"] for i in info] == [10, 10]  # neither episode was reset
+    assert first  # the first reset's rows came back
+
+
+@pytest.mark.parametrize("raw", [b'{"episode_ids": ["a"], "seeds": [Infinity]}', b'{"episode_ids": ["\\ud800"]}'])
+def test_invalid_values_are_never_echoed_into_a_500(server_url, raw):
+    r = _post(server_url, "/episode/vectorized_reset", data=raw, headers={"Content-Type": "application/json"})
+    assert r.status_code in (404, 422) and "detail" in r.json(), (r.status_code, r.text[:200])

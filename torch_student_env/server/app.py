@@ -14,6 +14,7 @@ from torch_student_env.adapters import require
 require("fastapi", "server")
 
 from fastapi import Depends, FastAPI, Header, Query, Request  # noqa: E402
+from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.responses import HTMLResponse, JSONResponse  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 
@@ -47,11 +48,17 @@ class VectorizedCreate(_Body):
     num_envs: int = Field(ge=1)
 
 
+# Every integer is bounded before any state changes: seeds and indices become int64 tensors.
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
+EnvIndex = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Counter = Annotated[int, Field(ge=1, le=2**62)]
+
+
 class VectorizedReset(_Body):
     episode_ids: list[str] = Field(min_length=1)
-    seeds: list[int | None] | None = None
-    env_indices: list[Annotated[int, Field(ge=0)]] | None = None
-    reset_counters: list[Annotated[int, Field(ge=1)]] | None = None
+    seeds: list[Seed | None] | None = None
+    env_indices: list[EnvIndex] | None = None
+    reset_counters: list[Counter] | None = None
 
 
 class EpisodeAction(_Body):
@@ -59,7 +66,7 @@ class EpisodeAction(_Body):
     action: int = Field(ge=0, le=2)
     step_size: int = Field(10, ge=1, le=50)
     return_all_states: bool = True
-    step_counter: int | None = Field(None, ge=1)
+    step_counter: Counter | None = None
 
 
 class VectorizedStep(_Body):
@@ -68,7 +75,7 @@ class VectorizedStep(_Body):
 
 class SingleReset(_Body):
     episode_id: str
-    seed: int | None = None
+    seed: Seed | None = None
 
 
 class SingleStep(_Body):
@@ -213,6 +220,14 @@ def create_app(
     @app.exception_handler(ServerError)
     async def server_error(_: Request, err: ServerError):
         return JSONResponse({"detail": err.detail}, err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, err: RequestValidationError):
+        """FastAPI's 422, made JSON-safe: the offending input is never echoed (it may be inf,
+        NaN or a lone surrogate, which would turn the answer into a 500)."""
+        errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg")), "type": str(e.get("type"))}
+                  for e in err.errors()]  # fmt: skip
+        return JSONResponse({"detail": errors}, 422)
 
     @app.get("/api/v1/version")
     def version() -> dict:

@@ -279,8 +279,9 @@ class ServerState:
         results: list[dict | None] = [None] * len(actions)
         batches: dict[tuple[str, int], list[int]] = {}
         for j, (a, (group, i)) in enumerate(zip(actions, located, strict=True)):
+            request = [a["action"], a["step_size"]]
             results[j] = _replay(
-                "step", a["episode_id"], a.get("step_counter"), group.step_counter[i], group.last_step[i]
+                "step", a["episode_id"], a.get("step_counter"), group.step_counter[i], group.last_step[i], request
             )
             if results[j] is not None:
                 continue  # a retried step: the stored answer, no second advance
@@ -307,7 +308,7 @@ class ServerState:
                 results[j] = self._step_result(token, group, i, bool(active[i]), tr, int(n_flown[i]), privileged)
                 if actions[j].get("step_counter") is not None:
                     group.step_counter[i] = actions[j]["step_counter"]
-                    group.last_step[i] = results[j]
+                    group.last_step[i] = results[j] | {"request": [actions[j]["action"], actions[j]["step_size"]]}
         return results  # type: ignore[return-value]
 
     def _step_result(
@@ -376,11 +377,17 @@ class ServerState:
         }
 
 
-def _replay(kind: str, episode_id: str, counter: int | None, last: int, stored: Any) -> Any:
-    """The stored answer for a repeated counter, None for the next one (or no counter); else 409."""
+def _replay(kind: str, episode_id: str, counter: int | None, last: int, stored: Any, request: Any = None) -> Any:
+    """The stored answer for a repeated counter, None for the next one (or no counter); else 409.
+
+    A repeated counter must repeat the request too (`request`, compared with the stored one):
+    a retry with other actions is a client bug, not a retry, and gets 409.
+    """
     if counter is None:
         return None
     if counter == last and stored is not None:
+        if request is not None and stored.get("request") != request:
+            raise ServerError(409, f"episode {episode_id}: {kind}_counter {counter} repeated with a different request")
         return stored
     if counter != last + 1:
         raise ServerError(409, f"episode {episode_id}: {kind}_counter {counter}, expected {last + 1}")
