@@ -302,6 +302,30 @@ def test_retried_step_advances_exactly_once(plan):
         assert (env.step([0, 0, 0]) == twin.step([0, 0, 0])).all()
 
 
+@pytest.mark.parametrize("plan", [[], ["lost-after"], ["lost-after", "503-before"]])
+def test_step_and_its_auto_reset_are_one_exactly_once_unit(plan):
+    """A sale's step restarts the engine in the same request: a broken reset endpoint loses
+    nothing, and a step whose answer was lost, retried, neither steps nor resets twice."""
+    app = create_app(tokens={TOKEN_A})
+    broken_reset = Faults("/episode/vectorized_reset", [])
+    step_faults = Faults("/episode/vectorized_step", [])
+    broken_reset.install(app), step_faults.install(app)
+    with running_server(app) as url:
+        env = make_env(num_envs=2, seed=6, backend="remote", server_url=url, user_token=TOKEN_A, backoff=0.01)
+        twin = _local_twin(2, 6)
+        env.reset()
+        broken_reset.plan = ["503-before"] * 50  # from now on every reset request would fail
+        step_faults.plan = list(plan)
+        td, expected = env.step([2, 0]), twin.step([2, 0])
+        assert (td == expected).all() and td["done"].tolist() == [True, False]
+        assert td["episode_return"][0] == 150.0 and td["flight"][0].tolist() == [-1] * 9 + [0]
+        for _ in range(3):
+            assert (env.step([0, 0]) == twin.step([0, 0])).all()
+        assert broken_reset.handled == 0  # the reset endpoint was never needed
+        info = _get(url, f"/episode/{env.backend.episode_ids[0]}", TOKEN_A).json()
+        assert info["reset_counter"] == 2 and info["step"] == 30  # reset once by the step, then 3 steps
+
+
 def test_server_without_step_counters_never_retries_steps():
     app = create_app(tokens={TOKEN_A})
     faults = Faults("/episode/vectorized_step", ["503-before"])

@@ -55,6 +55,11 @@ class ServerUnavailable(RemoteError):
     """The server could not be reached or kept failing after every retry."""
 
 
+class ProtocolError(RemoteError):
+    """The server answered 200 with a body that does not follow the protocol (missing fields,
+    wrong shapes): nothing is delivered, so no fake data reaches the env."""
+
+
 class StepNotRetried(RemoteError):
     """A step failed against a server without step counters; retrying could step twice."""
 
@@ -208,6 +213,14 @@ class RemoteBackend:
 
     def advance(self, actions: torch.Tensor, active: torch.Tensor, n_rows: int) -> Transition:
         """One vectorized_step request for the active engines; ragged rows -> padded (N, K, 10)."""
+        return self._advance(actions, active, n_rows, reset_ended=False)[0]
+
+    def _advance(
+        self, actions: torch.Tensor, active: torch.Tensor, n_rows: int, reset_ended: bool
+    ) -> tuple[Transition, torch.Tensor | None]:
+        """The step request; with `reset_ended`, the server also starts the next episode of every
+        engine that ended, in the same request (`reset_if_done`), and the first rows come back
+        with the step: the step and its auto-reset are one exactly-once unit."""
         n = self.num_envs
         acts, index = actions.cpu().numpy(), np.flatnonzero(active.cpu().numpy())
         counters = self._counters[0, index] + 1
@@ -221,6 +234,8 @@ class RemoteBackend:
             }
             if self.retry_steps:
                 entry["step_counter"] = int(c)
+            if reset_ended:
+                entry["reset_if_done"] = True
             episode_actions.append(entry)
         rows = torch.zeros(n, n_rows, ROW_WIDTH)
         flown = np.zeros((n, n_rows), dtype=bool)
@@ -228,6 +243,7 @@ class RemoteBackend:
         flags = np.zeros((3, n), dtype=bool)  # terminated, truncated, failed
         repairs = np.zeros(n, dtype=np.int64)
         before = self._flights.copy()
+        first_rows = torch.zeros(n, ROW_WIDTH) if reset_ended else None
         if len(index):
             data = self._request(
                 "POST",
@@ -253,9 +269,12 @@ class RemoteBackend:
                 self._flights[i] = info.get("step", self._flights[i] + k)
                 repairs[i] = info.get("repairs", 0)
             self._read_health(index, data["infos"], rows[:, :, NUM_FEATURES], lengths.tolist())
+        flights_after = self._flights.copy()  # what the ended episodes flew, before their reset
+        if len(index) and reset_ended:
+            self._read_resets(index, data, first_rows)
         row_flight = torch.as_tensor(before)[:, None] + torch.arange(1, n_rows + 1)
         to = dict(device=self.device)
-        return Transition(
+        transition = Transition(
             rows=rows.to(**to),
             row_flown=torch.as_tensor(flown, **to),
             row_flight=row_flight.to(**to),
@@ -263,9 +282,26 @@ class RemoteBackend:
             terminated=torch.as_tensor(flags[0], **to),
             truncated=torch.as_tensor(flags[1], **to),
             failed=torch.as_tensor(flags[2], **to),
-            flights=torch.as_tensor(self._flights.copy(), **to),
+            flights=torch.as_tensor(flights_after, **to),
             repairs=torch.as_tensor(repairs, **to),
         )
+        return transition, None if first_rows is None else first_rows.to(**to)
+
+    def _read_resets(self, index: np.ndarray, data: dict, first_rows: torch.Tensor) -> None:
+        """The first rows of the episodes the server restarted within the step (`resets`)."""
+        resets = data.get("resets")
+        if not isinstance(resets, list) or len(resets) != len(index):
+            raise ProtocolError(f"vectorized_step answered no 'resets' list for {len(index)} episodes")
+        restarted = [(j, int(i)) for j, i in enumerate(index) if resets[j] is not None]
+        for j, i in restarted:
+            first_rows[i, :NUM_FEATURES] = torch.tensor(resets[j]["observation"], dtype=torch.float32)
+            self._flights[i] = 0
+            self._counters[1, i] += 1  # the server counted this reset too
+        if restarted:
+            js, ids = zip(*restarted, strict=True)
+            self._read_health(
+                np.array(ids), [resets[j]["info"] for j in js], first_rows[:, None, NUM_FEATURES], [1] * len(js)
+            )
 
     def step(
         self,
@@ -276,7 +312,11 @@ class RemoteBackend:
         finish: Finish[C, R],
         carry: C,
     ) -> R:
-        """A vectorized step request, then (if `reset_ended`) one reset request for the ended."""
+        """One vectorized step request that also restarts the ended engines (`reset_ended`), on a
+        server with `step_resets`; elsewhere a step request, then a reset request."""
+        if reset_ended and "step_resets" in self.features:
+            transition, first_rows = self._advance(actions, active, n_rows, reset_ended=True)
+            return finish(carry, transition, first_rows)
         transition = self.advance(actions, active, n_rows)
         first_rows = self.reset(transition.ended(active)) if reset_ended else None
         return finish(carry, transition, first_rows)

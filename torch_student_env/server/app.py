@@ -25,7 +25,7 @@ log = logging.getLogger("torch_student_env.server")
 # The newest client's CLIENT_VERSION (student_client 1.0.1 reports "0.4"): the client compares it
 # with its own and warns when it is older.
 PROTOCOL_VERSION = "0.4"
-FEATURES = ["step_counter", "reset_counter", "env_indices", "session_delete", "score", "leaderboard"]
+FEATURES = ["step_counter", "reset_counter", "env_indices", "step_resets", "session_delete", "score", "leaderboard"]
 DEFAULT_TOKEN = "student_user"  # the seed client's default token
 
 
@@ -67,6 +67,7 @@ class EpisodeAction(_Body):
     step_size: int = Field(10, ge=1, le=50)
     return_all_states: bool = True
     step_counter: Counter | None = None
+    reset_if_done: bool = False  # start the next episode in this request if this step ends one
 
 
 class VectorizedStep(_Body):
@@ -287,6 +288,7 @@ def create_app(
             "truncateds": [r["truncated"] for r in results],
             "infos": [r["info"] for r in results],
             "step_counters": [a.step_counter for a in body.episode_actions],
+            "resets": [r.get("reset") for r in results],
         }
 
     @app.post("/api/v1/episode/reset")

@@ -306,6 +306,18 @@ class ServerState:
             for j in js:
                 i = located[j][1]
                 results[j] = self._step_result(token, group, i, bool(active[i]), tr, int(n_flown[i]), privileged)
+            # reset_if_done: the step and the next episode's start are one exactly-once unit
+            ended = [j for j in js if actions[j].get("reset_if_done") and bool(active[located[j][1]])]
+            ended = [j for j in ended if group.finished[located[j][1]]]
+            restarted = self._restart(group, [located[j][1] for j in ended]) if ended else {}
+            for j in js:
+                i = located[j][1]
+                if actions[j].get("reset_if_done"):
+                    fresh = restarted.get(i) if j in ended else None
+                    results[j]["reset"] = None if fresh is None else {"observation": fresh[0], "info": fresh[1]}
+                    if fresh is not None:
+                        group.reset_counter[i] += 1
+                        group.last_reset[i] = fresh
                 if actions[j].get("step_counter") is not None:
                     group.step_counter[i] = actions[j]["step_counter"]
                     group.last_step[i] = results[j] | {"request": [actions[j]["action"], actions[j]["step_size"]]}
