@@ -317,8 +317,9 @@ def main(args: Args) -> dict | None:
         identical = all(torch.equal(ranks[0], r) for r in ranks)
         if lead:
             print(f"ranks' parameters and statistics identical: {identical} ({world} ranks, {flat.numel():,} values)")
-        dist.destroy_process_group()
-        if not lead:
+        else:  # wait for rank 0's evaluation, then leave together: no rank exits mid-run
+            dist.barrier()
+            dist.destroy_process_group()
             return None
     print(
         f"trained {global_step:,} env steps in {wall:.0f} s; env.step took {100 * steady_share:.1f}% of it "
@@ -352,6 +353,9 @@ def main(args: Args) -> dict | None:
     verdict = "beats" if ppo["mean_return"] - ppo["ci95"] > tb["mean_return"] + tb["ci95"] else "does not clearly beat"
     print(f"ppo_cnn's best checkpoint {verdict} time-based ({ppo['mean_return']:,.0f} vs {tb['mean_return']:,.0f}).")
     log.close()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
     return {
         "run_dir": str(out),
         "best_validation_return": best["mean_return"],

@@ -19,9 +19,15 @@ FLAGS += ["--checkpoint-every", "2", "--eval-envs", "16", "--final-eval-envs", "
 
 def _torchrun(*args: str) -> str:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    result = subprocess.run(
-        [*command, str(ROOT / "examples" / "ppo_cnn.py"), *FLAGS, *args], capture_output=True, text=True, timeout=300
-    )
+    try:
+        result = subprocess.run(
+            [*command, str(ROOT / "examples" / "ppo_cnn.py"), *FLAGS, *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    except subprocess.TimeoutExpired as err:  # show where the ranks were
+        pytest.fail(f"torchrun timed out:\n{(err.stdout or b'')[-2000:]!r}\n{(err.stderr or b'')[-4000:]!r}")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 

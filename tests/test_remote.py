@@ -21,6 +21,7 @@ from torch_student_env import make_env  # noqa: E402
 from torch_student_env.backends.remote import (  # noqa: E402
     AuthenticationError,
     NotFoundError,
+    ProtocolError,
     RequestRejected,
     ServerUnavailable,
     StepNotRetried,
@@ -500,3 +501,90 @@ def test_out_of_range_integers_are_422_and_change_nothing(server_url, body):
 def test_invalid_values_are_never_echoed_into_a_500(server_url, raw):
     r = _post(server_url, "/episode/vectorized_reset", data=raw, headers={"Content-Type": "application/json"})
     assert r.status_code in (404, 422) and "detail" in r.json(), (r.status_code, r.text[:200])
+
+
+class _RawServer:
+    """A misbehaving HTTP server on 127.0.0.1: `answer(conn)` writes whatever it likes."""
+
+    def __init__(self, answer):
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.answer, self.stop = answer, threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.recv(65536)
+                try:
+                    self.answer(conn, self.stop)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+def _drip(conn, stop):
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+    while not stop.wait(0.05):
+        conn.sendall(b" ")  # one byte at a time, forever
+
+
+def _truncated(conn, stop):
+    conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{"latest_')
+
+
+def _wrong_shape(conn, stop):
+    body = b'["not", "an", "object"]'
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+@pytest.mark.parametrize(
+    "answer, error, message",
+    [
+        (_drip, ServerUnavailable, "did not arrive within the timeout"),
+        (_truncated, ServerUnavailable, "failed after 2 attempts"),
+        (_wrong_shape, ProtocolError, "not a JSON object"),
+    ],
+)
+def test_misbehaving_servers_raise_named_errors_within_the_deadline(answer, error, message):
+    import time
+
+    server = _RawServer(answer)
+    try:
+        start = time.monotonic()
+        with pytest.raises(error, match=message):
+            make_env(num_envs=1, backend="remote", server_url=server.url, timeout=1.0, max_retries=1, backoff=0.01)
+        assert time.monotonic() - start < 5.0  # 2 attempts of at most ~1.25 s each, not forever
+    finally:
+        server.close()
+
+
+def test_malformed_step_answer_is_a_protocol_error_not_a_key_error(server_url):
+    app = create_app(tokens={TOKEN_A})
+
+    @app.middleware("http")
+    async def strip_rewards(request, call_next):
+        if request.url.path == API + "/episode/vectorized_step":
+            await call_next(request)
+            return JSONResponse({"observations": [[]], "terminateds": [False]})  # no rewards, no infos
+        return await call_next(request)
+
+    with running_server(app) as url:
+        env = make_env(num_envs=1, backend="remote", server_url=url, user_token=TOKEN_A)
+        env.reset()
+        with pytest.raises(ProtocolError, match="does not follow the protocol"):
+            env.step([0])

@@ -175,7 +175,7 @@ def test_calibration_baselines_ranked_on_1024_episodes(capsys):
         (dict(num_envs=2.0), TypeError, "num_envs must be an int"),
         (dict(step_size=51), ValueError, "step_size must be in \\[1, 50\\], got 51"),
         (dict(history=0), ValueError, "history must be in"),
-        (dict(seed=-1), ValueError, "seed must be >= 0"),
+        (dict(seed=-1), ValueError, "seed must be in \\[0, 9223372036854775807\\], got -1"),
         (dict(device="gpu7"), ValueError, "device must name a torch device"),
         (dict(max_steps_per_episode=0), ValueError, "max_steps_per_episode"),
         (dict(backend="cloud"), ValueError, "backend must be one of"),

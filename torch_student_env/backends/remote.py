@@ -11,6 +11,8 @@ fake terminations.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import random
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 import requests
 import torch
+import urllib3
 
 from torch_student_env.backends.base import C, Finish, R
 from torch_student_env.config import EnvConfig
@@ -143,10 +146,24 @@ class RemoteBackend:
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1) + self._jitter.uniform(0, self.backoff))
             try:
+                # `timeout` bounds the whole call, not each read: reads time out at a quarter of
+                # it, and the body is read against the deadline, so a server that drips a byte at
+                # a time cannot hold a step for longer than about 1.25 x timeout.
+                deadline = time.monotonic() + self.timeout
                 response = self.http.request(
-                    method, self.server_url + path, json=body, headers=headers, timeout=self.timeout
+                    method,
+                    self.server_url + path,
+                    json=body,
+                    headers=headers,
+                    timeout=(self.timeout, self.timeout / 4),
+                    stream=True,
                 )
-            except (requests.ConnectionError, requests.Timeout) as err:
+                payload = _read_capped(response, deadline)
+            except (
+                requests.RequestException,
+                urllib3.exceptions.HTTPError,
+                TimeoutError,
+            ) as err:  # connection, timeout, truncated body
                 last = f"{type(err).__name__}: {err}"
                 continue
             if response.status_code in _RETRY_STATUS:
@@ -155,10 +172,13 @@ class RemoteBackend:
             if response.status_code >= 400:
                 raise _http_error(response, path)
             try:
-                return response.json()
+                data = json.loads(payload)
             except ValueError:
-                last = f"HTTP {response.status_code} with a body that is not JSON: {response.text[:200]!r}"
+                last = f"HTTP {response.status_code} with a body that is not JSON: {payload[:200]!r}"
                 continue
+            if not isinstance(data, dict):
+                raise ProtocolError(f"{path}: the server answered {type(data).__name__}, not a JSON object")
+            return data
         if not idempotent and what is not None:
             raise StepNotRetried(
                 f"{what} failed ({last}) and the server offers no step counters, so it was not retried: "
@@ -207,8 +227,9 @@ class RemoteBackend:
         for i in index:
             self._engine_seeds.pop(int(i), None)
         self._flights[index] = 0
-        rows[index, :NUM_FEATURES] = torch.tensor(data["observations"], dtype=torch.float32)
-        self._read_health(index, data["infos"], rows[:, None, NUM_FEATURES], [1] * len(index))
+        with _protocol("vectorized_reset"):
+            rows[index, :NUM_FEATURES] = torch.tensor(data["observations"], dtype=torch.float32)
+            self._read_health(index, data["infos"], rows[:, None, NUM_FEATURES], [1] * len(index))
         return rows.to(self.device)
 
     def advance(self, actions: torch.Tensor, active: torch.Tensor, n_rows: int) -> Transition:
@@ -253,22 +274,25 @@ class RemoteBackend:
                 what="vectorized step",
             )
             self._counters[0, index] = counters
-            lengths = np.zeros(len(index), dtype=int)
-            for j, i in enumerate(index):
-                obs = data["observations"][j]
-                k = len(obs)
-                if k > n_rows:
-                    raise RemoteError(f"server returned {k} rows for episode {self.episode_ids[i]}, asked for {n_rows}")
-                if k:
-                    rows[i, :k, :NUM_FEATURES] = torch.tensor(obs, dtype=torch.float32)
-                flown[i, :k] = True
-                lengths[j] = k
-                info = data["infos"][j]
-                reward[i] = data["rewards"][j]
-                flags[:, i] = data["terminateds"][j], data["truncateds"][j], info.get("failed", False)
-                self._flights[i] = info.get("step", self._flights[i] + k)
-                repairs[i] = info.get("repairs", 0)
-            self._read_health(index, data["infos"], rows[:, :, NUM_FEATURES], lengths.tolist())
+            with _protocol("vectorized_step"):
+                lengths = np.zeros(len(index), dtype=int)
+                for j, i in enumerate(index):
+                    obs = data["observations"][j]
+                    k = len(obs)
+                    if k > n_rows:
+                        raise ProtocolError(
+                            f"server returned {k} rows for episode {self.episode_ids[i]}, asked for {n_rows}"
+                        )
+                    if k:
+                        rows[i, :k, :NUM_FEATURES] = torch.tensor(obs, dtype=torch.float32)
+                    flown[i, :k] = True
+                    lengths[j] = k
+                    info = data["infos"][j]
+                    reward[i] = data["rewards"][j]
+                    flags[:, i] = data["terminateds"][j], data["truncateds"][j], info.get("failed", False)
+                    self._flights[i] = info.get("step", self._flights[i] + k)
+                    repairs[i] = info.get("repairs", 0)
+                self._read_health(index, data["infos"], rows[:, :, NUM_FEATURES], lengths.tolist())
         flights_after = self._flights.copy()  # what the ended episodes flew, before their reset
         if len(index) and reset_ended:
             self._read_resets(index, data, first_rows)
@@ -381,6 +405,46 @@ class RemoteBackend:
                 log.warning("could not release session %s: %s", self.session_id, err)
         self._owns_session = False
         self.http.close()
+
+
+MAX_RESPONSE_BYTES = 64 << 20  # the largest legitimate answer (4,096 episodes x 50 rows) is ~20 MB
+
+
+@contextlib.contextmanager
+def _protocol(what: str):
+    """Turn a malformed answer (missing field, wrong shape or type) into a named ProtocolError."""
+    try:
+        yield
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+        if isinstance(err, RemoteError):
+            raise
+        raise ProtocolError(
+            f"{what}: the server's answer does not follow the protocol ({type(err).__name__}: {err})"
+        ) from err
+
+
+def _read_capped(response: requests.Response, deadline: float) -> bytes:
+    """The body, read against `deadline` and capped at MAX_RESPONSE_BYTES while it streams in.
+
+    `read1` returns after one socket read, so a server that drips a byte at a time is checked
+    against the deadline at every byte instead of filling a 64 kB chunk (urllib3 >= 2).
+    """
+    raw, chunks, size = response.raw, [], 0
+    read = raw.read1 if hasattr(raw, "read1") else raw.read
+    while True:
+        chunk = read(65536, decode_content=True)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            response.close()
+            raise ProtocolError(f"the server's answer exceeds {MAX_RESPONSE_BYTES} bytes")
+        if time.monotonic() > deadline:
+            response.close()
+            raise TimeoutError("the server's answer did not arrive within the timeout")
+        chunks.append(chunk)
+    response._content = body = b"".join(chunks)  # so that response.json() / .text still work
+    return body
 
 
 def _detail(response: requests.Response) -> str:
