@@ -109,3 +109,24 @@ def test_any_corrupted_engine_field_is_refused(field, how):
     with pytest.raises(ValueError, match=field):
         env.load_state_dict(state)
     assert_same_snapshot(before, snapshot(env))
+
+
+class _Payload:
+    """A pickle that would create a file when loaded without weights_only."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_a_crafted_checkpoint_never_runs_its_code(tmp_path):
+    from torch_student_env.evaluate import load_policy
+
+    target = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"agent": _Payload(str(target))}, evil)
+    with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
+        load_policy(str(evil), torch.device("cpu"), seed=0)
+    assert not target.exists()
