@@ -21,7 +21,7 @@ from torch_student_env import make_env
 from torch_student_env.config import normalize_device
 from torch_student_env.evaluate import run_episodes, summarize
 from torch_student_env.models import QNetwork
-from torch_student_env.training import RunLogger, arg, final_report, parse_args, run_dir, save_checkpoint
+from torch_student_env.training import RunLogger, arg, final_report, parse_args, run_dir, run_results, save_checkpoint
 
 OBS_KEYS = ("observation", "valid", "flight")
 
@@ -199,13 +199,7 @@ def main(args: Args) -> dict:
     log.close()
     print((out / "eval.md").read_text())
     print(f"wrote {out / 'eval.md'}, {out / 'learning_curve.png'}, {out / 'episode.png'}")
-    return {
-        "run_dir": str(out),
-        "best_validation_return": best["mean_return"],
-        "best_env_steps": best["env_steps"],
-        "final_validation_return": curve[-1]["mean_return"] if curve else None,
-        "held_out": results,
-    }
+    return run_results(out, best, curve, results)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from torch_student_env import make_env
 from torch_student_env.config import normalize_device
 from torch_student_env.evaluate import run_episodes, summarize
 from torch_student_env.models import ActorCritic
-from torch_student_env.training import RunLogger, arg, final_report, parse_args, run_dir, save_checkpoint
+from torch_student_env.training import RunLogger, arg, final_report, parse_args, run_dir, run_results, save_checkpoint
 
 
 @dataclasses.dataclass
@@ -356,13 +356,7 @@ def main(args: Args) -> dict | None:
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return {
-        "run_dir": str(out),
-        "best_validation_return": best["mean_return"],
-        "best_env_steps": best["env_steps"],
-        "final_validation_return": curve[-1]["mean_return"] if curve else None,
-        "held_out": results,
-    }
+    return run_results(out, best, curve, results)
 
 
 def save_first_rollout(out: Path, world: int, rank: int, storage, actions, rewards) -> None:

@@ -28,6 +28,16 @@ def check_step_size(value: object) -> int:
 MAX_SEED = 2**63 - 1  # seeds are int64 tensors inside the counter-based RNG
 
 
+def same_device(device: torch.device, env_device: torch.device) -> bool:
+    """Whether a tensor's `device` is the env's (normalised) device: equal, or equal once normalised."""
+    if device == env_device:
+        return True
+    try:
+        return normalize_device(device) == env_device
+    except ValueError:  # a device this machine cannot use (meta, an absent GPU) is never the env's
+        return False
+
+
 def check_seed(value: object) -> int:
     """Validate a seed: an int in [0, 2**63 - 1]."""
     _check_int("seed", value, 0, MAX_SEED)

@@ -11,7 +11,14 @@ import torch
 from tensordict import TensorDict
 
 from torch_student_env.backends.base import Backend
-from torch_student_env.config import EnvConfig, check_seed, check_state_keys, check_state_tensor, check_step_size
+from torch_student_env.config import (
+    EnvConfig,
+    check_seed,
+    check_state_keys,
+    check_state_tensor,
+    check_step_size,
+    same_device,
+)
 from torch_student_env.sim.engine import ROW_WIDTH, Transition
 from torch_student_env.spec import NUM_ACTIONS, NUM_FEATURES, Action
 from torch_student_env.window import push_rows
@@ -270,7 +277,7 @@ class TorchStudentEnv:
 
     def _as_mask(self, mask: torch.Tensor | np.ndarray | list) -> torch.Tensor:
         if isinstance(mask, torch.Tensor):
-            if mask.device != self.device:  # self.device is normalised: tensors report the same form
+            if not same_device(mask.device, self.device):
                 raise ValueError(f"mask is on {mask.device}, the env is on {self.device}: move it with .to(env.device)")
             tensor = mask
         else:
@@ -284,7 +291,7 @@ class TorchStudentEnv:
     def _as_actions(self, actions: torch.Tensor | np.ndarray | list) -> torch.Tensor:
         """Validate and convert actions to an int64 tensor on the env's device, or raise."""
         if isinstance(actions, torch.Tensor):
-            if actions.device != self.device:
+            if not same_device(actions.device, self.device):
                 raise ValueError(
                     f"actions are on {actions.device}, the env is on {self.device}: move them with .to(env.device)"
                 )

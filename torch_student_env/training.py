@@ -119,3 +119,15 @@ class RunLogger:
             import wandb
 
             wandb.finish()
+
+
+def run_results(out: Path, best: dict[str, float], curve: list[dict[str, float]], held_out: dict) -> dict[str, Any]:
+    """What an example's `main()` returns to a sweep tool: the run folder, the best and final
+    validation returns, and the held-out table."""
+    return {
+        "run_dir": str(out),
+        "best_validation_return": best["mean_return"],
+        "best_env_steps": best["env_steps"],
+        "final_validation_return": curve[-1]["mean_return"] if curve else None,
+        "held_out": held_out,
+    }
