@@ -10,7 +10,7 @@ class Action(IntEnum):
 
     DO_NOTHING = 0  # fly the next flights and earn their profit
     REPAIR = 1  # pay for an imperfect repair, then fly
-    SELL = 2  # end the episode for the engine's salvage value
+    SELL = 2  # end the episode for the sale price (a flat 150 on the challenge's server)
 
 
 class Phase(IntEnum):
