@@ -168,7 +168,8 @@ def main(args: Args) -> dict | None:
     bar = tqdm(
         total=num_updates * batch_size * world, initial=global_step, unit="step", desc="ppo_cnn", disable=not lead
     )
-    first_rollout = {"reward": torch.zeros_like(rewards)}  # raw rewards, saved for the shard check
+    keep_first_rollout = args.distributed and not args.resume  # for the shard check (first_rollout.pt)
+    first_rewards = torch.zeros_like(rewards)  # raw, unscaled
 
     for update in range(start_update, num_updates + 1):
         optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - (update - 1.0) / num_updates)
@@ -187,8 +188,8 @@ def main(args: Args) -> dict | None:
             else:
                 env_time += time.perf_counter() - t_env
             rewards[step] = td["reward"] * args.reward_scale
-            if update == start_update:
-                first_rollout["reward"][step] = td["reward"]
+            if keep_first_rollout and update == start_update:
+                first_rewards[step] = td["reward"]
             # CRUCIAL, easy to overlook: a truncated episode did not end, its value continues.
             # Keep the window it ended with (final_observation, not the reset window) to bootstrap.
             final_storage["observation"][step] = td["final_observation"]
@@ -247,8 +248,8 @@ def main(args: Args) -> dict | None:
                 torch.nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
                 optimizer.step()
 
-        if args.distributed and update == start_update and not args.resume:
-            save_first_rollout(out, world, rank, storage, actions, first_rollout["reward"])
+        if keep_first_rollout and update == start_update:
+            save_first_rollout(out, world, rank, storage, actions, first_rewards)
 
         # LOGGING: a few host reads per update, never per step
         if world > 1:

@@ -59,11 +59,12 @@ def load_episodes(path: str | Path) -> list[LoggedEpisode]:
     """Read an episode log, checking every record; raises ValueError naming the bad line."""
     episodes = []
     with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
+        # readline with a cap: a file with one enormous line is refused without reading it whole
+        for number, line in enumerate(iter(lambda: handle.readline(MAX_EPISODE_BYTES + 1), ""), start=1):
             if len(line) > MAX_EPISODE_BYTES:
                 raise ValueError(f"{path}:{number}: episode record over {MAX_EPISODE_BYTES} bytes")
+            if not line.strip():
+                continue
             try:
                 record = json.loads(line)
                 episodes.append(_episode(record))
