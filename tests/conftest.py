@@ -27,7 +27,7 @@ def server_url():
         pytest.skip("remote-backend tests need the [server] extra (fastapi, uvicorn)")
     from torch_student_env.server import Limits, running_server
 
-    limits = Limits(max_sessions_per_token=100_000)  # every remote env of the suite opens a session
+    limits = Limits(max_sessions_per_token=100_000, max_envs_per_token=1 << 20)  # the suite opens many envs
     with running_server(tokens={TOKEN_A, TOKEN_B, "your_token"}, limits=limits) as url:
         yield url
 

@@ -195,6 +195,80 @@ def test_bad_requests_get_4xx_with_detail(server_url, path, body, status, detail
     assert detail in str(r.json()["detail"])
 
 
+def test_one_token_holds_a_bounded_number_of_engines():
+    """Memory per token is bounded: past `max_envs_per_token` a create is refused (429) and
+    changes nothing; another token is unaffected, and releasing a session frees its engines."""
+    from torch_student_env.server.state import Limits
+
+    app = create_app(tokens={TOKEN_A, TOKEN_B}, limits=Limits(max_envs_per_token=6))
+    with running_server(app) as url:
+        first, _ = _group(url, 4)
+        sid = _post(url, "/session/create").json()["session_id"]
+        body = {"num_envs": 3}
+        refused = _post(url, "/vectorized/episodes/create", headers={"Session-ID": sid}, json=body)
+        assert refused.status_code == 429 and "would hold 7 envs (limit 6)" in refused.json()["detail"]
+        assert len(app.state.server.episodes) == 4 and app.state.server.sessions[sid].envs == 0
+        _group(url, 6, TOKEN_B)  # another token has its own budget
+        assert requests.delete(f"{url}{API}/session/{first}", headers={"User-Token": TOKEN_A}, timeout=10).ok
+        made = _post(url, "/vectorized/episodes/create", headers={"Session-ID": sid}, json=body)
+        assert made.status_code == 200 and len(made.json()["episode_ids"]) == 3
+
+
+def test_one_request_touches_a_bounded_number_of_episodes():
+    from torch_student_env.server.state import Limits
+
+    app = create_app(tokens={TOKEN_A}, limits=Limits(max_envs_per_request=4))
+    with running_server(app) as url:
+        ids = _group(url, 4)[1] + _group(url, 4)[1]
+        _post(url, "/episode/vectorized_reset", json={"episode_ids": ids[:4]})
+        r = _post(url, "/episode/vectorized_reset", json={"episode_ids": ids})
+        assert r.status_code == 422 and "8 episodes in one request (limit 4)" in r.json()["detail"]
+        step = {"episode_actions": [{"episode_id": e, "action": 0} for e in ids]}
+        r = _post(url, "/episode/vectorized_step", json=step)
+        assert r.status_code == 422 and "limit 4" in r.json()["detail"]
+        assert all(_get(url, f"/episode/{e}").json()["step"] == 0 for e in ids)  # nothing moved
+
+
+def test_a_long_step_never_stalls_other_groups_or_tokens():
+    """Each group has its own lock: while one group's step is held inside the simulator, another
+    token, and the same token's other group, are served. (With one global lock, the requests
+    below would wait for the held step, and their timeout would fail the test.)"""
+    import threading
+
+    app = create_app(tokens={TOKEN_A, TOKEN_B})
+    with running_server(app) as url:
+        _, slow_ids = _group(url, 2)
+        _post(url, "/episode/vectorized_reset", json={"episode_ids": slow_ids})
+        group = app.state.server.episodes[slow_ids[0]][1]
+        entered, release = threading.Event(), threading.Event()
+        advance = group.backend.advance
+
+        def held_advance(*args, **kwargs):
+            entered.set()
+            assert release.wait(30), "the test never released the held step"
+            return advance(*args, **kwargs)
+
+        group.backend.advance = held_advance
+        answer = {}
+        step = {"episode_actions": [{"episode_id": e, "action": 0} for e in slow_ids]}
+        held = threading.Thread(target=lambda: answer.update(r=_post(url, "/episode/vectorized_step", json=step)))
+        held.start()
+        try:
+            assert entered.wait(10)
+            for token in (TOKEN_B, TOKEN_A):  # another token, then the same token's other group
+                _, ids = _group(url, 2, token)
+                _post(url, "/episode/vectorized_reset", token, json={"episode_ids": ids})
+                other = {"episode_actions": [{"episode_id": e, "action": 0} for e in ids]}
+                r = _post(url, "/episode/vectorized_step", token, json=other)
+                assert r.status_code == 200 and r.json()["infos"][0]["step"] == 10
+                assert _get(url, f"/episode/{ids[0]}", token).json()["step"] == 10
+            assert held.is_alive() and "r" not in answer  # the held step was still inside the simulator
+        finally:
+            release.set()
+            held.join(30)
+        assert answer["r"].status_code == 200 and answer["r"].json()["infos"][0]["step"] == 10
+
+
 def test_malformed_and_oversized_bodies_then_server_still_serves(server_url):
     r = _post(server_url, "/episode/vectorized_step", data=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and "detail" in r.json()

@@ -236,31 +236,25 @@ def create_app(
 
     @app.post("/api/v1/session/create")
     def create_session(token: Token) -> dict:
-        with state.lock:
-            return {"session_id": state.create_session(token)}
+        return {"session_id": state.create_session(token)}
 
     @app.delete("/api/v1/session/{session_id}")
     def delete_session(session_id: str, token: Token) -> dict:
-        with state.lock:
-            state.close_session(token, session_id)
+        state.close_session(token, session_id)
         return {"session_id": session_id, "deleted": True}
 
     @app.post("/api/v1/vectorized/episodes/create")
     def create_vectorized(body: VectorizedCreate, token: Token, session_id: SessionHeader = None) -> dict:
         config = body.env_config
-        with state.lock:
-            session = state.session(token, session_id)
-            group = state.create_group(session, body.num_envs, config.max_steps_per_episode, config.auto_reset)
-            return {"episode_ids": group.episode_ids, "vectorized_group_id": group.group_id}
+        group = state.create_group(token, session_id, body.num_envs, config.max_steps_per_episode, config.auto_reset)
+        return {"episode_ids": group.episode_ids, "vectorized_group_id": group.group_id}
 
     @app.post("/api/v1/episode/create")
     def create_episode(body: EnvConfigBody, token: Token, session_id: SessionHeader = None) -> dict:
         """One episode, already reset: the single-env client reads `initial_observation`."""
-        with state.lock:
-            session = state.session(token, session_id)
-            group = state.create_group(session, 1, body.max_steps_per_episode, body.auto_reset)
-            (row, info) = state._restart(group, [0])[0]
-            return {"episode_id": group.episode_ids[0], "initial_observation": row, "info": info}
+        group = state.create_group(token, session_id, 1, body.max_steps_per_episode, body.auto_reset)
+        (row, info) = state.start_episodes(group, [0])[0]
+        return {"episode_id": group.episode_ids[0], "initial_observation": row, "info": info}
 
     @app.post("/api/v1/episode/vectorized_reset")
     def vectorized_reset(body: VectorizedReset, token: Token) -> dict:
@@ -269,16 +263,12 @@ def create_app(
             value = getattr(body, name)
             if value is not None and len(value) != n:
                 raise ServerError(422, f"{name} has {len(value)} entries for {n} episode_ids")
-        with state.lock:
-            obs, infos = state.reset(
-                token, body.episode_ids, body.seeds or [None] * n, body.env_indices, body.reset_counters
-            )
+        obs, infos = state.reset(token, body.episode_ids, body.seeds or [None] * n, body.env_indices, body.reset_counters)
         return {"observations": obs, "infos": infos}
 
     @app.post("/api/v1/episode/vectorized_step")
     def vectorized_step(body: VectorizedStep, token: Token) -> dict:
-        with state.lock:
-            results = state.step(token, [a.model_dump() for a in body.episode_actions])
+        results = state.step(token, [a.model_dump() for a in body.episode_actions])
         return {
             "observations": [
                 _observation(r["rows"], a.return_all_states) for r, a in zip(results, body.episode_actions, strict=True)
@@ -293,14 +283,12 @@ def create_app(
 
     @app.post("/api/v1/episode/reset")
     def reset_episode(body: SingleReset, token: Token) -> dict:
-        with state.lock:
-            obs, infos = state.reset(token, [body.episode_id], [body.seed], None, None)
+        obs, infos = state.reset(token, [body.episode_id], [body.seed], None, None)
         return {"observation": obs[0], "info": infos[0]}
 
     @app.post("/api/v1/episode/step")
     def step_episode(body: SingleStep, token: Token) -> dict:
-        with state.lock:
-            (r,) = state.step(token, [body.model_dump()])
+        (r,) = state.step(token, [body.model_dump()])
         return {
             "observation": _observation(r["rows"], body.return_all_states),
             "reward": r["reward"],
@@ -312,13 +300,11 @@ def create_app(
 
     @app.get("/api/v1/episode/{episode_id}")
     def episode_info(episode_id: str, token: Token) -> dict:
-        with state.lock:
-            return state.episode_info(token, episode_id)
+        return state.episode_info(token, episode_id)
 
     @app.get("/api/v1/episode/{episode_id}/state/latest")
     def latest_state(episode_id: str, token: Token) -> dict:
-        with state.lock:
-            info = state.episode_info(token, episode_id)
+        info = state.episode_info(token, episode_id)
         keys = ("episode_id", "step", "terminated", "truncated", "total_reward", "observation")
         return {k: info[k] for k in keys}
 
@@ -331,15 +317,12 @@ def create_app(
         """
         if user_token not in app.state.tokens:
             raise ServerError(404, "unknown user")
-        with state.lock:
-            metrics = state.score(user_token, limit)
-        return {"metrics": metrics, "limit": limit}
+        return {"metrics": state.score(user_token, limit), "limit": limit}
 
     @app.get("/leaderboard", response_class=HTMLResponse)
     def leaderboard(limit: int = Query(100, ge=1, le=state.limits.scored_episodes_per_token)) -> str:
         """Every token's score under its display name (never the token), best total first."""
-        with state.lock:
-            scores = [(app.state.tokens[t], state.score(t, limit)) for t in list(state.finished)]
+        scores = [(app.state.tokens[t], state.score(t, limit)) for t in state.scored_tokens()]
         return leaderboard_page([(name, m) for name, m in scores if m], limit)
 
     return app

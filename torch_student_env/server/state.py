@@ -13,14 +13,21 @@ without stepping again, so a client can safely retry a step whose response was l
 Episode ends as on the challenge's server: with the group's `auto_reset` (the client's default),
 stepping a finished episode starts the next one in the same call; every finished episode is
 recorded for its token's leaderboard score.
+
+Concurrency: every public method is thread-safe. The registry lock guards the maps of sessions
+and episodes and is only held for lookups; simulation runs under the locks of the groups a
+request touches (taken in a fixed order), so one token's long step never stalls another
+token's requests, nor the same token's other groups.
 """
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +36,7 @@ import torch
 from torch_student_env.backends.local import LocalBackend
 from torch_student_env.leaderboard import FinishedEpisode, score_metrics
 from torch_student_env.sim.params import SimParams
-from torch_student_env.spec import NUM_FEATURES
+from torch_student_env.spec import MAX_STEP_SIZE, NUM_FEATURES
 
 
 class ServerError(Exception):
@@ -42,12 +49,18 @@ class ServerError(Exception):
 
 @dataclass
 class Limits:
-    """What one token may use; every limit answers a clear 4xx, never a 500."""
+    """What one request and one token may use; every limit answers a clear 4xx, never a 500.
+
+    Memory is bounded per token (`max_envs_per_token` engines, `max_sessions_per_token`
+    sessions, `scored_episodes_per_token` records) and work per request (`max_envs_per_request`
+    episodes of at most `max_step_size` flights each).
+    """
 
     max_envs_per_request: int = 1024
     max_envs_per_session: int = 4096
+    max_envs_per_token: int = 4096
     max_sessions_per_token: int = 16
-    max_step_size: int = 50
+    max_step_size: int = MAX_STEP_SIZE
     max_body_bytes: int = 1 << 20
     session_ttl_s: float = 3600.0
     max_flights: int = 100_000
@@ -55,29 +68,43 @@ class Limits:
 
 
 @dataclass
+class Episode:
+    """One engine's protocol bookkeeping; the engine itself lives in its group's backend."""
+
+    episode_id: str
+    last_row: list[float] = field(default_factory=list)
+    finished: bool = True  # nothing to fly before the first reset
+    terminated: bool = False
+    truncated: bool = False
+    total_reward: float = 0.0
+    flights: int = 0
+    step_counter: int = 0
+    reset_counter: int = 0
+    last_step: dict | None = None  # the answer to replay for a repeated step_counter
+    last_reset: tuple | None = None  # the answer to replay for a repeated reset_counter
+    has_reset: bool = False
+
+
+@dataclass
 class Group:
-    """N engines simulated together, and the bookkeeping the protocol reports per episode."""
+    """N engines simulated together, one `Episode` record each, and the lock that guards them."""
 
     group_id: str
-    episode_ids: list[str]
     backend: LocalBackend
     max_flights: int
     auto_reset: bool
-    last_row: list[list[float]]
-    finished: list[bool]
-    terminated: list[bool]
-    truncated: list[bool]
-    total_reward: list[float]
-    flights: list[int]
-    step_counter: list[int]
-    reset_counter: list[int]
-    last_step: list[dict | None]
-    last_reset: list[tuple | None]
-    has_reset: list[bool]
+    episodes: list[Episode]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def episode_ids(self) -> list[str]:
+        return [e.episode_id for e in self.episodes]
 
 
 @dataclass
 class Session:
+    """A token's container of groups; released by DELETE, by its TTL, or as its token's oldest."""
+
     session_id: str
     token: str
     last_used: float
@@ -86,7 +113,7 @@ class Session:
 
 
 class ServerState:
-    """All sessions of all tokens; one lock makes every request atomic."""
+    """All sessions of all tokens, safe to call from many request threads at once."""
 
     def __init__(
         self, limits: Limits | None = None, params: SimParams | None = None, expose_health: bool = True
@@ -97,7 +124,7 @@ class ServerState:
         self.sessions: dict[str, Session] = {}
         self.episodes: dict[str, tuple[Session, Group, int]] = {}
         self.finished: dict[str, deque[FinishedEpisode]] = {}  # token -> its finished episodes, newest last
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # the registry: sessions, episodes, finished; never held while simulating
 
     # -- sessions and episodes ------------------------------------------------------------------
     def create_session(self, token: str) -> str:
@@ -107,15 +134,63 @@ class ServerState:
         connection), so a script that opens an env per episode would otherwise hit the limit
         after a few episodes. The limit bounds what a token holds, and never refuses new work.
         """
-        self._expire()
-        owned = sorted((s for s in self.sessions.values() if s.token == token), key=lambda s: s.last_used)
-        for stale in owned[: max(0, len(owned) - self.limits.max_sessions_per_token + 1)]:
-            self._drop(stale.session_id)
-        session = Session(secrets.token_hex(8), token, time.monotonic())
-        self.sessions[session.session_id] = session
-        return session.session_id
+        with self.lock:
+            self._expire()
+            owned = sorted((s for s in self.sessions.values() if s.token == token), key=lambda s: s.last_used)
+            for stale in owned[: max(0, len(owned) - self.limits.max_sessions_per_token + 1)]:
+                self._drop(stale.session_id)
+            session = Session(secrets.token_hex(8), token, time.monotonic())
+            self.sessions[session.session_id] = session
+            return session.session_id
 
-    def session(self, token: str, session_id: str | None) -> Session:
+    def close_session(self, token: str, session_id: str) -> None:
+        """Release a session, its groups and their episodes (404 for another token's session)."""
+        with self.lock:
+            self._expire()
+            session = self.sessions.get(session_id)
+            if session is None or session.token != token:
+                raise ServerError(404, f"session {session_id!r} not found")
+            self._drop(session_id)
+
+    def create_group(
+        self, token: str, session_id: str | None, num_envs: int, max_flights: int, auto_reset: bool = True
+    ) -> Group:
+        """N new engines in the session; every limit is checked before anything is allocated."""
+        limits = self.limits
+        if not 1 <= num_envs <= limits.max_envs_per_request:
+            raise ServerError(422, f"num_envs must be in [1, {limits.max_envs_per_request}], got {num_envs}")
+        if not 1 <= max_flights <= limits.max_flights:
+            raise ServerError(422, f"max_steps_per_episode must be in [1, {limits.max_flights}], got {max_flights}")
+        with self.lock:
+            session = self._session(token, session_id)
+            if session.envs + num_envs > limits.max_envs_per_session:
+                raise ServerError(
+                    422, f"session would hold {session.envs + num_envs} envs (limit {limits.max_envs_per_session})"
+                )
+            held = sum(s.envs for s in self.sessions.values() if s.token == token)
+            if held + num_envs > limits.max_envs_per_token:
+                raise ServerError(
+                    429,
+                    f"this token would hold {held + num_envs} envs (limit {limits.max_envs_per_token}): "
+                    "release a session with DELETE /api/v1/session/{session_id}",
+                )
+            session.envs += num_envs  # reserved now, so that concurrent creates cannot both pass
+        try:
+            backend = LocalBackend(num_envs, torch.device("cpu"), max_flights, self.params, seed=secrets.randbits(62))
+        except BaseException:
+            with self.lock:
+                session.envs -= num_envs
+            raise
+        episodes = [Episode(secrets.token_hex(8)) for _ in range(num_envs)]
+        group = Group(secrets.token_hex(6), backend, max_flights, auto_reset, episodes)
+        with self.lock:
+            session.groups[group.group_id] = group
+            for i, episode in enumerate(episodes):
+                self.episodes[episode.episode_id] = (session, group, i)
+        return group
+
+    def _session(self, token: str, session_id: str | None) -> Session:
+        """The token's session (registry lock held)."""
         self._expire()
         if not session_id:
             raise ServerError(400, "missing Session-ID header: create one with POST /api/v1/session/create")
@@ -125,62 +200,36 @@ class ServerState:
         session.last_used = time.monotonic()
         return session
 
-    def close_session(self, token: str, session_id: str) -> None:
-        """Release a session, its groups and their episodes (404 for another token's session)."""
-        self._expire()
-        session = self.sessions.get(session_id)
-        if session is None or session.token != token:
-            raise ServerError(404, f"session {session_id!r} not found")
-        self._drop(session_id)
-
-    def create_group(self, session: Session, num_envs: int, max_flights: int, auto_reset: bool = True) -> Group:
-        if not 1 <= num_envs <= self.limits.max_envs_per_request:
-            raise ServerError(422, f"num_envs must be in [1, {self.limits.max_envs_per_request}], got {num_envs}")
-        if session.envs + num_envs > self.limits.max_envs_per_session:
+    def _locate(self, token: str, episode_ids: list[str]) -> list[tuple[Group, int]]:
+        """(group, index) of each episode: 404 for any unknown or foreign one, 422 for repeats."""
+        if len(episode_ids) > self.limits.max_envs_per_request:
             raise ServerError(
-                422, f"session would hold {session.envs + num_envs} envs (limit {self.limits.max_envs_per_session})"
+                422, f"{len(episode_ids)} episodes in one request (limit {self.limits.max_envs_per_request})"
             )
-        if not 1 <= max_flights <= self.limits.max_flights:
-            raise ServerError(
-                422, f"max_steps_per_episode must be in [1, {self.limits.max_flights}], got {max_flights}"
-            )
-        backend = LocalBackend(num_envs, torch.device("cpu"), max_flights, self.params, seed=secrets.randbits(62))
-        ids = [secrets.token_hex(8) for _ in range(num_envs)]
-        n = num_envs
-        group = Group(
-            secrets.token_hex(6),
-            ids,
-            backend,
-            max_flights,
-            auto_reset,
-            [[] for _ in range(n)],
-            [True] * n,
-            [False] * n,
-            [False] * n,
-            [0.0] * n,
-            [0] * n,
-            [0] * n,
-            [0] * n,
-            [None] * n,
-            [None] * n,
-            [False] * n,
-        )
-        session.groups[group.group_id] = group
-        session.envs += num_envs
-        for i, episode_id in enumerate(ids):
-            self.episodes[episode_id] = (session, group, i)
-        return group
+        if len(set(episode_ids)) != len(episode_ids):
+            repeated = next(e for e in episode_ids if episode_ids.count(e) > 1)
+            raise ServerError(422, f"episode {repeated} appears twice in one request")
+        with self.lock:
+            self._expire()
+            located = []
+            for episode_id in episode_ids:
+                found = self.episodes.get(episode_id)
+                if found is None or found[0].token != token or found[0].session_id not in self.sessions:
+                    raise ServerError(404, f"episode {episode_id!r} not found")
+                found[0].last_used = time.monotonic()
+                located.append((found[1], found[2]))
+            return located
 
-    def locate(self, token: str, episode_id: str) -> tuple[Group, int]:
-        self._expire()
-        found = self.episodes.get(episode_id)
-        if found is None or found[0].token != token or found[0].session_id not in self.sessions:
-            raise ServerError(404, f"episode {episode_id!r} not found")
-        found[0].last_used = time.monotonic()
-        return found[1], found[2]
+    @contextlib.contextmanager
+    def _holding(self, groups: Iterable[Group]) -> Iterator[None]:
+        """Hold the locks of `groups`, always taken in group-id order so two requests never deadlock."""
+        with contextlib.ExitStack() as stack:
+            for group in sorted({g.group_id: g for g in groups}.values(), key=lambda g: g.group_id):
+                stack.enter_context(group.lock)
+            yield
 
     def _expire(self) -> None:
-        """Drop the sessions idle past their TTL (run on every request that touches a session)."""
+        """Drop the sessions idle past their TTL (registry lock held; run on every session lookup)."""
         now = time.monotonic()
         for sid in [s for s, v in self.sessions.items() if now - v.last_used > self.limits.session_ttl_s]:
             self._drop(sid)
@@ -194,9 +243,26 @@ class ServerState:
     # -- leaderboard ----------------------------------------------------------------------------
     def score(self, token: str, limit: int = 100) -> dict[str, Any]:
         """The challenge's leaderboard metrics over the token's last `limit` finished episodes."""
-        return score_metrics(list(self.finished.get(token, ())), limit)
+        with self.lock:
+            kept = list(self.finished.get(token, ()))
+        return score_metrics(kept, limit)
+
+    def scored_tokens(self) -> list[str]:
+        """The tokens with at least one finished episode."""
+        with self.lock:
+            return list(self.finished)
+
+    def _record_finished(self, token: str, episode: FinishedEpisode) -> None:
+        with self.lock:
+            kept = self.finished.setdefault(token, deque(maxlen=self.limits.scored_episodes_per_token))
+            kept.append(episode)
 
     # -- simulation -----------------------------------------------------------------------------
+    def start_episodes(self, group: Group, engines: list[int]) -> dict[int, tuple[list[float], dict]]:
+        """Start the next episode of `engines` of a group the caller does not hold yet."""
+        with self._holding([group]):
+            return self._restart(group, engines)
+
     def reset(
         self,
         token: str,
@@ -206,39 +272,35 @@ class ServerState:
         reset_counters: list[int] | None,
     ) -> tuple[list[list[float]], list[dict]]:
         """Start the next episode of each listed engine; a given seed re-keys it first."""
-        located = [self.locate(token, e) for e in episode_ids]
-        results: list[tuple[list[float], dict] | None] = [None] * len(located)
-        by_group: dict[str, list[int]] = {}
-        for j, (group, i) in enumerate(located):
-            counter = reset_counters[j] if reset_counters is not None else None
-            results[j] = _replay("reset", episode_ids[j], counter, group.reset_counter[i], group.last_reset[i])
-            if results[j] is not None:
-                continue  # a retried reset: answered, not reset again
-            by_group.setdefault(group.group_id, []).append(j)
-        for js in by_group.values():
-            group = located[js[0]][0]
-            seeded = {
-                located[j][1]: (seeds[j], env_indices[j] if env_indices is not None else 0)
-                for j in js
-                if seeds[j] is not None
-            }
-            restarted = self._restart(group, [located[j][1] for j in js], seeded)
-            for j in js:
-                i = located[j][1]
-                results[j] = restarted[i]
-                if reset_counters is not None and reset_counters[j] is not None:
-                    group.reset_counter[i] = reset_counters[j]
-                    group.last_reset[i] = results[j]
+        located = self._locate(token, episode_ids)
+        with self._holding(g for g, _ in located):
+            results: list[tuple[list[float], dict] | None] = [None] * len(located)
+            by_group: dict[str, list[int]] = {}
+            for j, (group, i) in enumerate(located):
+                episode = group.episodes[i]
+                counter = reset_counters[j] if reset_counters is not None else None
+                results[j] = _replay("reset", episode_ids[j], counter, episode.reset_counter, episode.last_reset)
+                if results[j] is None:  # not a retried reset, which is answered without resetting again
+                    by_group.setdefault(group.group_id, []).append(j)
+            for js in by_group.values():
+                group = located[js[0]][0]
+                seeded = {located[j][1]: (seeds[j], env_indices[j] if env_indices else 0) for j in js if seeds[j] is not None}
+                restarted = self._restart(group, [located[j][1] for j in js], seeded)
+                for j in js:
+                    episode = group.episodes[located[j][1]]
+                    results[j] = restarted[located[j][1]]
+                    if reset_counters is not None and reset_counters[j] is not None:
+                        episode.reset_counter, episode.last_reset = reset_counters[j], results[j]
         return [r[0] for r in results], [r[1] for r in results]
 
     def _restart(
         self, group: Group, engines: list[int], seeded: dict[int, tuple[int, int]] | None = None
     ) -> dict[int, tuple[list[float], dict]]:
-        """Start the next episode of `engines` of one group (one batched reset): first row and info each.
+        """Start the next episode of `engines` of one held group (one batched reset): first row and info each.
 
         `seeded[i] = (seed, env_index)` re-keys engine i first, as engine `env_index` of `seed`.
         """
-        n = len(group.episode_ids)
+        n = len(group.episodes)
         mask = torch.zeros(n, dtype=torch.bool)
         mask[engines] = True
         if seeded:
@@ -252,117 +314,121 @@ class ServerState:
         privileged = group.backend.privileged()
         out = {}
         for i in engines:
-            group.finished[i] = group.terminated[i] = group.truncated[i] = False
-            group.total_reward[i], group.flights[i], group.has_reset[i] = 0.0, 0, True
-            group.last_row[i] = first[i, :NUM_FEATURES].tolist()
-            info = {"step": 0, "episode_id": group.episode_ids[i], "total_reward": 0.0}
+            episode = group.episodes[i]
+            episode.finished = episode.terminated = episode.truncated = False
+            episode.total_reward, episode.flights, episode.has_reset = 0.0, 0, True
+            episode.last_row = first[i, :NUM_FEATURES].tolist()
+            info = {"step": 0, "episode_id": episode.episode_id, "total_reward": 0.0}
             if self.expose_health:
                 info |= _health_info(privileged, i, [float(first[i, NUM_FEATURES])])
-            out[i] = (group.last_row[i], info)
+            out[i] = (episode.last_row, info)
         return out
 
     def step(self, token: str, actions: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Step each listed episode; one batched advance per (group, step_size).
 
-        A finished episode of an `auto_reset` group starts its next episode first (the client
-        sends actions for its terminated envs when `auto_reset` is on); otherwise it flies nothing.
+        Everything is validated before any engine moves: unknown episodes, repeats, step sizes,
+        counters, episodes never reset. A finished episode of an `auto_reset` group starts its
+        next episode first (the client sends actions for its terminated envs when `auto_reset`
+        is on); otherwise it flies nothing.
         """
-        seen: set[str] = set()
-        located = []
         for a in actions:
-            if a["episode_id"] in seen:
-                raise ServerError(422, f"episode {a['episode_id']} appears twice in one vectorized step")
-            seen.add(a["episode_id"])
             if not 1 <= a["step_size"] <= self.limits.max_step_size:
                 raise ServerError(422, f"step_size must be in [1, {self.limits.max_step_size}], got {a['step_size']}")
-            located.append(self.locate(token, a["episode_id"]))
-        results: list[dict | None] = [None] * len(actions)
-        batches: dict[tuple[str, int], list[int]] = {}
-        for j, (a, (group, i)) in enumerate(zip(actions, located, strict=True)):
-            request = [a["action"], a["step_size"]]
-            results[j] = _replay(
-                "step", a["episode_id"], a.get("step_counter"), group.step_counter[i], group.last_step[i], request
-            )
-            if results[j] is not None:
-                continue  # a retried step: the stored answer, no second advance
-            if not group.has_reset[i]:
-                raise ServerError(409, f"episode {a['episode_id']} has not been reset yet")
-            batches.setdefault((group.group_id, a["step_size"]), []).append(j)
-        for (_, step_size), js in batches.items():
-            group = located[js[0]][0]
-            restart = [located[j][1] for j in js if group.finished[located[j][1]] and group.auto_reset]
-            if restart:
-                self._restart(group, restart)
-            n = len(group.episode_ids)
-            acts = torch.zeros(n, dtype=torch.int64)
-            active = torch.zeros(n, dtype=torch.bool)
-            for j in js:
-                i = located[j][1]
-                acts[i] = actions[j]["action"]
-                active[i] = not group.finished[i]
-            tr = group.backend.advance(acts, active, step_size)
-            privileged = group.backend.privileged()
-            n_flown = tr.row_flown.sum(dim=1)
-            for j in js:
-                i = located[j][1]
-                results[j] = self._step_result(token, group, i, bool(active[i]), tr, int(n_flown[i]), privileged)
-            # reset_if_done: the step and the next episode's start are one exactly-once unit
-            ended = [j for j in js if actions[j].get("reset_if_done") and bool(active[located[j][1]])]
-            ended = [j for j in ended if group.finished[located[j][1]]]
-            restarted = self._restart(group, [located[j][1] for j in ended]) if ended else {}
-            for j in js:
-                i = located[j][1]
-                if actions[j].get("reset_if_done"):
-                    fresh = restarted.get(i) if j in ended else None
-                    results[j]["reset"] = None if fresh is None else {"observation": fresh[0], "info": fresh[1]}
-                    if fresh is not None:
-                        group.reset_counter[i] += 1
-                        group.last_reset[i] = fresh
-                if actions[j].get("step_counter") is not None:
-                    group.step_counter[i] = actions[j]["step_counter"]
-                    group.last_step[i] = results[j] | {"request": [actions[j]["action"], actions[j]["step_size"]]}
+        located = self._locate(token, [a["episode_id"] for a in actions])
+        with self._holding(g for g, _ in located):
+            results: list[dict | None] = [None] * len(actions)
+            batches: dict[tuple[str, int], list[int]] = {}
+            for j, (a, (group, i)) in enumerate(zip(actions, located, strict=True)):
+                episode = group.episodes[i]
+                request = [a["action"], a["step_size"]]
+                counter = a.get("step_counter")
+                results[j] = _replay("step", a["episode_id"], counter, episode.step_counter, episode.last_step, request)
+                if results[j] is not None:
+                    continue  # a retried step: the stored answer, no second advance
+                if not episode.has_reset:
+                    raise ServerError(409, f"episode {a['episode_id']} has not been reset yet")
+                batches.setdefault((group.group_id, a["step_size"]), []).append(j)
+            for (_, step_size), js in batches.items():
+                group = located[js[0]][0]
+                answers = self._step_batch(token, group, step_size, [(located[j][1], actions[j]) for j in js])
+                for j, answer in zip(js, answers, strict=True):
+                    results[j] = answer
         return results  # type: ignore[return-value]
 
+    def _step_batch(
+        self, token: str, group: Group, step_size: int, items: list[tuple[int, dict[str, Any]]]
+    ) -> list[dict[str, Any]]:
+        """One batched advance of a held group for its engines `items` = [(engine, action dict)]."""
+        restart = [i for i, _ in items if group.episodes[i].finished and group.auto_reset]
+        if restart:
+            self._restart(group, restart)
+        n = len(group.episodes)
+        actions = torch.zeros(n, dtype=torch.int64)
+        active = torch.zeros(n, dtype=torch.bool)
+        for i, a in items:
+            actions[i], active[i] = a["action"], not group.episodes[i].finished
+        transition = group.backend.advance(actions, active, step_size)
+        privileged = group.backend.privileged()
+        n_flown = transition.row_flown.sum(dim=1).tolist()
+        answers = [self._step_result(token, group, i, bool(active[i]), transition, n_flown[i], privileged) for i, _ in items]
+        # reset_if_done: the step and the next episode's start are one exactly-once unit
+        ended = [i for i, a in items if a.get("reset_if_done") and bool(active[i]) and group.episodes[i].finished]
+        restarted = self._restart(group, ended) if ended else {}
+        for (i, a), answer in zip(items, answers, strict=True):
+            episode = group.episodes[i]
+            if a.get("reset_if_done"):
+                fresh = restarted.get(i)
+                answer["reset"] = None if fresh is None else {"observation": fresh[0], "info": fresh[1]}
+                if fresh is not None:
+                    episode.reset_counter += 1
+                    episode.last_reset = fresh
+            if a.get("step_counter") is not None:
+                episode.step_counter = a["step_counter"]
+                episode.last_step = answer | {"request": [a["action"], a["step_size"]]}
+        return answers
+
     def _step_result(
-        self, token: str, group: Group, i: int, active: bool, tr, n_flown: int, privileged
+        self, token: str, group: Group, i: int, active: bool, transition, n_flown: int, privileged
     ) -> dict[str, Any]:
-        episode_id = group.episode_ids[i]
+        episode = group.episodes[i]
         if not active:  # a finished episode of a group without auto_reset: nothing flies until a reset
             return {
                 "rows": [],
                 "reward": 0.0,
-                "terminated": group.terminated[i],
-                "truncated": group.truncated[i],
+                "terminated": episode.terminated,
+                "truncated": episode.truncated,
                 "info": {
-                    "step": group.flights[i],
-                    "episode_id": episode_id,
-                    "total_reward": group.total_reward[i],
+                    "step": episode.flights,
+                    "episode_id": episode.episode_id,
+                    "total_reward": episode.total_reward,
                     "message": "episode finished: reset it to continue",
                 },
             }
-        reward = float(tr.reward[i])
-        terminated, truncated, failed = bool(tr.terminated[i]), bool(tr.truncated[i]), bool(tr.failed[i])
-        group.total_reward[i] += reward
-        group.flights[i] = int(tr.flights[i])
-        group.terminated[i], group.truncated[i] = terminated, truncated
-        group.finished[i] = terminated or truncated
-        rows = tr.rows[i, :n_flown]
+        reward = float(transition.reward[i])
+        terminated, truncated = bool(transition.terminated[i]), bool(transition.truncated[i])
+        failed = bool(transition.failed[i])
+        episode.total_reward += reward
+        episode.flights = int(transition.flights[i])
+        episode.terminated, episode.truncated = terminated, truncated
+        episode.finished = terminated or truncated
+        rows = transition.rows[i, :n_flown]
         if n_flown:
-            group.last_row[i] = rows[-1, :NUM_FEATURES].tolist()
+            episode.last_row = rows[-1, :NUM_FEATURES].tolist()
+        repairs = int(transition.repairs[i])
         info = {
-            "step": group.flights[i],
-            "episode_id": episode_id,
-            "total_reward": group.total_reward[i],
+            "step": episode.flights,
+            "episode_id": episode.episode_id,
+            "total_reward": episode.total_reward,
             "failed": failed,
-            "repairs": int(tr.repairs[i]),
+            "repairs": repairs,
         }
         if terminated:
             info["reason"] = "failure" if failed else "sold"
         elif truncated:
             info["reason"] = "time limit"
-        if group.finished[i]:
-            kept = self.finished.setdefault(token, deque(maxlen=self.limits.scored_episodes_per_token))
-            kept.append(FinishedEpisode.now(group.total_reward[i], int(tr.repairs[i]), group.flights[i], failed))
+        if episode.finished:
+            self._record_finished(token, FinishedEpisode.now(episode.total_reward, repairs, episode.flights, failed))
         if self.expose_health:
             info |= _health_info(privileged, i, rows[:, NUM_FEATURES].tolist())
         return {
@@ -374,19 +440,22 @@ class ServerState:
         }
 
     def episode_info(self, token: str, episode_id: str) -> dict[str, Any]:
-        group, i = self.locate(token, episode_id)
-        return {
-            "episode_id": episode_id,
-            "vectorized_group_id": group.group_id,
-            "step": group.flights[i],
-            "terminated": group.terminated[i],
-            "truncated": group.truncated[i],
-            "total_reward": group.total_reward[i],
-            "max_steps_per_episode": group.max_flights,
-            "step_counter": group.step_counter[i],
-            "reset_counter": group.reset_counter[i],
-            "observation": group.last_row[i],
-        }
+        """Where an episode stands, read under its group's lock (never half a step)."""
+        ((group, i),) = self._locate(token, [episode_id])
+        with self._holding([group]):
+            episode = group.episodes[i]
+            return {
+                "episode_id": episode_id,
+                "vectorized_group_id": group.group_id,
+                "step": episode.flights,
+                "terminated": episode.terminated,
+                "truncated": episode.truncated,
+                "total_reward": episode.total_reward,
+                "max_steps_per_episode": group.max_flights,
+                "step_counter": episode.step_counter,
+                "reset_counter": episode.reset_counter,
+                "observation": list(episode.last_row),
+            }
 
 
 def _replay(kind: str, episode_id: str, counter: int | None, last: int, stored: Any, request: Any = None) -> Any:
