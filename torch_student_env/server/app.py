@@ -263,7 +263,9 @@ def create_app(
             value = getattr(body, name)
             if value is not None and len(value) != n:
                 raise ServerError(422, f"{name} has {len(value)} entries for {n} episode_ids")
-        obs, infos = state.reset(token, body.episode_ids, body.seeds or [None] * n, body.env_indices, body.reset_counters)
+        obs, infos = state.reset(
+            token, body.episode_ids, body.seeds or [None] * n, body.env_indices, body.reset_counters
+        )
         return {"observations": obs, "infos": infos}
 
     @app.post("/api/v1/episode/vectorized_step")

@@ -284,7 +284,9 @@ class ServerState:
                     by_group.setdefault(group.group_id, []).append(j)
             for js in by_group.values():
                 group = located[js[0]][0]
-                seeded = {located[j][1]: (seeds[j], env_indices[j] if env_indices else 0) for j in js if seeds[j] is not None}
+                seeded = {
+                    located[j][1]: (seeds[j], env_indices[j] if env_indices else 0) for j in js if seeds[j] is not None
+                }
                 restarted = self._restart(group, [located[j][1] for j in js], seeded)
                 for j in js:
                     episode = group.episodes[located[j][1]]
@@ -371,7 +373,9 @@ class ServerState:
         transition = group.backend.advance(actions, active, step_size)
         privileged = group.backend.privileged()
         n_flown = transition.row_flown.sum(dim=1).tolist()
-        answers = [self._step_result(token, group, i, bool(active[i]), transition, n_flown[i], privileged) for i, _ in items]
+        answers = [
+            self._step_result(token, group, i, bool(active[i]), transition, n_flown[i], privileged) for i, _ in items
+        ]
         # reset_if_done: the step and the next episode's start are one exactly-once unit
         ended = [i for i, a in items if a.get("reset_if_done") and bool(active[i]) and group.episodes[i].finished]
         restarted = self._restart(group, ended) if ended else {}
