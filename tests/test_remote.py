@@ -206,7 +206,7 @@ def test_one_token_holds_a_bounded_number_of_engines():
         sid = _post(url, "/session/create").json()["session_id"]
         body = {"num_envs": 3}
         refused = _post(url, "/vectorized/episodes/create", headers={"Session-ID": sid}, json=body)
-        assert refused.status_code == 429 and "would hold 7 envs (limit 6)" in refused.json()["detail"]
+        assert refused.status_code == 409 and "would hold 7 envs (limit 6)" in refused.json()["detail"]
         assert len(app.state.server.episodes) == 4 and app.state.server.sessions[sid].envs == 0
         _group(url, 6, TOKEN_B)  # another token has its own budget
         assert requests.delete(f"{url}{API}/session/{first}", headers={"User-Token": TOKEN_A}, timeout=10).ok
@@ -267,6 +267,19 @@ def test_a_long_step_never_stalls_other_groups_or_tokens():
             release.set()
             held.join(30)
         assert answer["r"].status_code == 200 and answer["r"].json()["infos"][0]["step"] == 10
+
+
+def test_integers_written_as_integral_floats_are_integers(server_url):
+    """JSON Schema counts 41.0 as an integer, so the server does too; 2.5, "2" and true stay refused."""
+    _, ids = _group(server_url, 1)
+    _post(server_url, "/episode/vectorized_reset", json={"episode_ids": ids, "seeds": [5.0], "env_indices": [0.0]})
+    step = {"episode_actions": [{"episode_id": ids[0], "action": 0.0, "step_size": 7.0}]}
+    body = _post(server_url, "/episode/vectorized_step", json=step).json()
+    assert len(body["observations"][0]) == 7 and body["infos"][0]["step"] == 7
+    for bad in (2.5, "2", True):
+        step["episode_actions"][0]["action"] = bad
+        assert _post(server_url, "/episode/vectorized_step", json=step).status_code == 422
+    assert _get(server_url, f"/episode/{ids[0]}").json()["step"] == 7
 
 
 def test_malformed_and_oversized_bodies_then_server_still_serves(server_url):

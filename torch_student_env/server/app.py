@@ -15,11 +15,14 @@ require("fastapi", "server")
 
 from fastapi import Depends, FastAPI, Header, Query, Request  # noqa: E402
 from fastapi.exceptions import RequestValidationError  # noqa: E402
+from fastapi.openapi.utils import get_openapi  # noqa: E402
 from fastapi.responses import HTMLResponse, JSONResponse  # noqa: E402
-from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema  # noqa: E402
 
+from torch_student_env.config import MAX_ENV_OFFSET, MAX_SEED  # noqa: E402
 from torch_student_env.server.state import Limits, ServerError, ServerState  # noqa: E402
 from torch_student_env.sim.params import SimParams  # noqa: E402
+from torch_student_env.spec import MAX_STEP_SIZE  # noqa: E402
 
 log = logging.getLogger("torch_student_env.server")
 # The newest client's CLIENT_VERSION (student_client 1.0.1 reports "0.4"): the client compares it
@@ -27,6 +30,38 @@ log = logging.getLogger("torch_student_env.server")
 PROTOCOL_VERSION = "0.4"
 FEATURES = ["step_counter", "reset_counter", "env_indices", "step_resets", "session_delete", "score", "leaderboard"]
 DEFAULT_TOKEN = "student_user"  # the seed client's default token
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema's integers include 41.0: take an integral float as the int it is.
+
+    Everything else goes on to the strict int check, so `"41"`, `true` and 41.5 stay refused.
+    """
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+_DEFAULT = Limits()
+
+
+# Every integer is bounded before any state changes: seeds and indices become int64 tensors.
+def _int(low: int, high: int) -> Any:
+    """An int field bounded to [low, high] that also takes an integral float."""
+    # The published bounds are set exactly: derived through the validator they would be floats,
+    # and 2**63 - 1 as a float is 2**63.
+    exact = WithJsonSchema({"type": "integer", "minimum": low, "maximum": high})
+    return Annotated[int, Field(ge=low, le=high), BeforeValidator(_integral), exact]
+
+
+Action = _int(0, 2)
+StepSize = _int(1, MAX_STEP_SIZE)
+Seed = _int(0, MAX_SEED)
+EnvIndex = _int(0, MAX_ENV_OFFSET)
+Counter = _int(1, 2**62)
+# Ids are the server's own hex strings; a bounded length keeps a request's size predictable.
+EpisodeId = Annotated[str, Field(max_length=64)]
+Batch = Field(min_length=1, max_length=_DEFAULT.max_envs_per_request)
 
 
 class _Body(BaseModel):
@@ -38,52 +73,114 @@ class EnvConfigBody(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="ignore")
     env_type: str = "DegradationEnv"
-    max_steps_per_episode: int = Field(1000, ge=1)
+    max_steps_per_episode: _int(1, _DEFAULT.max_flights) = 1000
     auto_reset: bool = True
-    step_size: int = Field(10, ge=1, le=50)
+    step_size: StepSize = 10
 
 
 class VectorizedCreate(_Body):
     env_config: EnvConfigBody = EnvConfigBody()
-    num_envs: int = Field(ge=1)
-
-
-# Every integer is bounded before any state changes: seeds and indices become int64 tensors.
-Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
-EnvIndex = Annotated[int, Field(ge=0, le=2**31 - 1)]
-Counter = Annotated[int, Field(ge=1, le=2**62)]
+    num_envs: _int(1, _DEFAULT.max_envs_per_request)
 
 
 class VectorizedReset(_Body):
-    episode_ids: list[str] = Field(min_length=1)
+    episode_ids: list[EpisodeId] = Field(
+        min_length=1, max_length=_DEFAULT.max_envs_per_request, json_schema_extra={"uniqueItems": True}
+    )
     seeds: list[Seed | None] | None = None
     env_indices: list[EnvIndex] | None = None
     reset_counters: list[Counter] | None = None
 
 
 class EpisodeAction(_Body):
-    episode_id: str
-    action: int = Field(ge=0, le=2)
-    step_size: int = Field(10, ge=1, le=50)
+    episode_id: EpisodeId
+    action: Action
+    step_size: StepSize = 10
     return_all_states: bool = True
     step_counter: Counter | None = None
     reset_if_done: bool = False  # start the next episode in this request if this step ends one
 
 
 class VectorizedStep(_Body):
-    episode_actions: list[EpisodeAction] = Field(min_length=1)
+    episode_actions: list[EpisodeAction] = Field(min_length=1, max_length=_DEFAULT.max_envs_per_request)
 
 
 class SingleReset(_Body):
-    episode_id: str
+    episode_id: EpisodeId
     seed: Seed | None = None
 
 
 class SingleStep(_Body):
-    episode_id: str
-    action: int = Field(ge=0, le=2)
-    step_size: int = Field(10, ge=1, le=50)
+    episode_id: EpisodeId
+    action: Action
+    step_size: StepSize = 10
     return_all_states: bool = True
+
+
+class Rejected(BaseModel):
+    """Every error answer: `detail` says what was wrong, naming the value."""
+
+    detail: str
+
+
+class InvalidField(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Invalid(BaseModel):
+    """422: a list naming each field that failed validation, or a string for rules that span
+    fields (list lengths that differ, an episode listed twice)."""
+
+    detail: str | list[InvalidField]
+
+
+_WHY = {
+    400: (Rejected, "a body that is not JSON"),
+    401: (Rejected, "missing or unknown User-Token"),
+    404: (Rejected, "session, episode or user not found (or another token's)"),
+    409: (
+        Rejected,
+        "conflicts with the current state: counter out of sequence, episode never reset, "
+        "session or token at its engine limit",
+    ),  # fmt: skip
+    413: (Rejected, "request body over the size limit"),
+    422: (Invalid, "invalid request"),
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a route: the error answers it can give, each a JSON body."""
+    return {
+        code: {
+            "description": why,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+        }
+        for code, (model, why) in ((c, _WHY[c]) for c in codes)
+    }
+
+
+def _exact_openapi(app: FastAPI, models: list[type[BaseModel]]) -> None:
+    """Publish the models' schemas exactly as pydantic writes them.
+
+    FastAPI passes schemas through its own OpenAPI model, which stores bounds as floats: the
+    seed's maximum 2**63 - 1 would be published as 2**63, a value the server refuses.
+    """
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                exact = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                for name, nested in exact.pop("$defs", {}).items():
+                    components[name] = nested
+                components[model.__name__] = exact
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def load_tokens(tokens_file: str | Path | None = None) -> dict[str, str]:
@@ -129,7 +226,7 @@ def _user(request: Request, user_token: Annotated[str | None, Header(alias="User
 
 
 Token = Annotated[str, Depends(_user)]
-SessionHeader = Annotated[str | None, Header(alias="Session-ID")]
+SessionHeader = Annotated[str, Header(alias="Session-ID", min_length=1, max_length=64)]
 
 
 class _BodyTooLarge(Exception):
@@ -216,6 +313,8 @@ def create_app(
     app.state.server = state
     app.state.tokens = tokens
 
+    _exact_openapi(app, [EnvConfigBody, VectorizedCreate, VectorizedReset, VectorizedStep, SingleReset, SingleStep,
+                         Rejected, Invalid])  # fmt: skip
     app.add_middleware(GuardBodies, limit=state.limits.max_body_bytes, tokens=app.state.tokens)
 
     @app.exception_handler(ServerError)
@@ -234,29 +333,29 @@ def create_app(
     def version() -> dict:
         return {"latest_version": PROTOCOL_VERSION, "server": "torch_student_env", "features": FEATURES}
 
-    @app.post("/api/v1/session/create")
+    @app.post("/api/v1/session/create", responses=_errors(401))
     def create_session(token: Token) -> dict:
         return {"session_id": state.create_session(token)}
 
-    @app.delete("/api/v1/session/{session_id}")
+    @app.delete("/api/v1/session/{session_id}", responses=_errors(401, 404))
     def delete_session(session_id: str, token: Token) -> dict:
         state.close_session(token, session_id)
         return {"session_id": session_id, "deleted": True}
 
-    @app.post("/api/v1/vectorized/episodes/create")
-    def create_vectorized(body: VectorizedCreate, token: Token, session_id: SessionHeader = None) -> dict:
+    @app.post("/api/v1/vectorized/episodes/create", responses=_errors(400, 401, 404, 409, 413, 422))
+    def create_vectorized(body: VectorizedCreate, token: Token, session_id: SessionHeader) -> dict:
         config = body.env_config
         group = state.create_group(token, session_id, body.num_envs, config.max_steps_per_episode, config.auto_reset)
         return {"episode_ids": group.episode_ids, "vectorized_group_id": group.group_id}
 
-    @app.post("/api/v1/episode/create")
-    def create_episode(body: EnvConfigBody, token: Token, session_id: SessionHeader = None) -> dict:
+    @app.post("/api/v1/episode/create", responses=_errors(400, 401, 404, 409, 413, 422))
+    def create_episode(body: EnvConfigBody, token: Token, session_id: SessionHeader) -> dict:
         """One episode, already reset: the single-env client reads `initial_observation`."""
         group = state.create_group(token, session_id, 1, body.max_steps_per_episode, body.auto_reset)
         (row, info) = state.start_episodes(group, [0])[0]
         return {"episode_id": group.episode_ids[0], "initial_observation": row, "info": info}
 
-    @app.post("/api/v1/episode/vectorized_reset")
+    @app.post("/api/v1/episode/vectorized_reset", responses=_errors(400, 401, 404, 409, 413, 422))
     def vectorized_reset(body: VectorizedReset, token: Token) -> dict:
         n = len(body.episode_ids)
         for name in ("seeds", "env_indices", "reset_counters"):
@@ -268,7 +367,7 @@ def create_app(
         )
         return {"observations": obs, "infos": infos}
 
-    @app.post("/api/v1/episode/vectorized_step")
+    @app.post("/api/v1/episode/vectorized_step", responses=_errors(400, 401, 404, 409, 413, 422))
     def vectorized_step(body: VectorizedStep, token: Token) -> dict:
         results = state.step(token, [a.model_dump() for a in body.episode_actions])
         return {
@@ -283,12 +382,12 @@ def create_app(
             "resets": [r.get("reset") for r in results],
         }
 
-    @app.post("/api/v1/episode/reset")
+    @app.post("/api/v1/episode/reset", responses=_errors(400, 401, 404, 413, 422))
     def reset_episode(body: SingleReset, token: Token) -> dict:
         obs, infos = state.reset(token, [body.episode_id], [body.seed], None, None)
         return {"observation": obs[0], "info": infos[0]}
 
-    @app.post("/api/v1/episode/step")
+    @app.post("/api/v1/episode/step", responses=_errors(400, 401, 404, 409, 413, 422))
     def step_episode(body: SingleStep, token: Token) -> dict:
         (r,) = state.step(token, [body.model_dump()])
         return {
@@ -300,17 +399,17 @@ def create_app(
             "info": r["info"],
         }
 
-    @app.get("/api/v1/episode/{episode_id}")
+    @app.get("/api/v1/episode/{episode_id}", responses=_errors(401, 404, 422))
     def episode_info(episode_id: str, token: Token) -> dict:
         return state.episode_info(token, episode_id)
 
-    @app.get("/api/v1/episode/{episode_id}/state/latest")
+    @app.get("/api/v1/episode/{episode_id}/state/latest", responses=_errors(401, 404, 422))
     def latest_state(episode_id: str, token: Token) -> dict:
         info = state.episode_info(token, episode_id)
         keys = ("episode_id", "step", "terminated", "truncated", "total_reward", "observation")
         return {k: info[k] for k in keys}
 
-    @app.get("/api/v1/user/{user_token}/score")
+    @app.get("/api/v1/user/{user_token}/score", responses=_errors(404, 422))
     def user_score(user_token: str, limit: int = Query(100, ge=1, le=state.limits.scored_episodes_per_token)) -> dict:
         """The challenge's leaderboard metrics over the token's last `limit` finished episodes.
 
@@ -321,7 +420,7 @@ def create_app(
             raise ServerError(404, "unknown user")
         return {"metrics": state.score(user_token, limit), "limit": limit}
 
-    @app.get("/leaderboard", response_class=HTMLResponse)
+    @app.get("/leaderboard", response_class=HTMLResponse, responses=_errors(422))
     def leaderboard(limit: int = Query(100, ge=1, le=state.limits.scored_episodes_per_token)) -> str:
         """Every token's score under its display name (never the token), best total first."""
         scores = [(app.state.tokens[t], state.score(t, limit)) for t in state.scored_tokens()]

@@ -165,12 +165,12 @@ class ServerState:
             session = self._session(token, session_id)
             if session.envs + num_envs > limits.max_envs_per_session:
                 raise ServerError(
-                    422, f"session would hold {session.envs + num_envs} envs (limit {limits.max_envs_per_session})"
+                    409, f"session would hold {session.envs + num_envs} envs (limit {limits.max_envs_per_session})"
                 )
             held = sum(s.envs for s in self.sessions.values() if s.token == token)
             if held + num_envs > limits.max_envs_per_token:
                 raise ServerError(
-                    429,
+                    409,
                     f"this token would hold {held + num_envs} envs (limit {limits.max_envs_per_token}): "
                     "release a session with DELETE /api/v1/session/{session_id}",
                 )
