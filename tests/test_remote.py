@@ -414,6 +414,22 @@ def test_step_and_its_auto_reset_are_one_exactly_once_unit(plan):
         assert info["reset_counter"] == 2 and info["step"] == 30  # reset once by the step, then 3 steps
 
 
+@pytest.mark.parametrize("path", ["/session/create", "/vectorized/episodes/create"])
+def test_a_transient_failure_while_creating_is_retried(path):
+    """A 503 at start-up does not end the run: creates are retried (an orphan they might leave is
+    bounded by the server's limits), and the env then matches its twin."""
+    app = create_app(tokens={TOKEN_A})
+    faults = Faults(path, ["503-before", "503-before"])
+    faults.install(app)
+    with running_server(app) as url:
+        env = make_env(num_envs=2, seed=9, backend="remote", server_url=url, user_token=TOKEN_A, backoff=0.01)
+        assert not faults.plan  # both failures were met, and retried
+        twin = make_env(num_envs=2, seed=9)
+        assert (env.reset() == twin.reset()).all()
+        assert (env.step([0, 2]) == twin.step([0, 2])).all()
+        env.close()
+
+
 def test_server_without_step_counters_never_retries_steps():
     app = create_app(tokens={TOKEN_A})
     faults = Faults("/episode/vectorized_step", ["503-before"])

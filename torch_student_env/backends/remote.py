@@ -1,7 +1,7 @@
 """The challenge's HTTP protocol as a backend: ragged JSON rows in, the same fixed window out.
 
 One keep-alive `requests.Session`. Idempotent requests (GETs, resets with counters, steps with
-counters) are retried with exponential backoff and jitter on connection errors, timeouts, 429,
+counters) and creates (whose orphans the server bounds) are retried with exponential backoff and jitter on connection errors, timeouts, 429,
 5xx and responses that are not JSON. Steps are idempotent only against a server that advertises
 `step_counter` in `/api/v1/version` (our reference server does). Against any other server a
 failed step raises `StepNotRetried`, naming the episode ids, so the run can be resumed
@@ -100,7 +100,11 @@ class RemoteBackend:
             log.warning("server %s has no step counters: failed steps will raise instead of retrying", self.server_url)
         # A session this backend opened is released by close(); one it was given is the caller's.
         self._owns_session = session_id is None
-        self.session_id = session_id or self._request("POST", "/api/v1/session/create", idempotent=False)["session_id"]
+        # Creates are retried although a retry may leave an orphan behind (a session whose answer
+        # was lost, or a group in our session): orphans are bounded by the server's per-token
+        # limits and released with the session or by its TTL, while a transient 503 at start-up
+        # would otherwise end a training run before its first step.
+        self.session_id = session_id or self._request("POST", "/api/v1/session/create", idempotent=True)["session_id"]
         if episode_ids is None:
             body = {
                 "num_envs": self.num_envs,
@@ -111,7 +115,7 @@ class RemoteBackend:
                     "auto_reset": False,
                 },
             }
-            created = self._request("POST", "/api/v1/vectorized/episodes/create", body, idempotent=False, session=True)
+            created = self._request("POST", "/api/v1/vectorized/episodes/create", body, idempotent=True, session=True)
             episode_ids = created["episode_ids"]
             self._counters = np.zeros((2, self.num_envs), dtype=np.int64)  # step, reset counters
         else:

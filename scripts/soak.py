@@ -1,0 +1,208 @@
+"""Soak test: K client processes step a local reference server for T seconds, each checked
+step by step against a local twin.
+
+    python scripts/soak.py --clients 8 --seconds 60
+    python scripts/soak.py --clients 32 --seconds 60 --json soak32.json
+
+The server runs in its own process on 127.0.0.1 (a free port), so its memory is measured alone.
+Each client owns a token and `make_env(backend="remote", seed=S)`, whose engines the server keys
+as the embedded env's (`env_indices`), so a local `make_env(seed=S)` given the same actions must
+return the same TensorDict at every step. Any difference is a mismatch; any exception is an
+error and stops that client (its twin can no longer follow). Actions are random, with repairs
+and sales, so episodes end and auto-reset all the time.
+
+Prints latency percentiles, steps/s, the server's RSS before and after, mismatches and errors,
+lost steps (the server's per-episode step counter against the client's count), and exits 1 if
+any mismatch, lost step or error was seen. Needs the [server] extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rss_mib(pid: int) -> float | None:
+    """Resident memory of a process from /proc (Linux); None elsewhere."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _client(k: int, url: str, args: argparse.Namespace, ready, start, results, progress) -> None:
+    """One client process: remote env and local twin stepped with the same random actions."""
+    import torch
+
+    from torch_student_env import make_env
+
+    torch.set_num_threads(1)
+    seed = args.seed + k
+    common = dict(num_envs=args.envs, seed=seed, step_size=args.step_size)
+    remote = make_env(backend="remote", server_url=url, user_token=f"soak-{k}", timeout=args.timeout, **common)
+    twin = make_env(**common)
+    rng = torch.Generator().manual_seed(seed)
+    probs = torch.tensor([0.9, 0.05, 0.05])  # fly, repair, sell: episodes end every ~20 steps
+    latencies, mismatches, error = [], 0, None
+    with ready.get_lock():
+        ready.value += 1
+    start.wait()
+    began = time.monotonic()
+    deadline = began + args.seconds
+    try:
+        first = remote.reset()
+        mismatches += int(not bool((first == twin.reset()).all()))
+        while time.monotonic() < deadline:
+            actions = torch.multinomial(probs, args.envs, replacement=True, generator=rng)
+            t0 = time.perf_counter()
+            td = remote.step(actions)
+            latencies.append(time.perf_counter() - t0)
+            mismatches += int(not bool((td == twin.step(actions)).all()))
+            with progress.get_lock():
+                progress.value += 1
+        lost = _lost_steps(url, f"soak-{k}", remote.backend.episode_ids, len(latencies))
+    except Exception as err:  # noqa: BLE001 - counted and reported, the soak goes on for the others
+        error, lost = f"{type(err).__name__}: {err}", None
+    finally:
+        remote.close()
+    elapsed = time.monotonic() - began
+    report = {"client": k, "latencies": latencies, "mismatches": mismatches, "error": error, "lost": lost}
+    results.put(report | {"elapsed": elapsed})
+
+
+def _lost_steps(url: str, token: str, episode_ids: list[str], steps: int) -> int:
+    """Steps the client took that the server did not apply exactly once, summed over episodes.
+
+    Every env of the client is stepped at every step (auto-reset keeps the episode id), so each
+    episode's `step_counter` on the server must equal the client's number of steps.
+    """
+    counters = [
+        requests.get(f"{url}/api/v1/episode/{e}", headers={"User-Token": token}, timeout=30).json()["step_counter"]
+        for e in episode_ids
+    ]
+    return sum(abs(c - steps) for c in counters)
+
+
+def _start_server(port: int, tokens: list[str]) -> subprocess.Popen:
+    env = dict(os.environ, STUDENT_ENV_TOKENS=",".join(tokens))
+    command = [sys.executable, "-m", "torch_student_env.server", "--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/api/v1/version", timeout=1).ok:
+                return server
+        except requests.ConnectionError:
+            time.sleep(0.2)  # polling the server's start, not timing anything
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited: {server.stderr.read().decode()[-2000:]}")
+    server.kill()
+    raise RuntimeError("the server did not start within 60 s")
+
+
+_QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999))
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def soak(args: argparse.Namespace) -> dict:
+    """Run the soak and return its figures."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = _start_server(port, [f"soak-{k}" for k in range(args.clients)])
+    try:
+        rss_before = _rss_mib(server.pid)
+        ctx = mp.get_context("spawn")
+        ready, start, results, progress = ctx.Value("l", 0), ctx.Event(), ctx.Queue(), ctx.Value("l", 0)
+        procs = [
+            ctx.Process(target=_client, args=(k, url, args, ready, start, results, progress))
+            for k in range(args.clients)
+        ]
+        for p in procs:
+            p.start()
+        print(f"{args.clients} clients starting (each imports torch and builds its envs) ...", flush=True)
+        while ready.value < args.clients:  # the clock starts when every client is ready
+            if not all(p.is_alive() for p in procs):
+                raise RuntimeError("a client process died before the start")
+            time.sleep(0.1)
+        start.set()
+        t0 = time.monotonic()
+        while (left := args.seconds - (time.monotonic() - t0)) > 0:
+            time.sleep(min(5.0, left))
+            elapsed = time.monotonic() - t0
+            print(f"  {elapsed:5.0f} s  {progress.value:,} steps  server RSS {_rss_mib(server.pid) or 0:.0f} MiB")
+        reports = [results.get(timeout=args.seconds + 120) for _ in procs]
+        for p in procs:
+            p.join(timeout=30)
+        rss_after = _rss_mib(server.pid)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    latencies = [x for r in reports for x in r["latencies"]]
+    steps = len(latencies)
+    steps_per_s = sum(len(r["latencies"]) / r["elapsed"] for r in reports if r["elapsed"] > 0)
+    return {
+        "clients": args.clients,
+        "envs_per_client": args.envs,
+        "step_size": args.step_size,
+        "seconds": args.seconds,
+        "steps": steps,
+        "steps_per_s": round(steps_per_s, 1),
+        "env_steps_per_s": round(steps_per_s * args.envs, 1),
+        "latency_ms": {name: round(1e3 * _percentile(latencies, q), 2) for name, q in _QUANTILES}
+        | {"max": round(1e3 * max(latencies, default=float("nan")), 2)},
+        "server_rss_mib": {"before": _round(rss_before), "after": _round(rss_after)},
+        "mismatches": sum(r["mismatches"] for r in reports),
+        "lost_steps": sum(r["lost"] or 0 for r in reports),
+        "errors": [f"client {r['client']}: {r['error']}" for r in reports if r["error"]],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=8, help="client processes (K)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="how long they step (T)")
+    parser.add_argument("--envs", type=int, default=4, help="engines per client")
+    parser.add_argument("--step-size", type=int, default=10)
+    parser.add_argument("--timeout", type=float, default=30.0, help="each remote call's deadline (s)")
+    parser.add_argument("--seed", type=int, default=1000)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    if not 1 <= args.clients <= 256:
+        parser.error(f"--clients must be in [1, 256], got {args.clients}")
+    if args.seconds <= 0:
+        parser.error(f"--seconds must be positive, got {args.seconds}")
+    figures = soak(args)
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return 1 if figures["mismatches"] or figures["lost_steps"] or figures["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
