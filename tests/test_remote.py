@@ -691,3 +691,21 @@ def test_malformed_step_answer_is_a_protocol_error_not_a_key_error(server_url):
         env.reset()
         with pytest.raises(ProtocolError, match="does not follow the protocol"):
             env.step([0])
+
+
+def test_soak_script_checks_every_step_against_a_twin(tmp_path):
+    """scripts/soak.py end to end, shortly: steps happen, and none is lost or differs."""
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "soak.py"
+    out = tmp_path / "soak.json"
+    command = [sys.executable, str(script), "--clients", "2", "--seconds", "1.5", "--envs", "3", "--step-size", "5"]
+    run = subprocess.run([*command, "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert figures["steps"] > 0 and figures["mismatches"] == 0 and figures["lost_steps"] == 0
+    assert figures["errors"] == [] and figures["clients"] == 2
+    latency = figures["latency_ms"]
+    assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]

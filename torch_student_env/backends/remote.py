@@ -1,12 +1,12 @@
 """The challenge's HTTP protocol as a backend: ragged JSON rows in, the same fixed window out.
 
 One keep-alive `requests.Session`. Idempotent requests (GETs, resets with counters, steps with
-counters) and creates (whose orphans the server bounds) are retried with exponential backoff and jitter on connection errors, timeouts, 429,
-5xx and responses that are not JSON. Steps are idempotent only against a server that advertises
-`step_counter` in `/api/v1/version` (our reference server does). Against any other server a
-failed step raises `StepNotRetried`, naming the episode ids, so the run can be resumed
-(`make_env(backend="remote", episode_ids=..., session_id=...)`). Errors are never turned into
-fake terminations.
+counters) and creates (whose orphans the server bounds) are retried with exponential backoff
+and jitter on connection errors, timeouts, 429, 5xx and responses that are not JSON. Steps are
+idempotent only against a server that advertises `step_counter` in `/api/v1/version` (our
+reference server does). Against any other server a failed step raises `StepNotRetried`,
+naming the episode ids, so the run can be resumed (`make_env(backend="remote",
+episode_ids=..., session_id=...)`). Errors are never turned into fake terminations.
 """
 
 from __future__ import annotations
