@@ -99,4 +99,4 @@ def test_registered_for_make_and_make_vec():
     obs, reward, terminated, truncated, info = single.step(2)  # a sale: one row, 150, the end
     assert reward == 150.0 and terminated and not truncated and info["valid"].sum() == 2
     obs, _ = single.reset()
-    assert info["flight"][-1] == 1 and single.unwrapped.env.backend._episode[0] == 1  # the next episode
+    assert info["flight"][-1] == 1 and single.unwrapped.env.backend.sim.episode[0] == 1  # the next episode

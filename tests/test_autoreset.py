@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import const_actions
+from helpers import const_actions
 
 from torch_student_env import Action
 

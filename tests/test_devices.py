@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import const_actions
+from helpers import const_actions
 
 from torch_student_env import Action, make_env, normalize_device
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import const_actions
+from helpers import const_actions
 
 from torch_student_env import FEATURE_NAMES, Action
 

@@ -1,13 +1,10 @@
-"""The compiled fast path equals eager, the RNG equals its unsigned reference, and step never syncs."""
+"""The compiled fast path equals eager (one graph, no recompiles) and is chosen for large batches only."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from torch_student_env import make_env
-from torch_student_env.sim import rng
-from torch_student_env.window import push_rows
 
 
 def test_fast_path_matches_eager():
@@ -16,7 +13,7 @@ def test_fast_path_matches_eager():
     graphs_before = counters["stats"]["unique_graphs"]
     eager = make_env(num_envs=48, seed=12, fast=False, privileged=True)
     fast = make_env(num_envs=48, seed=12, fast=True, privileged=True)
-    assert fast.config.fast and fast.backend.fast and not eager.backend.fast
+    assert fast.config.fast and not eager.config.fast
     a, b = eager.reset(), fast.reset()
     assert torch.allclose(a["observation"], b["observation"], rtol=1e-6)
     gen = torch.Generator().manual_seed(0)
@@ -57,39 +54,6 @@ def test_fast_path_windows_match_eager_across_frozen_engines_and_partial_resets(
     assert frozen_steps > 0  # some engines sat frozen with their final window
 
 
-@pytest.mark.parametrize("width, n_rows", [(10, 10), (4, 10), (16, 5), (1, 3)])
-def test_push_rows_matches_a_per_engine_reference(width, n_rows):
-    gen = torch.Generator().manual_seed(width * 100 + n_rows)
-    n = 50
-    window = torch.randint(0, 1000, (3, width, n), generator=gen)
-    rows = torch.randint(0, 1000, (3, n_rows, n), generator=gen)
-    n_new = torch.randint(0, n_rows + 1, (n,), generator=gen)
-    got = push_rows(window, rows, n_new)
-    for i in range(n):
-        joined = torch.cat((window[:, :, i], rows[:, : int(n_new[i]), i]), dim=1)
-        assert torch.equal(got[:, :, i], joined[:, -width:])
-
-
 def test_fast_path_is_automatic_only_for_large_batches():
     assert not make_env(num_envs=4).config.fast
     assert make_env(num_envs=8192).config.fast
-
-
-def _reference_mix32(x: int) -> int:
-    """The hash on unsigned Python ints, the definition the int32 tensors must reproduce."""
-    m = 0xFFFFFFFF
-    x ^= x >> 16
-    x = (x * 0x21F0AAAD) & m
-    x ^= x >> 15
-    x = (x * 0x735A2D97) & m
-    return x ^ (x >> 15)
-
-
-def test_int32_hash_matches_unsigned_reference():
-    values = [0, 1, 2, 12345, 0x7FFFFFFF, 0x80000000, 0xDEADBEEF, 0xFFFFFFFF]
-    got = rng.mix32(torch.tensor([rng.as_int32(v) for v in values], dtype=torch.int32))
-    assert [int(g) & 0xFFFFFFFF for g in got] == [_reference_mix32(v) for v in values]
-    u = rng.uniform24(rng.mix32(torch.arange(100_000, dtype=torch.int32)))
-    assert 0 < u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.005
-    z = torch.cat(rng.normal_pair(rng.mix32(torch.arange(100_000, dtype=torch.int32))))
-    assert abs(z.mean().item()) < 0.01 and abs(z.std().item() - 1) < 0.01

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_same_snapshot, snapshot
+from helpers import assert_same_snapshot, snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

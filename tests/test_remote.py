@@ -14,8 +14,8 @@ import torch
 pytest.importorskip("fastapi", reason="remote tests need the [server] extra")
 pytest.importorskip("uvicorn", reason="remote tests need the [server] extra")
 
-from conftest import TOKEN_A, TOKEN_B  # noqa: E402
 from fastapi.responses import JSONResponse, PlainTextResponse  # noqa: E402
+from helpers import TOKEN_A, TOKEN_B  # noqa: E402
 
 from torch_student_env import make_env  # noqa: E402
 from torch_student_env.backends.remote import (  # noqa: E402
@@ -241,14 +241,14 @@ def test_a_long_step_never_stalls_other_groups_or_tokens():
         _post(url, "/episode/vectorized_reset", json={"episode_ids": slow_ids})
         group = app.state.server.episodes[slow_ids[0]][1]
         entered, release = threading.Event(), threading.Event()
-        advance = group.backend.advance
+        transition = group.backend.transition
 
-        def held_advance(*args, **kwargs):
+        def held_transition(*args, **kwargs):
             entered.set()
             assert release.wait(30), "the test never released the held step"
-            return advance(*args, **kwargs)
+            return transition(*args, **kwargs)
 
-        group.backend.advance = held_advance
+        group.backend.transition = held_transition
         answer = {}
         step = {"episode_actions": [{"episode_id": e, "action": 0} for e in slow_ids]}
         held = threading.Thread(target=lambda: answer.update(r=_post(url, "/episode/vectorized_step", json=step)))

@@ -16,7 +16,7 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis", reason="schema tests need the [test] extra")
 pytest.importorskip("fastapi", reason="schema tests need the [server] extra")
 
-from conftest import TOKEN_A  # noqa: E402
+from helpers import TOKEN_A  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.checks import positive_data_acceptance  # noqa: E402
 from schemathesis.generation import GenerationMode  # noqa: E402

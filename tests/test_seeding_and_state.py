@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import assert_same_snapshot, const_actions, snapshot
+from helpers import assert_same_snapshot, const_actions, snapshot
 
 
 def _rollout(env, actions_fn, steps):

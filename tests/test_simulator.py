@@ -168,36 +168,6 @@ def test_calibration_baselines_ranked_on_1024_episodes(capsys):
     assert m["do_nothing"] > m["random"] + 4 * se
 
 
-@pytest.mark.parametrize(
-    "kwargs,error,message",
-    [
-        (dict(num_envs=0), ValueError, "num_envs must be >= 1, got 0"),
-        (dict(num_envs=2.0), TypeError, "num_envs must be an int"),
-        (dict(step_size=51), ValueError, "step_size must be in \\[1, 50\\], got 51"),
-        (dict(history=0), ValueError, "history must be in"),
-        (dict(seed=-1), ValueError, "seed must be in \\[0, 9223372036854775807\\], got -1"),
-        (dict(device="gpu7"), ValueError, "device must name a torch device"),
-        (dict(max_steps_per_episode=0), ValueError, "max_steps_per_episode"),
-        (dict(backend="cloud"), ValueError, "backend must be one of"),
-        (dict(server_url="http://127.0.0.1:1"), TypeError, "only apply to backend='remote'"),
-    ],
-)
-def test_config_errors_name_the_bad_value(kwargs, error, message):
-    with pytest.raises(error, match=message):
-        make_env(**kwargs)
-
-
-def test_sim_params_validation():
-    with pytest.raises(ValueError, match="dtamb_persistence must be in"):
-        dataclasses.replace(SimParams(), dtamb_persistence=1.0)
-    with pytest.raises(ValueError, match="7 values"):
-        dataclasses.replace(SimParams(), sensor_noise_std=(1.0,))
-    with pytest.raises(ValueError, match="wear_rate_after_repair needs 7 values"):
-        dataclasses.replace(SimParams(), wear_rate_after_repair=(0.01,))
-    with pytest.raises(ValueError, match="wear_rate_new must be > 0"):
-        dataclasses.replace(SimParams(), wear_rate_new=0.0)
-
-
 def test_sim_params_change_dynamics():
     """A custom SimParams reaches the simulator: a harsher failure reward shows in the rewards."""
     base = make_env(num_envs=64, seed=1)

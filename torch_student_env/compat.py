@@ -37,9 +37,8 @@ import torch
 
 from torch_student_env.leaderboard import FinishedEpisode, as_client_entry, score_metrics
 from torch_student_env.make import make_env
-from torch_student_env.spec import FEATURE_NAMES, MAX_STEP_SIZE, NUM_ACTIONS, NUM_FEATURES, Action
+from torch_student_env.spec import DEFAULT_TOKEN, FEATURE_NAMES, MAX_STEP_SIZE, NUM_ACTIONS, NUM_FEATURES, Action
 
-DEFAULT_TOKEN = "student_user"  # the client's default user token
 # Episodes finished through compat envs on the embedded simulator, per user token: what
 # `get_leaderboard_score` scores when no server is given.
 _FINISHED: dict[str, deque[FinishedEpisode]] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from numbers import Integral
 from typing import Any
@@ -19,11 +20,9 @@ from torch_student_env.config import (
     check_step_size,
     same_device,
 )
-from torch_student_env.sim.engine import ROW_WIDTH, Transition
-from torch_student_env.spec import NUM_ACTIONS, NUM_FEATURES, Action
+from torch_student_env.spec import HEALTH_COLUMN, NUM_ACTIONS, NUM_FEATURES, ROW_WIDTH, Action
+from torch_student_env.types import Transition
 from torch_student_env.window import push_rows
-
-_HEALTH_COLUMN = NUM_FEATURES  # the window buffer's 10th column: hidden health of each row
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,7 @@ def restart_episodes(buffers: EpisodeBuffers, mask: torch.Tensor, first_rows: to
 
 
 def window_step(
-    buffers: EpisodeBuffers, tr: Transition, first_rows: torch.Tensor | None
+    buffers: EpisodeBuffers, transition: Transition, first_rows: torch.Tensor | None
 ) -> tuple[EpisodeBuffers, dict[str, torch.Tensor]]:
     """The env's side of a step: push the flown rows, build the step outputs, restart the ended.
 
@@ -83,14 +82,14 @@ def window_step(
     ended engines instead. A pure function of tensors, so the fast path compiles it whole.
     """
     active = buffers.active
-    n_new = tr.row_flown.sum(1)
-    window = push_rows(buffers.window, tr.rows.permute(2, 1, 0), n_new)
-    window_flight = push_rows(buffers.window_flight.unsqueeze(0), tr.row_flight.T.unsqueeze(0), n_new)[0]
+    n_new = transition.row_flown.sum(1)
+    window = push_rows(buffers.window, transition.rows.permute(2, 1, 0), n_new)
+    window_flight = push_rows(buffers.window_flight.unsqueeze(0), transition.row_flight.T.unsqueeze(0), n_new)[0]
     # Frozen engines (auto_reset=False) repeat their final flags with zero reward.
-    terminated = torch.where(active, tr.terminated, buffers.last_terminated)
-    truncated = torch.where(active, tr.truncated, buffers.last_truncated)
-    reward = torch.where(active, tr.reward, 0.0)
-    ended = tr.ended(active)  # finished in this call
+    terminated = torch.where(active, transition.terminated, buffers.last_terminated)
+    truncated = torch.where(active, transition.truncated, buffers.last_truncated)
+    reward = torch.where(active, transition.reward, 0.0)
+    ended = transition.ended(active)  # finished in this call
     return_so_far = buffers.return_so_far + reward
     out = {
         "reward": reward,
@@ -101,9 +100,9 @@ def window_step(
         "final_valid": (ended & (window_flight >= 0)).T,
         "final_flight": torch.where(ended, window_flight, -1).T,
         "episode_return": torch.where(ended, return_so_far, 0.0),
-        "episode_length": torch.where(ended, tr.flights, 0),
-        "episode_repairs": torch.where(ended, tr.repairs, 0),
-        "episode_failed": ended & tr.failed,
+        "episode_length": torch.where(ended, transition.flights, 0),
+        "episode_repairs": torch.where(ended, transition.repairs, 0),
+        "episode_failed": ended & transition.failed,
     }
     buffers = EpisodeBuffers(
         window=window,
@@ -116,6 +115,39 @@ def window_step(
     if first_rows is not None:
         buffers = restart_episodes(buffers, ended, first_rows)
     return buffers, out
+
+
+StepFn = Callable[[EpisodeBuffers, torch.Tensor, int], tuple[EpisodeBuffers, dict[str, torch.Tensor]]]
+
+
+def compose_step(backend: Backend, auto_reset: bool, fast: bool) -> StepFn:
+    """The whole step, `(buffers, actions, step_size) -> (buffers, outputs)`: the backend's
+    transition (with the resets of ended engines when `auto_reset`), then `window_step`.
+
+    A backend with a pure kernel (the embedded simulator) is composed as one pure function of
+    tensors, compiled into one graph when `fast`: the simulator's state goes in and out
+    explicitly. Others (the remote backend) run their transition eagerly.
+    """
+    kernel = getattr(backend, "kernel", None)
+    if kernel is None:
+
+        def eager_step(buffers, actions, step_size):
+            transition, first_rows = backend.transition(actions, buffers.active, step_size, auto_reset)
+            return window_step(buffers, transition, first_rows)
+
+        return eager_step
+
+    def pure_step(sim, buffers, actions, step_size):
+        sim, transition, first_rows = kernel(sim, actions, buffers.active, step_size, auto_reset)
+        return (sim, *window_step(buffers, transition, first_rows))
+
+    graph = torch.compile(pure_step, dynamic=False) if fast else pure_step
+
+    def kernel_step(buffers, actions, step_size):
+        backend.sim, buffers, out = graph(backend.sim, buffers, actions, step_size)
+        return buffers, out
+
+    return kernel_step
 
 
 def _features(window: torch.Tensor) -> torch.Tensor:
@@ -163,7 +195,7 @@ class TorchStudentEnv:
         self.history = config.history
         self.device = config.device
         self._buffers = empty_buffers(self.num_envs, self.history, self.device)
-        # `step` hands `window_step` (the env's half) to the backend, which may compile both halves as one.
+        self._step = compose_step(backend, config.auto_reset, config.fast)
         self._seed = config.seed
         self._has_reset = False
 
@@ -204,12 +236,9 @@ class TorchStudentEnv:
         """
         if not self._has_reset:
             raise RuntimeError("call reset() before step()")
-        n_rows = self.step_size if step_size is None else check_step_size(step_size)
+        step_size = self.step_size if step_size is None else check_step_size(step_size)
         actions = self._as_actions(actions)
-
-        self._buffers, out = self.backend.step(
-            actions, self._buffers.active, n_rows, self.config.auto_reset, finish=window_step, carry=self._buffers
-        )
+        self._buffers, out = self._step(self._buffers, actions, step_size)
         return self._observation_td(out)
 
     def state_dict(self) -> dict[str, Any]:
@@ -271,7 +300,7 @@ class TorchStudentEnv:
         }
         if self.config.privileged:
             data.update(self.backend.privileged())
-            data["window_health"] = torch.where(valid, window[_HEALTH_COLUMN], 0.0).T
+            data["window_health"] = torch.where(valid, window[HEALTH_COLUMN], 0.0).T
         data.update(step_outputs or {})
         return TensorDict(data, batch_size=[self.num_envs], device=self.device)
 

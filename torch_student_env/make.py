@@ -61,7 +61,6 @@ def make_env(
             config.max_steps_per_episode,
             config.sim_params,
             config.seed,
-            fast=config.fast,
             env_offset=config.env_offset,
         )
     elif backend == "remote":

@@ -37,5 +37,10 @@ NUM_SENSORS = len(SENSOR_NAMES)
 NUM_FEATURES = len(FEATURE_NAMES)  # 9, the challenge's row width
 PHASE_COLUMN = FEATURE_NAMES.index("phase_type")
 DTAMB_COLUMN = FEATURE_NAMES.index("DTAMB")
+# Rows inside the library carry one more column after the 9 features: the flight's hidden
+# health (the env's `window_health`; zeros when a backend cannot see it).
+HEALTH_COLUMN = NUM_FEATURES
+ROW_WIDTH = NUM_FEATURES + 1
 
 MAX_STEP_SIZE = 50  # the challenge server's limit on flights per step
+DEFAULT_TOKEN = "student_user"  # the challenge client's default user token

@@ -1,24 +1,25 @@
-"""The `Backend` protocol: the transition only. The env owns windows, auto-reset and outputs."""
+"""The `Backend` protocol: engines and their transitions. The env owns windows, auto-reset,
+outputs, the order of a step and its compilation."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import torch
 
-from torch_student_env.sim.engine import Transition
-
-C = TypeVar("C")  # what the env carries through `finish`
-R = TypeVar("R")
-Finish = Callable[[C, Transition, "torch.Tensor | None"], R]  # the env's half of a step
+from torch_student_env.types import Transition
 
 
 class Backend(Protocol):
     """Something that simulates N engines: the embedded simulator or a remote server.
 
-    Rows are `(.., 10)` float32: the 9 challenge features and the flight's hidden health (zeros
-    when the backend cannot see it). All tensors live on `device` and cover all N engines.
+    Rows are `(.., spec.ROW_WIDTH)` float32: the 9 challenge features and the flight's hidden
+    health (zeros when the backend cannot see it). All tensors live on `device` and cover all N
+    engines.
+
+    A backend may also offer a pure kernel (`LocalBackend.kernel` and its `sim` state): the
+    same transition as a function of tensors, which the env composes with its own half of the
+    step and compiles into one graph.
     """
 
     num_envs: int
@@ -37,23 +38,14 @@ class Backend(Protocol):
         Rows of engines outside `mask` are unspecified; their state is untouched.
         """
 
-    def advance(self, actions: torch.Tensor, active: torch.Tensor, n_rows: int) -> Transition:
-        """Apply actions (N,) to the `active` engines and fly up to `n_rows` flights."""
+    def transition(
+        self, actions: torch.Tensor, active: torch.Tensor, step_size: int, reset_ended: bool
+    ) -> tuple[Transition, torch.Tensor | None]:
+        """Apply actions (N,) to the `active` engines and fly up to `step_size` flights; with
+        `reset_ended`, also start the next episode of every engine that ended.
 
-    def step(
-        self,
-        actions: torch.Tensor,
-        active: torch.Tensor,
-        n_rows: int,
-        reset_ended: bool,
-        finish: Finish[C, R],
-        carry: C,
-    ) -> R:
-        """`advance`, then (if `reset_ended`) `reset` the engines whose episode ended, then finish.
-
-        Returns `finish(carry, transition, first_rows)`, where `first_rows` (N, 10) are the fresh
-        episodes' rows (None without `reset_ended`). The env passes its own half of the step as
-        `finish`, so that a compiling backend can fuse both halves into one graph.
+        Returns the transition and the fresh episodes' first rows (N, 10) (meaningful where an
+        engine ended; None without `reset_ended`).
         """
 
     def privileged(self) -> dict[str, torch.Tensor]:

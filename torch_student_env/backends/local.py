@@ -2,56 +2,65 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 
-from torch_student_env.backends.base import C, Finish, R
 from torch_student_env.config import check_seed, check_state_keys, check_state_tensor
 from torch_student_env.sim import rng
-from torch_student_env.sim.engine import EngineState, SimTables, Transition, advance, restart_engines, sim_step
+from torch_student_env.sim.engine import EngineState, SimTables, restart_engines, sim_step
 from torch_student_env.sim.params import SimParams
+from torch_student_env.types import Transition
+
+
+@dataclass(frozen=True)
+class SimState:
+    """Everything of the simulator that changes, as tensors: what `LocalBackend.kernel` threads."""
+
+    engines: EngineState | None  # None before the first reset
+    env_key: torch.Tensor  # (N,) int32: hash of (seed, env index), roots each engine's episodes
+    episode: torch.Tensor  # (N,) int64: episodes started per engine (-1 before the first)
 
 
 class LocalBackend:
     """Runs `sim.engine` on `device`. Env i's episode k is keyed by hash(seed, i, k) alone.
 
-    `fast=True` runs a whole `step` (advance, the resets of ended engines and the env's half)
-    through `torch.compile` as one graph of fused loops. Outputs equal eager ones to float32
-    rounding (tests/test_fast_path.py).
+    `kernel` is the transition as a pure function of `SimState`; `transition` applies it to the
+    backend's own `sim`. The env composes the kernel with its half of a step (and compiles the
+    whole when `fast`).
     """
 
     def __init__(
         self,
         num_envs: int,
         device: torch.device,
-        max_flights: int,
+        max_steps_per_episode: int,
         params: SimParams,
         seed: int,
-        fast: bool = False,
         env_offset: int = 0,
     ) -> None:
         self.num_envs = num_envs
         self.device = device
-        self.max_flights = max_flights
+        self.max_steps_per_episode = max_steps_per_episode
         self.tables = SimTables(params, device)
-        self.fast = fast
         self.env_offset = env_offset
-        self._step_graphs: dict = {}  # finish function -> (compiled) sim_step + finish
-        self._state: EngineState | None = None
-        self.seed(seed)
+        self._seed = seed
+        self.sim = SimState(None, *self._keys(seed))
 
     def seed(self, seed: int) -> None:
-        """Restart every engine's episode counter under `seed` (the next reset is episode 0).
+        """Restart every engine's episode counter under `seed` (the next reset is episode 0)."""
+        self._seed = seed
+        self.sim = SimState(self.sim.engines, *self._keys(seed))
+
+    def _keys(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each engine's key and episode counter under `seed`.
 
         Engine i is keyed as engine `env_offset + i` of the seed: shards reproduce one big env.
         """
-        self._seed = seed
         env_index = self.env_offset + torch.arange(self.num_envs, device=self.device, dtype=torch.int64)
-        self._env_key = rng.fold(rng.seed_key(seed, self.device), env_index)  # (N,) int32
-        self._episode = torch.full((self.num_envs,), -1, dtype=torch.int64, device=self.device)
+        env_key = rng.fold(rng.seed_key(seed, self.device), env_index)  # (N,) int32
+        return env_key, torch.full((self.num_envs,), -1, dtype=torch.int64, device=self.device)
 
     def seed_engines(self, mask: torch.Tensor, seeds: torch.Tensor, env_indices: torch.Tensor) -> None:
         """Re-key the masked engines as engine `env_indices[i]` of root seed `seeds[i]`.
@@ -61,91 +70,63 @@ class LocalBackend:
         local rows engine by engine.
         """
         keys = rng.fold(rng.seed_key(seeds, self.device), env_indices.to(self.device))
-        self._env_key = torch.where(mask, keys, self._env_key)
-        self._episode = torch.where(mask, -1, self._episode)
+        sim = self.sim
+        self.sim = SimState(sim.engines, torch.where(mask, keys, sim.env_key), torch.where(mask, -1, sim.episode))
 
     def reset(self, mask: torch.Tensor | None) -> torch.Tensor:
         """Start the next episode of the masked engines; first rows (N, 10) for all."""
         if mask is None:
             mask = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
-        # Eager even on the fast path: resets outside `step` are rare, and compiling this graph
-        # would double the one-off compile time (auto-resets are compiled inside `step`).
-        self._state, self._episode, first_rows = restart_engines(
-            self._state, self._env_key, self._episode, mask, self.tables
-        )
+        sim = self.sim
+        engines, episode, first_rows = restart_engines(sim.engines, sim.env_key, sim.episode, mask, self.tables)
+        self.sim = SimState(engines, sim.env_key, episode)
         return first_rows
 
-    def advance(self, actions: torch.Tensor, active: torch.Tensor, n_rows: int) -> Transition:
-        """Act and fly up to `n_rows` flights (see `sim.engine.advance`)."""
-        self._state, transition = advance(self._state, actions, active, n_rows, self.max_flights, self.tables)
-        return transition
+    def kernel(
+        self, sim: SimState, actions: torch.Tensor, active: torch.Tensor, step_size: int, reset_ended: bool
+    ) -> tuple[SimState, Transition, torch.Tensor | None]:
+        """`transition` as a pure function: the next `SimState`, the transition, the first rows."""
+        engines, episode, transition, first_rows = sim_step(
+            sim.engines, sim.env_key, sim.episode, actions, active, step_size,
+            self.max_steps_per_episode, self.tables, reset_ended,
+        )  # fmt: skip
+        return SimState(engines, sim.env_key, episode), transition, first_rows
 
-    def step(
-        self,
-        actions: torch.Tensor,
-        active: torch.Tensor,
-        n_rows: int,
-        reset_ended: bool,
-        finish: Finish[C, R],
-        carry: C,
-    ) -> R:
-        """Act, fly, restart the ended engines (see `sim.engine.sim_step`), then `finish`.
-
-        On the fast path the simulator's half and `finish` (the env's half) are one compiled graph.
-        """
-        self._state, self._episode, result = self._step_graph(finish)(
-            self._state,
-            self._env_key,
-            self._episode,
-            actions,
-            active,
-            n_rows,
-            self.max_flights,
-            self.tables,
-            reset_ended,
-            carry=carry,
-        )
-        return result
-
-    def _step_graph(self, finish: Callable) -> Callable:
-        """`sim_step` followed by `finish`, compiled once per `finish` on the fast path."""
-        graph = self._step_graphs.get(finish)
-        if graph is None:
-
-            def graph(*sim_step_args, carry):
-                state, episode, transition, first_rows = sim_step(*sim_step_args)
-                return state, episode, finish(carry, transition, first_rows)
-
-            graph = torch.compile(graph, dynamic=False) if self.fast else graph
-            self._step_graphs[finish] = graph
-        return graph
+    def transition(
+        self, actions: torch.Tensor, active: torch.Tensor, step_size: int, reset_ended: bool
+    ) -> tuple[Transition, torch.Tensor | None]:
+        """Act, fly, and restart the ended engines if asked (see `sim.engine.sim_step`)."""
+        self.sim, transition, first_rows = self.kernel(self.sim, actions, active, step_size, reset_ended)
+        return transition, first_rows
 
     def privileged(self) -> dict[str, torch.Tensor]:
         """Hidden state of the current engines: health, wear rate, repair count."""
-        s = self._state
+        s = self.sim.engines
         return {"health": s.health.clone(), "wear_rate": s.wear_rate.clone(), "repairs": s.repairs.clone()}
 
     def state_dict(self) -> dict[str, Any]:
         """Seed, episode counters and every engine tensor (cloned)."""
-        engines = {k: v.clone() for k, v in asdict(self._state).items()} if self._state is not None else None
-        return {"seed": self._seed, "episode": self._episode.clone(), "engines": engines}
+        engines = self.sim.engines
+        engines = {k: v.clone() for k, v in asdict(engines).items()} if engines is not None else None
+        return {"seed": self._seed, "episode": self.sim.episode.clone(), "engines": engines}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a `state_dict` (tensors moved to this backend's device); checked whole first."""
         check_state_keys("backend checkpoint", state, {"seed", "episode", "engines"})
         seed = check_seed(state["seed"])
-        episode = check_state_tensor("episode", state["episode"], self._episode)
+        episode = check_state_tensor("episode", state["episode"], self.sim.episode)
         engines = state["engines"]
         if engines is not None:
             names = {f.name for f in fields(EngineState)}
             check_state_keys("engine checkpoint", engines, names)
-            like = {"episode_key": self._env_key, "flights": self._episode, "repairs": self._episode}
+            like = {"episode_key": self.sim.env_key, "flights": self.sim.episode, "repairs": self.sim.episode}
             for name in names:
-                check_state_tensor(name, engines[name], like.get(name, self._env_key.float()))
+                check_state_tensor(name, engines[name], like.get(name, self.sim.env_key.float()))
         self.seed(seed)
-        self._episode = episode.to(self.device).clone()
-        self._state = (
-            None if engines is None else EngineState(**{k: v.to(self.device).clone() for k, v in engines.items()})
+        self.sim = SimState(
+            None if engines is None else EngineState(**{k: v.to(self.device).clone() for k, v in engines.items()}),
+            self.sim.env_key,
+            episode.to(self.device).clone(),
         )
 
     def close(self) -> None:

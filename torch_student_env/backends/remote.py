@@ -24,14 +24,12 @@ import requests
 import torch
 import urllib3
 
-from torch_student_env.backends.base import C, Finish, R
 from torch_student_env.config import EnvConfig
-from torch_student_env.sim.engine import ROW_WIDTH, Transition
-from torch_student_env.spec import NUM_FEATURES
+from torch_student_env.spec import DEFAULT_TOKEN, HEALTH_COLUMN, NUM_FEATURES, ROW_WIDTH
+from torch_student_env.types import Transition
 
 log = logging.getLogger(__name__)
 DEFAULT_SERVER_URL = "http://localhost:8001"  # the seed client's configuration default
-DEFAULT_TOKEN = "student_user"
 
 
 class RemoteError(RuntimeError):
@@ -86,7 +84,7 @@ class RemoteBackend:
     ) -> None:
         self.num_envs = config.num_envs
         self.device = config.device
-        self.max_flights = config.max_steps_per_episode
+        self.max_steps_per_episode = config.max_steps_per_episode
         self.server_url = (server_url or os.environ.get("SERVER_URL") or DEFAULT_SERVER_URL).rstrip("/")
         self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
         self.http = requests.Session()
@@ -110,7 +108,7 @@ class RemoteBackend:
                 "num_envs": self.num_envs,
                 # The env owns resets (it resets ended engines itself): no server-side auto-reset.
                 "env_config": {
-                    "max_steps_per_episode": self.max_flights,
+                    "max_steps_per_episode": self.max_steps_per_episode,
                     "step_size": config.step_size,
                     "auto_reset": False,
                 },
@@ -233,15 +231,21 @@ class RemoteBackend:
         self._flights[index] = 0
         with _protocol("vectorized_reset"):
             rows[index, :NUM_FEATURES] = torch.tensor(data["observations"], dtype=torch.float32)
-            self._read_health(index, data["infos"], rows[:, None, NUM_FEATURES], [1] * len(index))
+            self._read_health(index, data["infos"], rows[:, None, HEALTH_COLUMN], [1] * len(index))
         return rows.to(self.device)
 
-    def advance(self, actions: torch.Tensor, active: torch.Tensor, n_rows: int) -> Transition:
-        """One vectorized_step request for the active engines; ragged rows -> padded (N, K, 10)."""
-        return self._advance(actions, active, n_rows, reset_ended=False)[0]
+    def transition(
+        self, actions: torch.Tensor, active: torch.Tensor, step_size: int, reset_ended: bool
+    ) -> tuple[Transition, torch.Tensor | None]:
+        """One vectorized step request that also restarts the ended engines (`reset_ended`), on a
+        server with `step_resets`; elsewhere a step request, then a reset request."""
+        if reset_ended and "step_resets" not in self.features:
+            transition, _ = self._step_request(actions, active, step_size, reset_ended=False)
+            return transition, self.reset(transition.ended(active))
+        return self._step_request(actions, active, step_size, reset_ended)
 
-    def _advance(
-        self, actions: torch.Tensor, active: torch.Tensor, n_rows: int, reset_ended: bool
+    def _step_request(
+        self, actions: torch.Tensor, active: torch.Tensor, step_size: int, reset_ended: bool
     ) -> tuple[Transition, torch.Tensor | None]:
         """The step request; with `reset_ended`, the server also starts the next episode of every
         engine that ended, in the same request (`reset_if_done`), and the first rows come back
@@ -254,7 +258,7 @@ class RemoteBackend:
             entry = {
                 "episode_id": self.episode_ids[i],
                 "action": int(acts[i]),
-                "step_size": n_rows,
+                "step_size": step_size,
                 "return_all_states": True,
             }
             if self.retry_steps:
@@ -262,8 +266,8 @@ class RemoteBackend:
             if reset_ended:
                 entry["reset_if_done"] = True
             episode_actions.append(entry)
-        rows = torch.zeros(n, n_rows, ROW_WIDTH)
-        flown = np.zeros((n, n_rows), dtype=bool)
+        rows = torch.zeros(n, step_size, ROW_WIDTH)
+        flown = np.zeros((n, step_size), dtype=bool)
         reward = np.zeros(n, dtype=np.float32)
         flags = np.zeros((3, n), dtype=bool)  # terminated, truncated, failed
         repairs = np.zeros(n, dtype=np.int64)
@@ -283,9 +287,9 @@ class RemoteBackend:
                 for j, i in enumerate(index):
                     obs = data["observations"][j]
                     k = len(obs)
-                    if k > n_rows:
+                    if k > step_size:
                         raise ProtocolError(
-                            f"server returned {k} rows for episode {self.episode_ids[i]}, asked for {n_rows}"
+                            f"server returned {k} rows for episode {self.episode_ids[i]}, asked for {step_size}"
                         )
                     if k:
                         rows[i, :k, :NUM_FEATURES] = torch.tensor(obs, dtype=torch.float32)
@@ -296,11 +300,11 @@ class RemoteBackend:
                     flags[:, i] = data["terminateds"][j], data["truncateds"][j], info.get("failed", False)
                     self._flights[i] = info.get("step", self._flights[i] + k)
                     repairs[i] = info.get("repairs", 0)
-                self._read_health(index, data["infos"], rows[:, :, NUM_FEATURES], lengths.tolist())
+                self._read_health(index, data["infos"], rows[:, :, HEALTH_COLUMN], lengths.tolist())
         flights_after = self._flights.copy()  # what the ended episodes flew, before their reset
         if len(index) and reset_ended:
             self._read_resets(index, data, first_rows)
-        row_flight = torch.as_tensor(before)[:, None] + torch.arange(1, n_rows + 1)
+        row_flight = torch.as_tensor(before)[:, None] + torch.arange(1, step_size + 1)
         to = dict(device=self.device)
         transition = Transition(
             rows=rows.to(**to),
@@ -328,26 +332,8 @@ class RemoteBackend:
         if restarted:
             js, ids = zip(*restarted, strict=True)
             self._read_health(
-                np.array(ids), [resets[j]["info"] for j in js], first_rows[:, None, NUM_FEATURES], [1] * len(js)
+                np.array(ids), [resets[j]["info"] for j in js], first_rows[:, None, HEALTH_COLUMN], [1] * len(js)
             )
-
-    def step(
-        self,
-        actions: torch.Tensor,
-        active: torch.Tensor,
-        n_rows: int,
-        reset_ended: bool,
-        finish: Finish[C, R],
-        carry: C,
-    ) -> R:
-        """One vectorized step request that also restarts the ended engines (`reset_ended`), on a
-        server with `step_resets`; elsewhere a step request, then a reset request."""
-        if reset_ended and "step_resets" in self.features:
-            transition, first_rows = self._advance(actions, active, n_rows, reset_ended=True)
-            return finish(carry, transition, first_rows)
-        transition = self.advance(actions, active, n_rows)
-        first_rows = self.reset(transition.ended(active)) if reset_ended else None
-        return finish(carry, transition, first_rows)
 
     def _read_health(
         self, index: np.ndarray, infos: list[dict], health_column: torch.Tensor, lengths: list[int]

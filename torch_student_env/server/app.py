@@ -22,14 +22,13 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 from torch_student_env.config import MAX_ENV_OFFSET, MAX_SEED  # noqa: E402
 from torch_student_env.server.state import Limits, ServerError, ServerState  # noqa: E402
 from torch_student_env.sim.params import SimParams  # noqa: E402
-from torch_student_env.spec import MAX_STEP_SIZE  # noqa: E402
+from torch_student_env.spec import DEFAULT_TOKEN, MAX_STEP_SIZE  # noqa: E402
 
 log = logging.getLogger("torch_student_env.server")
 # The newest client's CLIENT_VERSION (student_client 1.0.1 reports "0.4"): the client compares it
 # with its own and warns when it is older.
 PROTOCOL_VERSION = "0.4"
 FEATURES = ["step_counter", "reset_counter", "env_indices", "step_resets", "session_delete", "score", "leaderboard"]
-DEFAULT_TOKEN = "student_user"  # the seed client's default token
 
 
 def _integral(value: Any) -> Any:

@@ -36,7 +36,7 @@ import torch
 from torch_student_env.backends.local import LocalBackend
 from torch_student_env.leaderboard import FinishedEpisode, score_metrics
 from torch_student_env.sim.params import SimParams
-from torch_student_env.spec import MAX_STEP_SIZE, NUM_FEATURES
+from torch_student_env.spec import HEALTH_COLUMN, MAX_STEP_SIZE, NUM_FEATURES
 
 
 class ServerError(Exception):
@@ -322,7 +322,7 @@ class ServerState:
             episode.last_row = first[i, :NUM_FEATURES].tolist()
             info = {"step": 0, "episode_id": episode.episode_id, "total_reward": 0.0}
             if self.expose_health:
-                info |= _health_info(privileged, i, [float(first[i, NUM_FEATURES])])
+                info |= _health_info(privileged, i, [float(first[i, HEALTH_COLUMN])])
             out[i] = (episode.last_row, info)
         return out
 
@@ -370,7 +370,7 @@ class ServerState:
         active = torch.zeros(n, dtype=torch.bool)
         for i, a in items:
             actions[i], active[i] = a["action"], not group.episodes[i].finished
-        transition = group.backend.advance(actions, active, step_size)
+        transition, _ = group.backend.transition(actions, active, step_size, reset_ended=False)
         privileged = group.backend.privileged()
         n_flown = transition.row_flown.sum(dim=1).tolist()
         answers = [
@@ -434,7 +434,7 @@ class ServerState:
         if episode.finished:
             self._record_finished(token, FinishedEpisode.now(episode.total_reward, repairs, episode.flights, failed))
         if self.expose_health:
-            info |= _health_info(privileged, i, rows[:, NUM_FEATURES].tolist())
+            info |= _health_info(privileged, i, rows[:, HEALTH_COLUMN].tolist())
         return {
             "rows": rows[:, :NUM_FEATURES].tolist(),
             "reward": reward,

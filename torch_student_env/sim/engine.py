@@ -13,14 +13,14 @@ import torch
 
 from torch_student_env.sim import rng
 from torch_student_env.sim.params import REPAIR_AGE_KNOTS, SimParams
-from torch_student_env.spec import NUM_FEATURES, NUM_SENSORS, Action, Phase
+from torch_student_env.spec import NUM_SENSORS, Action, Phase
+from torch_student_env.types import Transition
 
 # Salts that keep the engine-level and repair draws apart from the per-flight draws, which are
 # keyed by flight index (< 2**31, so never equal to a salt >= 2**31).
 _ENGINE_SALT = 0xE7A1_5A17
 _REPAIR_STREAM = 0xB5EE_D007  # both folded as their low 32 bits
 _ROW_DRAWS = 6  # hashes per flight row: 5 x 2 normals (7 sensors, profit, DTAMB, hidden DTAMB), 1 hazard
-ROW_WIDTH = NUM_FEATURES + 1  # the 9 challenge features + the hidden health of that flight
 # Plain ints: under torch.compile, `tensor == Action.SELL` (an IntEnum) silently compares False.
 _SELL, _REPAIR = int(Action.SELL), int(Action.REPAIR)
 _CRUISE = float(Phase.CRUISE)  # the challenge's server flies cruise only
@@ -46,25 +46,6 @@ class EngineState:
         return EngineState(
             **{f.name: torch.where(mask, getattr(self, f.name), getattr(other, f.name)) for f in fields(self)}
         )
-
-
-@dataclass(frozen=True)
-class Transition:
-    """What `advance` reports about one step of K flights. Shapes for N engines, K rows."""
-
-    rows: torch.Tensor  # (N, K, 10) float32: 9 features + hidden health, per flight
-    row_flown: torch.Tensor  # (N, K) bool, rows returned (a prefix of each engine's rows)
-    row_flight: torch.Tensor  # (N, K) int64, flight index of each row within its episode
-    reward: torch.Tensor  # (N,) float32
-    terminated: torch.Tensor  # (N,) bool, sold or failed
-    truncated: torch.Tensor  # (N,) bool, reached the flight limit without terminating
-    failed: torch.Tensor  # (N,) bool, catastrophic failure in this step
-    flights: torch.Tensor  # (N,) int64, flights flown in the episode after this step
-    repairs: torch.Tensor  # (N,) int64, repairs done in the episode after this step
-
-    def ended(self, active: torch.Tensor) -> torch.Tensor:
-        """(N,) bool: the `active` engines whose episode ended in this transition."""
-        return active & (self.terminated | self.truncated)
 
 
 class SimTables:
@@ -201,11 +182,11 @@ def advance(
     state: EngineState,
     actions: torch.Tensor,
     active: torch.Tensor,
-    n_rows: int,
+    step_size: int,
     max_flights: int,
     tables: SimTables,
 ) -> tuple[EngineState, Transition]:
-    """Apply each engine's action, then fly up to `n_rows` flights; returns (new state, transition).
+    """Apply each engine's action, then fly up to `step_size` flights; returns (new state, transition).
 
     `actions` (N,) int64 in {0, 1, 2}; `active` (N,) bool: inactive engines (finished, awaiting a
     reset) neither act nor fly and earn nothing. As on the challenge's server:
@@ -233,8 +214,8 @@ def advance(
 
     # Per-flight quantities are (K, N), engines innermost.
     room = (max_flights - state.flights).clamp(min=0)
-    budget = torch.where(active, torch.where(sell, 1, n_rows).clamp(max=room), 0)  # (N,)
-    j = torch.arange(1, n_rows + 1, device=actions.device).unsqueeze(1)  # (K, 1)
+    budget = torch.where(active, torch.where(sell, 1, step_size).clamp(max=room), 0)  # (N,)
+    j = torch.arange(1, step_size + 1, device=actions.device).unsqueeze(1)  # (K, 1)
     health = state.health - state.wear_rate * j  # (K, N)
     flight = state.flights + j  # (K, N)
     rows = _flight_rows(state.episode_key, flight, health, tables)
@@ -243,8 +224,8 @@ def advance(
     hazard = torch.exp(p.hazard_log_at_zero - p.hazard_health_slope * health)  # per flight, continuous time
     fails = in_budget & ~sell & (rows.hazard_draw < -torch.expm1(-hazard))
     # A min over flights, not a cumsum: a reduction fuses into the compiled kernel, a scan does not.
-    first_failure = torch.where(fails, j, n_rows + 1).amin(dim=0)  # (N,), K + 1 = none
-    failed = first_failure <= n_rows
+    first_failure = torch.where(fails, j, step_size + 1).amin(dim=0)  # (N,), K + 1 = none
+    failed = first_failure <= step_size
     first_flight_failed = first_failure == 1
     flown = in_budget & (j <= first_failure) & ~first_flight_failed
     profit = p.profit_per_flight * health + p.profit_noise_std * rows.profit_noise
@@ -281,7 +262,7 @@ def sim_step(
     episode: torch.Tensor,
     actions: torch.Tensor,
     active: torch.Tensor,
-    n_rows: int,
+    step_size: int,
     max_flights: int,
     tables: SimTables,
     reset_ended: bool,
@@ -293,7 +274,7 @@ def sim_step(
     are the reset rows (meaningful where an engine ended; None without `reset_ended`). One
     function so that the fast path compiles a whole step into one graph.
     """
-    state, transition = advance(state, actions, active, n_rows, max_flights, tables)
+    state, transition = advance(state, actions, active, step_size, max_flights, tables)
     if not reset_ended:
         return state, episode, transition, None
     state, episode, first_rows = restart_engines(state, env_key, episode, transition.ended(active), tables)
