@@ -7,7 +7,9 @@ from helpers import TOKEN_A, TOKEN_B
 
 from torch_student_env import make_env
 
-BACKENDS = ["local", "remote"]
+# the contract suite runs over the three ways a step is computed: the embedded simulator eager
+# and compiled (one torch.compile graph), and the remote backend against the reference server
+PATHS = ["eager", "fast", "remote"]
 
 
 def _have_server_extra() -> bool:
@@ -31,20 +33,20 @@ def server_url():
         yield url
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=PATHS)
 def env_factory(request):
-    """`factory(**make_env_kwargs)` for one backend; envs are closed after the test."""
+    """`factory(**make_env_kwargs)` for one path (eager, fast, remote); envs are closed after the test."""
     made = []
-    remote = {}
+    options = {"backend": "local", "fast": request.param == "fast"}
     if request.param == "remote":
-        remote = {"server_url": request.getfixturevalue("server_url"), "user_token": TOKEN_A}
+        options = {"backend": "remote", "server_url": request.getfixturevalue("server_url"), "user_token": TOKEN_A}
 
     def factory(**kwargs):
-        env = make_env(backend=request.param, **remote, **kwargs)
+        env = make_env(**(options | kwargs))
         made.append(env)
         return env
 
-    factory.backend = request.param
+    factory.backend = options["backend"]
     yield factory
     for env in made:
         env.close()
