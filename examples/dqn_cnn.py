@@ -16,12 +16,12 @@ import time
 import torch
 from tensordict import TensorDict
 from tqdm.auto import tqdm
+from training import RunLogger, arg, final_report, parse_args, run_dir, run_results, save_checkpoint
 
 from torch_student_env import make_env
 from torch_student_env.config import normalize_device
 from torch_student_env.evaluate import run_episodes, summarize
 from torch_student_env.models import QNetwork
-from torch_student_env.training import RunLogger, arg, final_report, parse_args, run_dir, run_results, save_checkpoint
 
 OBS_KEYS = ("observation", "valid", "flight")
 

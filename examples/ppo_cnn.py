@@ -20,12 +20,12 @@ import torch
 import torch.distributed as dist
 from tensordict import TensorDict
 from tqdm.auto import tqdm
+from training import RunLogger, arg, final_report, parse_args, run_dir, run_results, save_checkpoint
 
 from torch_student_env import make_env
 from torch_student_env.config import normalize_device
 from torch_student_env.evaluate import run_episodes, summarize
 from torch_student_env.models import ActorCritic
-from torch_student_env.training import RunLogger, arg, final_report, parse_args, run_dir, run_results, save_checkpoint
 
 
 @dataclasses.dataclass

@@ -22,6 +22,7 @@ from torchrl.modules import ProbabilisticActor, ValueOperator  # noqa: E402
 from torchrl.objectives import ClipPPOLoss  # noqa: E402
 from torchrl.objectives.value import GAE  # noqa: E402
 from tqdm.auto import tqdm
+from training import arg, final_report, parse_args, save_checkpoint
 
 from torch_student_env.adapters.torchrl import TorchRLStudentEnv
 from torch_student_env.config import normalize_device
@@ -29,7 +30,6 @@ from torch_student_env.evaluate import run_episodes, summarize
 from torch_student_env.make import make_env
 from torch_student_env.models import SensorCNN
 from torch_student_env.spec import NUM_ACTIONS
-from torch_student_env.training import arg, final_report, parse_args, save_checkpoint
 
 IN_KEYS = ["observation", "valid", "flight"]
 

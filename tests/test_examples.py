@@ -95,10 +95,11 @@ def test_ppo_cnn_smoke_and_resume(tmp_path):
     assert ckpt["update"] == 5 and ckpt["global_step"] == 640
 
 
-def test_ppo_main_returns_its_results_for_sweeps(tmp_path):
+def test_ppo_main_returns_its_results_for_sweeps(tmp_path, monkeypatch):
     """`main()` hands a sweep tool the scores: best and final validation returns, the held-out table."""
     import importlib.util
 
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))  # as when run as a script: its helpers beside it
     spec = importlib.util.spec_from_file_location("ppo_cnn_example", ROOT / "examples" / "ppo_cnn.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve their module by name
