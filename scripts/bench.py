@@ -9,21 +9,22 @@ its compiled fast path; gymnasium SyncVectorEnv over a single-engine NumPy env o
 (scripts/reference_gym_env.py); the TorchRL adapter, and TorchRL's SerialEnv/ParallelEnv over the
 single-engine env; the remote backend against the reference server (a subprocess on 127.0.0.1) and
 the seed client's request pattern; the memory-write floor. Also: adapter overheads against the
-native env, the server's throughput with 8 concurrent clients, memory per env. Writes JSON (--out).
+native env, memory per env. Writes JSON (--out). The server under many clients is
+`scripts/soak.py`.
+
+    python scripts/bench.py --sizes 65536 --native-only   # one line's worth: this env at one N
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import resource
-import socket
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from torch_student_env import make_env  # noqa: E402
+from torch_student_env.server import server_process  # noqa: E402
 
 STEP = 10
 
@@ -138,49 +140,6 @@ def torchrl_batched(n: int, parallel: bool, args) -> dict:
     return {"seconds_per_step": per}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    """The reference server as a subprocess on 127.0.0.1 (its own interpreter, its own GIL)."""
-
-    def __enter__(self) -> str:
-        port = _free_port()
-        env = dict(os.environ, STUDENT_ENV_TOKENS="bench")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "torch_student_env.server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--max-sessions-per-token",
-                "1000",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                requests.get(self.url + "/api/v1/version", timeout=1)
-                return self.url
-            except requests.ConnectionError:
-                time.sleep(0.2)
-        raise RuntimeError("reference server did not start")
-
-    def __exit__(self, *exc) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-
-
 def remote(n: int, url: str, args) -> dict:
     env = make_env(num_envs=n, step_size=STEP, seed=0, backend="remote", server_url=url, user_token="bench")
     env.reset()
@@ -225,33 +184,6 @@ def seed_pattern(n: int, url: str, args) -> dict:
     return {"seconds_per_step": per}
 
 
-def concurrent_clients(url: str, clients: int, n: int, seconds: float) -> dict:
-    """Total env-steps/s of `clients` threads, each stepping its own remote env of n engines."""
-    envs = [
-        make_env(num_envs=n, step_size=STEP, seed=c, backend="remote", server_url=url, user_token="bench")
-        for c in range(clients)
-    ]
-    for e in envs:
-        e.reset()
-    counts = [0] * clients
-    stop = time.monotonic() + seconds
-
-    def run(c: int) -> None:
-        zeros = torch.zeros(n, dtype=torch.long)
-        while time.monotonic() < stop:
-            envs[c].step(zeros)
-            counts[c] += 1
-
-    threads = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
-    return {"env_steps_per_s": sum(counts) * n / elapsed, "requests_per_s": sum(counts) / elapsed}
-
-
 def floor(n: int, device: str, args) -> dict:
     """Writing the same float32 rows to memory: the bound no env can beat."""
     buf = torch.empty(n, STEP, 9, device=device)
@@ -282,8 +214,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--min-seconds", type=float, default=0.3, help="minimum length of one timed block")
     parser.add_argument("--skip", nargs="*", default=[], help="row groups to skip: sync torchrl remote adapters")
+    parser.add_argument("--native-only", action="store_true", help="only this env and the floor (= --skip all)")
     parser.add_argument("--out", default="runs/bench.json")
     args = parser.parse_args()
+    if args.native_only:
+        args.skip = ["sync", "torchrl", "remote", "adapters"]
     sizes = list(args.sizes) + ([1 << 20] if args.device.startswith("cuda") else [])
 
     jobs: list[tuple[str, int, object]] = []
@@ -314,10 +249,9 @@ def main() -> None:
         "rows": [],
         "extra": {},
     }
-    server = ServerProcess() if "remote" not in args.skip else None
-    url = server.__enter__() if server else None
-    try:
-        if url:
+    with server_process(["bench"]) if "remote" not in args.skip else contextlib.nullcontext() as server:
+        if server:
+            url = server.url
             jobs += [
                 ("remote backend, reference server on loopback", n, lambda n=n: remote(n, url, args)) for n in (4, 64)
             ]
@@ -326,18 +260,9 @@ def main() -> None:
             ]
         for name, n, job in tqdm(jobs, desc="bench", unit="row"):
             r = job()
-            r.update(
-                name=name,
-                num_envs=n,
-                env_steps_per_s=n / r["seconds_per_step"],
-                rows_per_s=n * STEP / r["seconds_per_step"],
-            )
+            seconds = r["seconds_per_step"]
+            r.update(name=name, num_envs=n, env_steps_per_s=n / seconds, rows_per_s=n * STEP / seconds)
             results["rows"].append(r)
-        if url:
-            results["extra"]["server_8_clients_x_64_envs"] = concurrent_clients(url, 8, 64, seconds=5.0)
-    finally:
-        if server:
-            server.__exit__()
     if "adapters" not in args.skip:
         results["extra"]["adapter_seconds_per_step"] = {n: adapter_overheads(n, args) for n in (64, 4096)}
     results["extra"]["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -348,71 +273,49 @@ def main() -> None:
     print(f"\nwrote {args.out}")
 
 
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table: the first column left-aligned, the others right-aligned."""
+    return [
+        "| " + " | ".join(header) + " |",
+        "|---|" + "---:|" * (len(header) - 1),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
 def markdown(results: dict) -> str:
-    rows = results["rows"]
+    """The tables of docs/benchmarks.md from the results."""
+    rows, extra, m = results["rows"], results["extra"], results["machine"]
     sizes = sorted({r["num_envs"] for r in rows})
-    names = list(dict.fromkeys(r["name"] for r in rows))
     cell = {(r["name"], r["num_envs"]): r for r in rows}
-    m = results["machine"]
+    sized = [f"N={n:,}" for n in sizes]
+
+    def per_size(name: str, fmt) -> list[str]:
+        return [fmt(cell[name, n]) if (name, n) in cell else "" for n in sizes]
+
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    native = ("this env, eager", "this env, fast path")
     lines = [
         f"{m['platform']}, {m['cpus']} CPUs, torch {m['torch']} ({m['threads']} threads), device {m['device']}",
         "",
         "env-steps/s (flight-rows/s = x10); step_size 10, random actions, median of repeats",
         "",
-        "| implementation | " + " | ".join(f"N={n:,}" for n in sizes) + " |",
-        "|---|" + "---:|" * len(sizes),
-    ]
-    for name in names:
-        vals = [f"{cell[name, n]['env_steps_per_s']:,.0f}" if (name, n) in cell else "" for n in sizes]
-        lines.append(f"| {name} | " + " | ".join(vals) + " |")
-    lines += [
+        *_table(
+            ["implementation", *sized], [[n, *per_size(n, lambda r: f"{r['env_steps_per_s']:,.0f}")] for n in names]
+        ),
         "",
-        "| this env, per step | " + " | ".join(f"N={n:,}" for n in sizes) + " |",
-        "|---|" + "---:|" * len(sizes),
+        *_table(
+            ["this env, per step", *sized],
+            [[f"{n}: ms/step", *per_size(n, lambda r: f"{1e3 * r['seconds_per_step']:.3f}")] for n in native]
+            + [[f"{n}: M flight-rows/s", *per_size(n, lambda r: f"{r['rows_per_s'] / 1e6:,.2f}")] for n in native]
+            + [["state bytes per env", *per_size(native[0], lambda r: f"{r['state_bytes_per_env']:.0f}")]],
+        ),
     ]
-    for name in ("this env, eager", "this env, fast path"):
-        lines.append(
-            f"| {name}: ms/step | "
-            + " | ".join(f"{1e3 * cell[name, n]['seconds_per_step']:.3f}" if (name, n) in cell else "" for n in sizes)
-            + " |"
-        )
-        lines.append(
-            f"| {name}: M flight-rows/s | "
-            + " | ".join(f"{cell[name, n]['rows_per_s'] / 1e6:,.2f}" if (name, n) in cell else "" for n in sizes)
-            + " |"
-        )
-    lines.append(
-        "| state bytes per env | "
-        + " | ".join(
-            f"{cell['this env, eager', n]['state_bytes_per_env']:.0f}" if ("this env, eager", n) in cell else ""
-            for n in sizes
-        )
-        + " |"
-    )
-    extra = results["extra"]
-    if "server_8_clients_x_64_envs" in extra:
-        s = extra["server_8_clients_x_64_envs"]
-        lines += [
-            "",
-            f"Reference server, 8 concurrent clients x 64 envs: {s['env_steps_per_s']:,.0f} env-steps/s "
-            f"({s['requests_per_s']:,.0f} vectorized steps/s).",
-        ]
     if "adapter_seconds_per_step" in extra:
-        lines += [
-            "",
-            "| adapter (eager, CPU) | "
-            + " | ".join(f"N={n}: ms/step (x native)" for n in extra["adapter_seconds_per_step"])
-            + " |",
-            "|---|" + "---:|" * len(extra["adapter_seconds_per_step"]),
-        ]
-        for a in ("native", "torchrl", "gymnasium", "sb3"):
-            lines.append(
-                f"| {a} | "
-                + " | ".join(
-                    f"{1e3 * v[a]:.3f} (x{v[a] / v['native']:.2f})" for v in extra["adapter_seconds_per_step"].values()
-                )
-                + " |"
-            )
+        by_size = extra["adapter_seconds_per_step"]
+        header = ["adapter (eager, CPU)", *(f"N={n}: ms/step (x native)" for n in by_size)]
+        body = [[a, *(f"{1e3 * v[a]:.3f} (x{v[a] / v['native']:.2f})" for v in by_size.values())]
+                for a in ("native", "torchrl", "gymnasium", "sb3")]  # fmt: skip
+        lines += ["", *_table(header, body)]
     lines += ["", f"Peak host memory of the benchmark process: {extra['peak_rss_mb']:,.0f} MB."]
     return "\n".join(lines)
 

@@ -12,10 +12,8 @@ raised, which named error and how long it took). Needs the [server] extra.
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -23,7 +21,7 @@ from collections.abc import Callable
 import torch
 
 from torch_student_env import make_env
-from torch_student_env.server import create_app, running_server
+from torch_student_env.server import create_app, running_server, server_process
 
 API = "/api/v1"
 TOKEN = "faults"
@@ -133,48 +131,22 @@ def _first_line(err: Exception) -> str:
     return str(err).splitlines()[0][:110].replace("|", "/")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(port: int) -> subprocess.Popen:
-    env = dict(os.environ, STUDENT_ENV_TOKENS=TOKEN)
-    command = [sys.executable, "-m", "torch_student_env.server", "--host", "127.0.0.1", "--port", str(port)]
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(600):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            return server
-        except OSError:
-            time.sleep(0.1)  # polling the server's start, not timing anything
-    raise RuntimeError("the server did not start")
-
-
 def killed(restart: bool) -> tuple[str, str]:
     """`kill -9` of the server process between two steps; optionally restarted on the same port."""
-    port = _free_port()
-    server = _serve(port)
-    try:
-        env = make_env(num_envs=2, seed=3, backend="remote", server_url=f"http://127.0.0.1:{port}", user_token=TOKEN,
-                       **CLIENT)  # fmt: skip
+    with server_process([TOKEN]) as server:
+        env = make_env(num_envs=2, seed=3, backend="remote", server_url=server.url, user_token=TOKEN, **CLIENT)
         twin = make_env(num_envs=2, seed=3)
         env.reset(), twin.reset()
         _run(env, twin, 1)
-        server.send_signal(signal.SIGKILL)
-        server.wait()
-        if restart:
-            server = _serve(port)
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait()
+    with server_process([TOKEN], port=server.port) if restart else contextlib.nullcontext():
         t0 = time.monotonic()
         try:
             _run(env, twin, 1)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # noqa: BLE001 - the outcome is the point
             return f"raises `{type(err).__name__}` after {time.monotonic() - t0:.1f} s", _first_line(err)
         return "recovers", "**no error raised**"
-    finally:
-        server.kill()
-        server.wait()
 
 
 def matrix() -> list[tuple[str, str, str]]:

@@ -21,20 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import requests
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from torch_student_env.server import server_process
 
 
 def _rss_mib(pid: int) -> float | None:
@@ -101,23 +94,6 @@ def _lost_steps(url: str, token: str, episode_ids: list[str], steps: int) -> int
     return sum(abs(c - steps) for c in counters)
 
 
-def _start_server(port: int, tokens: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, STUDENT_ENV_TOKENS=",".join(tokens))
-    command = [sys.executable, "-m", "torch_student_env.server", "--host", "127.0.0.1", "--port", str(port)]
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/api/v1/version", timeout=1).ok:
-                return server
-        except requests.ConnectionError:
-            time.sleep(0.2)  # polling the server's start, not timing anything
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited: {server.stderr.read().decode()[-2000:]}")
-    server.kill()
-    raise RuntimeError("the server did not start within 60 s")
-
-
 _QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999))
 
 
@@ -132,15 +108,12 @@ def _round(value: float | None) -> float | None:
 
 def soak(args: argparse.Namespace) -> dict:
     """Run the soak and return its figures."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = _start_server(port, [f"soak-{k}" for k in range(args.clients)])
-    try:
-        rss_before = _rss_mib(server.pid)
+    with server_process([f"soak-{k}" for k in range(args.clients)]) as server:
+        rss_before = _rss_mib(server.process.pid)
         ctx = mp.get_context("spawn")
         ready, start, results, progress = ctx.Value("l", 0), ctx.Event(), ctx.Queue(), ctx.Value("l", 0)
         procs = [
-            ctx.Process(target=_client, args=(k, url, args, ready, start, results, progress))
+            ctx.Process(target=_client, args=(k, server.url, args, ready, start, results, progress))
             for k in range(args.clients)
         ]
         for p in procs:
@@ -154,15 +127,12 @@ def soak(args: argparse.Namespace) -> dict:
         t0 = time.monotonic()
         while (left := args.seconds - (time.monotonic() - t0)) > 0:
             time.sleep(min(5.0, left))
-            elapsed = time.monotonic() - t0
-            print(f"  {elapsed:5.0f} s  {progress.value:,} steps  server RSS {_rss_mib(server.pid) or 0:.0f} MiB")
+            rss = _rss_mib(server.process.pid) or 0
+            print(f"  {time.monotonic() - t0:5.0f} s  {progress.value:,} steps  server RSS {rss:.0f} MiB", flush=True)
         reports = [results.get(timeout=args.seconds + 120) for _ in procs]
         for p in procs:
             p.join(timeout=30)
-        rss_after = _rss_mib(server.pid)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+        rss_after = _rss_mib(server.process.pid)
     latencies = [x for r in reports for x in r["latencies"]]
     steps = len(latencies)
     steps_per_s = sum(len(r["latencies"]) / r["elapsed"] for r in reports if r["elapsed"] > 0)

@@ -3,15 +3,22 @@
     python -m torch_student_env.server --host 127.0.0.1 --port 8001
     torch-student-env-serve --tokens-file tokens.txt
 
-`running_server()` starts one in a background thread (tests, notebooks) and stops it on exit.
+`running_server()` starts one in a background thread (tests, notebooks) and `server_process()`
+in its own process (benchmarks, soak and fault runs: its own interpreter, GIL and memory); both
+stop it on exit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from torch_student_env.server.state import Limits
 
@@ -48,4 +55,49 @@ def running_server(app=None, host: str = "127.0.0.1", port: int = 0, **app_kwarg
         thread.join(timeout=10)
 
 
-__all__ = ["Limits", "create_app", "running_server"]
+@dataclass
+class ServerProcess:
+    """A reference server running as a subprocess: its URL and its process (to measure or kill)."""
+
+    url: str
+    process: subprocess.Popen
+    port: int
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server_process(tokens: list[str], *flags: str, port: int = 0, timeout: float = 60.0) -> Iterator[ServerProcess]:
+    """`python -m torch_student_env.server` on 127.0.0.1 accepting `tokens`, until the block exits.
+
+    `port=0` picks a free port; `flags` are extra command-line options of the server.
+    """
+    port = port or free_port()
+    command = [sys.executable, "-m", "torch_student_env.server", "--host", "127.0.0.1", "--port", str(port), *flags]
+    env = dict(os.environ, STUDENT_ENV_TOKENS=",".join(tokens))
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if process.poll() is not None:
+                    raise RuntimeError(f"the server exited with code {process.returncode}") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not start on port {port} within {timeout:.0f} s") from None
+                time.sleep(0.1)  # polling the start, not timing anything
+        yield ServerProcess(f"http://127.0.0.1:{port}", process, port)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        process.wait(timeout=30)
+
+
+__all__ = ["Limits", "ServerProcess", "create_app", "free_port", "running_server", "server_process"]
