@@ -7,31 +7,9 @@ import torch
 from helpers import const_actions
 
 from torch_student_env import FEATURE_NAMES, Action
+from torch_student_env.spec import OBSERVATION_KEYS, PRIVILEGED_KEYS, STEP_KEYS, key_shapes
 
 F = len(FEATURE_NAMES)
-STEP_KEYS = {
-    "observation": ((F,), torch.float32),
-    "row": ("row", torch.float32),
-    "flight": ((), torch.int64),
-    "valid": ((), torch.bool),
-    "reward": (None, torch.float32),
-    "terminated": (None, torch.bool),
-    "truncated": (None, torch.bool),
-    "done": (None, torch.bool),
-    "final_observation": ((F,), torch.float32),
-    "final_valid": ((), torch.bool),
-    "final_flight": ((), torch.int64),
-    "episode_return": (None, torch.float32),
-    "episode_length": (None, torch.int64),
-    "episode_repairs": (None, torch.int64),
-    "episode_failed": (None, torch.bool),
-}
-
-
-def _expected_shape(n, w, tail):
-    if tail == "row":
-        return (n, F)
-    return (n,) if tail is None else (n, w) + tail
 
 
 @pytest.mark.parametrize("n", [1, 4, 257])
@@ -40,13 +18,12 @@ def test_keys_shapes_dtypes_device(env_factory, n, step_size):
     env = env_factory(num_envs=n, step_size=step_size, seed=0)
     td = env.reset()
     assert td.batch_size == torch.Size([n]) and td.device == torch.device("cpu")
-    assert set(td.keys()) == {"observation", "row", "flight", "valid"}
+    assert set(td.keys()) == set(OBSERVATION_KEYS) == {"observation", "row", "flight", "valid"}
     td = env.step(torch.randint(0, 2, (n,)))
     assert set(td.keys()) == set(STEP_KEYS)
-    for key, (tail, dtype) in STEP_KEYS.items():
-        assert td[key].shape == _expected_shape(n, step_size, tail), key
-        assert td[key].dtype == dtype, key
-        assert td[key].device == env.device, key
+    for key, (shape, dtype) in key_shapes(STEP_KEYS, n, step_size).items():
+        assert td[key].shape == shape and td[key].dtype == dtype and td[key].device == env.device, key
+    assert td["observation"].shape == (n, step_size, F) and td["reward"].shape == (n,)
     assert torch.isfinite(td["observation"]).all() and torch.isfinite(td["reward"]).all()
     assert torch.equal(td["row"], td["observation"][:, -1])
     assert torch.equal(td["valid"], td["flight"] >= 0)
@@ -90,7 +67,9 @@ def test_privileged_keys_only_when_asked(env_factory):
     shown = env_factory(num_envs=2, seed=0, privileged=True)
     assert "health" not in hidden.reset().keys()
     td = shown.reset()
-    assert td["health"].shape == (2,) and td["wear_rate"].shape == (2,) and td["repairs"].shape == (2,)
+    assert set(td.keys()) == set(OBSERVATION_KEYS) | set(PRIVILEGED_KEYS)
+    for key, (shape, dtype) in key_shapes(PRIVILEGED_KEYS, 2, 10).items():
+        assert td[key].shape == shape and td[key].dtype == dtype, key
     assert td["window_health"].shape == (2, 10)
     assert (td["window_health"][:, -1] == td["health"]).all()  # the newest row is the engine now
     # privileged adds keys; it never changes what the others contain

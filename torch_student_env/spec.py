@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+import torch
+
 
 class Action(IntEnum):
     """What the operator does before the next flights of an engine."""
@@ -44,3 +46,40 @@ ROW_WIDTH = NUM_FEATURES + 1
 
 MAX_STEP_SIZE = 50  # the challenge server's limit on flights per step
 DEFAULT_TOKEN = "student_user"  # the challenge client's default user token
+
+# The layout of what `reset` and `step` return, per env: dims are "W" (the window, `history`)
+# and "F" (the 9 features); the batch dimension N comes first. Read by the env's contract
+# tests and the adapters' specs; `key_shapes` turns it into concrete shapes.
+OBSERVATION_KEYS: dict[str, tuple[tuple[str, ...], torch.dtype]] = {
+    "observation": (("W", "F"), torch.float32),  # the last W rows, oldest first, zero-padded
+    "row": (("F",), torch.float32),  # the newest row
+    "flight": (("W",), torch.int64),  # each row's flight index in its episode, -1 = padding
+    "valid": (("W",), torch.bool),  # flight >= 0
+}
+STEP_KEYS: dict[str, tuple[tuple[str, ...], torch.dtype]] = OBSERVATION_KEYS | {
+    "reward": ((), torch.float32),
+    "terminated": ((), torch.bool),
+    "truncated": ((), torch.bool),
+    "done": ((), torch.bool),
+    "final_observation": (("W", "F"), torch.float32),  # the window an episode ended with
+    "final_valid": (("W",), torch.bool),
+    "final_flight": (("W",), torch.int64),
+    "episode_return": ((), torch.float32),  # totals of the episodes that ended in this step
+    "episode_length": ((), torch.int64),
+    "episode_repairs": ((), torch.int64),
+    "episode_failed": ((), torch.bool),
+}
+PRIVILEGED_KEYS: dict[str, tuple[tuple[str, ...], torch.dtype]] = {
+    "health": ((), torch.float32),
+    "wear_rate": ((), torch.float32),
+    "repairs": ((), torch.int64),
+    "window_health": (("W",), torch.float32),
+}
+
+
+def key_shapes(
+    keys: dict[str, tuple[tuple[str, ...], torch.dtype]], num_envs: int, history: int
+) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Concrete `(shape, dtype)` of each key for `num_envs` engines and a window of `history`."""
+    sizes = {"W": history, "F": NUM_FEATURES}
+    return {key: ((num_envs, *(sizes[d] for d in dims)), dtype) for key, (dims, dtype) in keys.items()}

@@ -22,9 +22,7 @@ from torchrl.envs import EnvBase  # noqa: E402
 
 from torch_student_env.env import TorchStudentEnv  # noqa: E402
 from torch_student_env.make import make_env  # noqa: E402
-from torch_student_env.spec import NUM_ACTIONS, NUM_FEATURES  # noqa: E402
-
-OBSERVATION_KEYS = ("observation", "row", "valid", "flight")
+from torch_student_env.spec import NUM_ACTIONS, OBSERVATION_KEYS, key_shapes  # noqa: E402
 
 
 class TorchRLStudentEnv(EnvBase):
@@ -56,14 +54,16 @@ class TorchRLStudentEnv(EnvBase):
         self._make_spec()
 
     def _make_spec(self) -> None:
-        n, w = self.env.num_envs, self.env.history
+        n = self.env.num_envs
+
+        def spec(shape, dtype):
+            if dtype == torch.bool:
+                return Binary(n=shape[-1], shape=shape, dtype=dtype, device=self.device)
+            return Unbounded(shape=shape, dtype=dtype, device=self.device)
+
+        layout = key_shapes(OBSERVATION_KEYS, n, self.env.history)
         self.observation_spec = Composite(
-            observation=Unbounded(shape=(n, w, NUM_FEATURES), dtype=torch.float32, device=self.device),
-            row=Unbounded(shape=(n, NUM_FEATURES), dtype=torch.float32, device=self.device),
-            valid=Binary(n=w, shape=(n, w), dtype=torch.bool, device=self.device),
-            flight=Unbounded(shape=(n, w), dtype=torch.int64, device=self.device),
-            shape=(n,),
-            device=self.device,
+            {key: spec(*shape_dtype) for key, shape_dtype in layout.items()}, shape=(n,), device=self.device
         )
         self.action_spec = Categorical(n=NUM_ACTIONS, shape=(n,), dtype=torch.int64, device=self.device)
         self.reward_spec = Unbounded(shape=(n, 1), dtype=torch.float32, device=self.device)
