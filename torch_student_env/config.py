@@ -108,8 +108,9 @@ class EnvConfig:
 
     `history` is the window length W (default: `step_size`). `max_steps_per_episode` counts
     flights, as the challenge's server does. `seed=None` draws one from the OS and records it.
-    `fast` compiles the simulator kernels with `torch.compile`; None (default) turns it on from
-    `FAST_PATH_MIN_ENVS` engines, where the one-off compile (seconds) pays for itself.
+    `fast` compiles the whole step (the simulator's kernel and the env's window update) into one
+    `torch.compile` graph; None (default) turns it on from `FAST_PATH_MIN_ENVS` engines, where
+    the one-off compile (seconds) pays for itself. It applies to the embedded simulator only.
     `env_offset` makes this env's engine i the engine `env_offset + i` of one big env with the
     same seed: shards of a run on several processes or devices reproduce one large env.
     `device` is normalised (`normalize_device`): "cuda" becomes "cuda:<current>", "cpu:0" "cpu".
