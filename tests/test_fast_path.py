@@ -30,6 +30,11 @@ def test_fast_path_matches_eager():
     # one graph for the whole life of the env: nothing about a reset (e.g. aliased state fields)
     # or an action may trigger a recompile
     assert counters["stats"]["unique_graphs"] - graphs_before == 1
+    # and another env of the same configuration (another seed) reuses it: no compile per env
+    other = make_env(num_envs=48, seed=99, fast=True)
+    other.reset()
+    other.step(torch.zeros(48, dtype=torch.int64))
+    assert counters["stats"]["unique_graphs"] - graphs_before == 1
 
 
 def test_fast_path_windows_match_eager_across_frozen_engines_and_partial_resets():
@@ -57,3 +62,9 @@ def test_fast_path_windows_match_eager_across_frozen_engines_and_partial_resets(
 def test_fast_path_is_automatic_only_for_large_batches():
     assert not make_env(num_envs=4).config.fast
     assert make_env(num_envs=8192).config.fast
+    # room for many configurations in one process before dynamo would fall back to eager
+    import torch._dynamo.config as dynamo_config
+
+    from torch_student_env.env import FAST_PATH_GRAPHS
+
+    assert dynamo_config.recompile_limit >= FAST_PATH_GRAPHS > 8

@@ -120,6 +120,20 @@ def window_step(
 StepFn = Callable[[EpisodeBuffers, torch.Tensor, int], tuple[EpisodeBuffers, dict[str, torch.Tensor]]]
 
 
+def _pure_step(kernel, constants, sim, buffers, actions, step_size, auto_reset):
+    """A backend's pure kernel, then `window_step`: the whole step as a function of tensors."""
+    sim, transition, first_rows = kernel(sim, actions, buffers.active, step_size, auto_reset, *constants)
+    return (sim, *window_step(buffers, transition, first_rows))
+
+
+# One compiled function for every fast env: envs of the same shapes and constants share its graph
+# (dynamo guards on the kernel, the shapes and the constants' values, not on the env).
+_compiled_step = torch.compile(_pure_step, dynamic=False)
+# Each distinct (num_envs, step_size, history, device, params) is one graph; dynamo's default of 8
+# per function would silently fall back to eager after 8 configurations in one process.
+FAST_PATH_GRAPHS = 64
+
+
 def compose_step(backend: Backend, auto_reset: bool, fast: bool) -> StepFn:
     """The whole step, `(buffers, actions, step_size) -> (buffers, outputs)`: the backend's
     transition (with the resets of ended engines when `auto_reset`), then `window_step`.
@@ -137,14 +151,15 @@ def compose_step(backend: Backend, auto_reset: bool, fast: bool) -> StepFn:
 
         return eager_step
 
-    def pure_step(sim, buffers, actions, step_size):
-        sim, transition, first_rows = kernel(sim, actions, buffers.active, step_size, auto_reset)
-        return (sim, *window_step(buffers, transition, first_rows))
+    if fast:
+        import torch._dynamo.config as dynamo_config
 
-    graph = torch.compile(pure_step, dynamic=False) if fast else pure_step
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, FAST_PATH_GRAPHS)
+    graph = _compiled_step if fast else _pure_step
+    constants = backend.kernel_constants()
 
     def kernel_step(buffers, actions, step_size):
-        backend.sim, buffers, out = graph(backend.sim, buffers, actions, step_size)
+        backend.sim, buffers, out = graph(kernel, constants, backend.sim, buffers, actions, step_size, auto_reset)
         return buffers, out
 
     return kernel_step

@@ -23,13 +23,35 @@ class SimState:
     episode: torch.Tensor  # (N,) int64: episodes started per engine (-1 before the first)
 
 
+def simulate(
+    sim: SimState,
+    actions: torch.Tensor,
+    active: torch.Tensor,
+    step_size: int,
+    reset_ended: bool,
+    max_steps_per_episode: int,
+    tables: SimTables,
+) -> tuple[SimState, Transition, torch.Tensor | None]:
+    """The transition as a pure function: the next `SimState`, the transition, the first rows.
+
+    Module-level, with its constants as arguments, so that every env of one configuration
+    shares one compiled graph.
+    """
+    engines, episode, transition, first_rows = sim_step(
+        sim.engines, sim.env_key, sim.episode, actions, active, step_size, max_steps_per_episode, tables, reset_ended
+    )
+    return SimState(engines, sim.env_key, episode), transition, first_rows
+
+
 class LocalBackend:
     """Runs `sim.engine` on `device`. Env i's episode k is keyed by hash(seed, i, k) alone.
 
-    `kernel` is the transition as a pure function of `SimState`; `transition` applies it to the
-    backend's own `sim`. The env composes the kernel with its half of a step (and compiles the
-    whole when `fast`).
+    `kernel` (= `simulate`) is the transition as a pure function of `SimState` and
+    `kernel_constants`; `transition` applies it to the backend's own `sim`. The env composes
+    the kernel with its half of a step (and compiles the whole when `fast`).
     """
+
+    kernel = staticmethod(simulate)
 
     def __init__(
         self,
@@ -82,21 +104,17 @@ class LocalBackend:
         self.sim = SimState(engines, sim.env_key, episode)
         return first_rows
 
-    def kernel(
-        self, sim: SimState, actions: torch.Tensor, active: torch.Tensor, step_size: int, reset_ended: bool
-    ) -> tuple[SimState, Transition, torch.Tensor | None]:
-        """`transition` as a pure function: the next `SimState`, the transition, the first rows."""
-        engines, episode, transition, first_rows = sim_step(
-            sim.engines, sim.env_key, sim.episode, actions, active, step_size,
-            self.max_steps_per_episode, self.tables, reset_ended,
-        )  # fmt: skip
-        return SimState(engines, sim.env_key, episode), transition, first_rows
+    def kernel_constants(self) -> tuple[int, SimTables]:
+        """The arguments of `kernel` after `reset_ended`: what stays fixed for this backend."""
+        return self.max_steps_per_episode, self.tables
 
     def transition(
         self, actions: torch.Tensor, active: torch.Tensor, step_size: int, reset_ended: bool
     ) -> tuple[Transition, torch.Tensor | None]:
         """Act, fly, and restart the ended engines if asked (see `sim.engine.sim_step`)."""
-        self.sim, transition, first_rows = self.kernel(self.sim, actions, active, step_size, reset_ended)
+        self.sim, transition, first_rows = simulate(
+            self.sim, actions, active, step_size, reset_ended, *self.kernel_constants()
+        )
         return transition, first_rows
 
     def privileged(self) -> dict[str, torch.Tensor]:
