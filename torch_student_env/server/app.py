@@ -72,7 +72,7 @@ class EnvConfigBody(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="ignore")
     env_type: str = "DegradationEnv"
-    max_steps_per_episode: _int(1, _DEFAULT.max_flights) = 1000
+    max_steps_per_episode: _int(1, _DEFAULT.max_steps_per_episode) = 1000
     auto_reset: bool = True
     step_size: StepSize = 10
 

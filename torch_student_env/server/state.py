@@ -63,7 +63,7 @@ class Limits:
     max_step_size: int = MAX_STEP_SIZE
     max_body_bytes: int = 1 << 20
     session_ttl_s: float = 3600.0
-    max_flights: int = 100_000
+    max_steps_per_episode: int = 100_000
     scored_episodes_per_token: int = 1000  # finished episodes kept for the leaderboard
 
 
@@ -91,7 +91,7 @@ class Group:
 
     group_id: str
     backend: LocalBackend
-    max_flights: int
+    max_steps_per_episode: int
     auto_reset: bool
     episodes: list[Episode]
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -153,14 +153,17 @@ class ServerState:
             self._drop(session_id)
 
     def create_group(
-        self, token: str, session_id: str | None, num_envs: int, max_flights: int, auto_reset: bool = True
+        self, token: str, session_id: str | None, num_envs: int, max_steps_per_episode: int, auto_reset: bool = True
     ) -> Group:
         """N new engines in the session; every limit is checked before anything is allocated."""
         limits = self.limits
         if not 1 <= num_envs <= limits.max_envs_per_request:
             raise ServerError(422, f"num_envs must be in [1, {limits.max_envs_per_request}], got {num_envs}")
-        if not 1 <= max_flights <= limits.max_flights:
-            raise ServerError(422, f"max_steps_per_episode must be in [1, {limits.max_flights}], got {max_flights}")
+        if not 1 <= max_steps_per_episode <= limits.max_steps_per_episode:
+            raise ServerError(
+                422,
+                f"max_steps_per_episode must be in [1, {limits.max_steps_per_episode}], got {max_steps_per_episode}",
+            )
         with self.lock:
             session = self._session(token, session_id)
             if session.envs + num_envs > limits.max_envs_per_session:
@@ -176,13 +179,15 @@ class ServerState:
                 )
             session.envs += num_envs  # reserved now, so that concurrent creates cannot both pass
         try:
-            backend = LocalBackend(num_envs, torch.device("cpu"), max_flights, self.params, seed=secrets.randbits(62))
+            backend = LocalBackend(
+                num_envs, torch.device("cpu"), max_steps_per_episode, self.params, seed=secrets.randbits(62)
+            )
         except BaseException:
             with self.lock:
                 session.envs -= num_envs
             raise
         episodes = [Episode(secrets.token_hex(8)) for _ in range(num_envs)]
-        group = Group(secrets.token_hex(6), backend, max_flights, auto_reset, episodes)
+        group = Group(secrets.token_hex(6), backend, max_steps_per_episode, auto_reset, episodes)
         with self.lock:
             session.groups[group.group_id] = group
             for i, episode in enumerate(episodes):
@@ -455,7 +460,7 @@ class ServerState:
                 "terminated": episode.terminated,
                 "truncated": episode.truncated,
                 "total_reward": episode.total_reward,
-                "max_steps_per_episode": group.max_flights,
+                "max_steps_per_episode": group.max_steps_per_episode,
                 "step_counter": episode.step_counter,
                 "reset_counter": episode.reset_counter,
                 "observation": list(episode.last_row),
