@@ -211,6 +211,7 @@ class TorchStudentEnv:
         self.device = config.device
         self._buffers = empty_buffers(self.num_envs, self.history, self.device)
         self._step = compose_step(backend, config.auto_reset, config.fast)
+        self._batch_size = torch.Size([self.num_envs])
         self._seed = config.seed
         self._has_reset = False
 
@@ -317,7 +318,9 @@ class TorchStudentEnv:
             data.update(self.backend.privileged())
             data["window_health"] = torch.where(valid, window[HEALTH_COLUMN], 0.0).T
         data.update(step_outputs or {})
-        return TensorDict(data, batch_size=[self.num_envs], device=self.device)
+        # Every tensor here was made by the env on its device with the batch dimension first, so
+        # the constructor's checks (about 12 us a call, a tenth of a small step) are skipped.
+        return TensorDict._new_unsafe(source=data, batch_size=self._batch_size, device=self.device)
 
     def _as_mask(self, mask: torch.Tensor | np.ndarray | list) -> torch.Tensor:
         if isinstance(mask, torch.Tensor):
