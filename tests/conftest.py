@@ -33,7 +33,15 @@ def server_url():
         yield url
 
 
-@pytest.fixture(params=PATHS)
+def pytest_generate_tests(metafunc):
+    """The contract modules (`CONTRACT = True`) run over every path; the others over eager and
+    remote, since each fast configuration is a one-off compile of ~20 s on a cold cache."""
+    if "env_factory" in metafunc.fixturenames:
+        paths = PATHS if getattr(metafunc.module, "CONTRACT", False) else ["eager", "remote"]
+        metafunc.parametrize("env_factory", paths, indirect=True)
+
+
+@pytest.fixture
 def env_factory(request):
     """`factory(**make_env_kwargs)` for one path (eager, fast, remote); envs are closed after the test."""
     made = []
@@ -46,7 +54,7 @@ def env_factory(request):
         made.append(env)
         return env
 
-    factory.backend = options["backend"]
+    factory.backend, factory.path = options["backend"], request.param
     yield factory
     for env in made:
         env.close()

@@ -7,6 +7,8 @@ from helpers import const_actions
 
 from torch_student_env import Action
 
+CONTRACT = True  # runs over the eager, fast (compiled) and remote paths (conftest)
+
 
 def _run_until_failure(env, n, max_steps=200):
     """Do nothing until some env fails; return (td before, td of the failing step, env index)."""

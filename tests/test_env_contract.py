@@ -9,12 +9,16 @@ from helpers import const_actions
 from torch_student_env import FEATURE_NAMES, Action
 from torch_student_env.spec import OBSERVATION_KEYS, PRIVILEGED_KEYS, STEP_KEYS, key_shapes
 
+CONTRACT = True  # runs over the eager, fast (compiled) and remote paths (conftest)
+
 F = len(FEATURE_NAMES)
 
 
 @pytest.mark.parametrize("n", [1, 4, 257])
 @pytest.mark.parametrize("step_size", [1, 10, 50])
 def test_keys_shapes_dtypes_device(env_factory, n, step_size):
+    if env_factory.path == "fast" and (n, step_size) != (4, 10):
+        pytest.skip("one shape on the fast path: every shape is its own ~20 s compile on a cold cache")
     env = env_factory(num_envs=n, step_size=step_size, seed=0)
     td = env.reset()
     assert td.batch_size == torch.Size([n]) and td.device == torch.device("cpu")

@@ -126,9 +126,17 @@ def _pure_step(kernel, constants, sim, buffers, actions, step_size, auto_reset):
     return (sim, *window_step(buffers, transition, first_rows))
 
 
+def _pure_step_cpu(*args):
+    """`_pure_step` under its own name, so that the CPU build below has its own compile cache."""
+    return _pure_step(*args)
+
+
 # One compiled function for every fast env: envs of the same shapes and constants share its graph
-# (dynamo guards on the kernel, the shapes and the constants' values, not on the env).
+# (dynamo guards on the kernel, the shapes and the constants' values, not on the env). On CPU the
+# graph is called through a C++ wrapper instead of inductor's Python one: 93 -> 77 us per step at
+# N = 4, for the same compile time (measured cold: 22.5 s against 23.7 s).
 _compiled_step = torch.compile(_pure_step, dynamic=False)
+_compiled_step_cpu = torch.compile(_pure_step_cpu, dynamic=False, options={"cpp_wrapper": True})
 # Each distinct (num_envs, step_size, history, device, params) is one graph; dynamo's default of 8
 # per function would silently fall back to eager after 8 configurations in one process.
 FAST_PATH_GRAPHS = 64
@@ -155,7 +163,7 @@ def compose_step(backend: Backend, auto_reset: bool, fast: bool) -> StepFn:
         import torch._dynamo.config as dynamo_config
 
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, FAST_PATH_GRAPHS)
-    graph = _compiled_step if fast else _pure_step
+    graph = (_compiled_step_cpu if backend.device.type == "cpu" else _compiled_step) if fast else _pure_step
     constants = backend.kernel_constants()
 
     def kernel_step(buffers, actions, step_size):
