@@ -83,6 +83,9 @@ def test_sb3_vec_env_terminal_observation_and_ppo():
 def test_adapters_require_auto_reset_choice():
     with pytest.raises(ValueError, match="auto_reset=True"):
         GymnasiumVectorEnv(env=make_env(num_envs=2, auto_reset=False))
+    # SAME_STEP autoreset reports each finished episode's last window: the env must keep them
+    with pytest.raises(ValueError, match="final_observation=True"):
+        GymnasiumVectorEnv(num_envs=2, final_observation=False)
 
 
 def test_registered_for_make_and_make_vec():

@@ -20,6 +20,7 @@ from torch_student_env import SimParams, make_env
         (dict(device="gpu7"), ValueError, "device must name a torch device"),
         (dict(max_steps_per_episode=0), ValueError, "max_steps_per_episode"),
         (dict(backend="cloud"), ValueError, "backend must be one of"),
+        (dict(final_observation="no"), TypeError, "final_observation must be a bool, got 'no'"),
         (dict(server_url="http://127.0.0.1:1"), TypeError, "only apply to backend='remote'"),
     ],
 )

@@ -114,6 +114,10 @@ class EnvConfig:
     `env_offset` makes this env's engine i the engine `env_offset + i` of one big env with the
     same seed: shards of a run on several processes or devices reproduce one large env.
     `device` is normalised (`normalize_device`): "cuda" becomes "cuda:<current>", "cpu:0" "cpu".
+    `final_observation=False` leaves the terminal windows (`spec.FINAL_KEYS`) out of `step`'s
+    outputs: they are its largest outputs, (N, W, 9) every step and mostly zeros, and a loop
+    that does not bootstrap from them (no truncation, or `auto_reset=False`) saves about a
+    third of a large step on CPU.
     """
 
     num_envs: int = 4
@@ -127,6 +131,7 @@ class EnvConfig:
     validate_actions: bool = True
     fast: bool | None = None
     env_offset: int = 0
+    final_observation: bool = True
     sim_params: SimParams = field(default_factory=SimParams)
 
     def __post_init__(self) -> None:
@@ -143,5 +148,7 @@ class EnvConfig:
         _check_int("env_offset", self.env_offset, 0, MAX_ENV_OFFSET - self.num_envs)
         if self.fast is None:
             object.__setattr__(self, "fast", self.num_envs >= FAST_PATH_MIN_ENVS)
+        if not isinstance(self.final_observation, bool):
+            raise TypeError(f"final_observation must be a bool, got {self.final_observation!r}")
         if not isinstance(self.sim_params, SimParams):
             raise TypeError(f"sim_params must be a SimParams, got {type(self.sim_params).__name__}")

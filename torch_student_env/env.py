@@ -74,12 +74,13 @@ def restart_episodes(buffers: EpisodeBuffers, mask: torch.Tensor, first_rows: to
 
 
 def window_step(
-    buffers: EpisodeBuffers, transition: Transition, first_rows: torch.Tensor | None
+    buffers: EpisodeBuffers, transition: Transition, first_rows: torch.Tensor | None, final_windows: bool = True
 ) -> tuple[EpisodeBuffers, dict[str, torch.Tensor]]:
     """The env's side of a step: push the flown rows, build the step outputs, restart the ended.
 
     `first_rows` (N, 10) are the backend's fresh episodes (auto-reset), or None to freeze the
-    ended engines instead. A pure function of tensors, so the fast path compiles it whole.
+    ended engines instead. `final_windows=False` leaves out the `FINAL_KEYS`. A pure function
+    of tensors, so the fast path compiles it whole.
     """
     active = buffers.active
     n_new = transition.row_flown.sum(1)
@@ -96,14 +97,15 @@ def window_step(
         "terminated": terminated,
         "truncated": truncated,
         "done": terminated | truncated,
-        "final_observation": torch.where(ended, window[:NUM_FEATURES], 0.0).permute(2, 1, 0),
-        "final_valid": (ended & (window_flight >= 0)).T,
-        "final_flight": torch.where(ended, window_flight, -1).T,
         "episode_return": torch.where(ended, return_so_far, 0.0),
         "episode_length": torch.where(ended, transition.flights, 0),
         "episode_repairs": torch.where(ended, transition.repairs, 0),
         "episode_failed": ended & transition.failed,
     }
+    if final_windows:  # by far the largest outputs: (N, W, 9) written every step, mostly zeros
+        out["final_observation"] = torch.where(ended, window[:NUM_FEATURES], 0.0).permute(2, 1, 0)
+        out["final_valid"] = (ended & (window_flight >= 0)).T
+        out["final_flight"] = torch.where(ended, window_flight, -1).T
     buffers = EpisodeBuffers(
         window=window,
         window_flight=window_flight,
@@ -120,10 +122,10 @@ def window_step(
 StepFn = Callable[[EpisodeBuffers, torch.Tensor, int], tuple[EpisodeBuffers, dict[str, torch.Tensor]]]
 
 
-def _pure_step(kernel, constants, sim, buffers, actions, step_size, auto_reset):
+def _pure_step(kernel, constants, sim, buffers, actions, step_size, auto_reset, final_windows):
     """A backend's pure kernel, then `window_step`: the whole step as a function of tensors."""
     sim, transition, first_rows = kernel(sim, actions, buffers.active, step_size, auto_reset, *constants)
-    return (sim, *window_step(buffers, transition, first_rows))
+    return (sim, *window_step(buffers, transition, first_rows, final_windows))
 
 
 def _pure_step_cpu(*args):
@@ -142,7 +144,7 @@ _compiled_step_cpu = torch.compile(_pure_step_cpu, dynamic=False, options={"cpp_
 FAST_PATH_GRAPHS = 64
 
 
-def compose_step(backend: Backend, auto_reset: bool, fast: bool) -> StepFn:
+def compose_step(backend: Backend, auto_reset: bool, fast: bool, final_windows: bool = True) -> StepFn:
     """The whole step, `(buffers, actions, step_size) -> (buffers, outputs)`: the backend's
     transition (with the resets of ended engines when `auto_reset`), then `window_step`.
 
@@ -155,7 +157,7 @@ def compose_step(backend: Backend, auto_reset: bool, fast: bool) -> StepFn:
 
         def eager_step(buffers, actions, step_size):
             transition, first_rows = backend.transition(actions, buffers.active, step_size, auto_reset)
-            return window_step(buffers, transition, first_rows)
+            return window_step(buffers, transition, first_rows, final_windows)
 
         return eager_step
 
@@ -167,7 +169,8 @@ def compose_step(backend: Backend, auto_reset: bool, fast: bool) -> StepFn:
     constants = backend.kernel_constants()
 
     def kernel_step(buffers, actions, step_size):
-        backend.sim, buffers, out = graph(kernel, constants, backend.sim, buffers, actions, step_size, auto_reset)
+        args = (kernel, constants, backend.sim, buffers, actions, step_size, auto_reset, final_windows)
+        backend.sim, buffers, out = graph(*args)
         return buffers, out
 
     return kernel_step
@@ -218,7 +221,7 @@ class TorchStudentEnv:
         self.history = config.history
         self.device = config.device
         self._buffers = empty_buffers(self.num_envs, self.history, self.device)
-        self._step = compose_step(backend, config.auto_reset, config.fast)
+        self._step = compose_step(backend, config.auto_reset, config.fast, config.final_observation)
         self._batch_size = torch.Size([self.num_envs])
         self._seed = config.seed
         self._has_reset = False

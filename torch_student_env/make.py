@@ -27,6 +27,7 @@ def make_env(
     validate_actions: bool = True,
     fast: bool | None = None,
     env_offset: int = 0,
+    final_observation: bool = True,
     sim_params: SimParams | None = None,
     **remote_options: Any,
 ) -> TorchStudentEnv:
@@ -48,6 +49,7 @@ def make_env(
         validate_actions=validate_actions,
         fast=fast,
         env_offset=env_offset,
+        final_observation=final_observation,
         sim_params=sim_params if sim_params is not None else SimParams(),
     )
     if backend == "local":

@@ -69,6 +69,8 @@ STEP_KEYS: dict[str, tuple[tuple[str, ...], torch.dtype]] = OBSERVATION_KEYS | {
     "episode_repairs": ((), torch.int64),
     "episode_failed": ((), torch.bool),
 }
+# Left out of `step`'s outputs by `make_env(final_observation=False)`.
+FINAL_KEYS: tuple[str, ...] = ("final_observation", "final_valid", "final_flight")
 PRIVILEGED_KEYS: dict[str, tuple[tuple[str, ...], torch.dtype]] = {
     "health": ((), torch.float32),
     "wear_rate": ((), torch.float32),

@@ -31,6 +31,12 @@ def _make(make_env_kwargs: dict[str, Any]) -> TorchStudentEnv:
     return make_env(**make_env_kwargs)
 
 
+def _needs_final_windows(env: TorchStudentEnv, name: str) -> None:
+    """SAME_STEP autoreset hands out each finished episode's last window: the env must keep it."""
+    if not env.config.final_observation:
+        raise ValueError(f"{name} reports final observations: build the env with final_observation=True")
+
+
 def _spaces(env: TorchStudentEnv) -> tuple[gym.spaces.Box, gym.spaces.Discrete]:
     window = gym.spaces.Box(-np.inf, np.inf, shape=(env.history, NUM_FEATURES), dtype=np.float32)
     return window, gym.spaces.Discrete(NUM_ACTIONS)
@@ -49,6 +55,7 @@ class GymnasiumVectorEnv(VectorEnv):
         self.env = env if env is not None else _make(make_env_kwargs)
         if not self.env.config.auto_reset:
             raise ValueError("GymnasiumVectorEnv implements SAME_STEP autoreset: build the env with auto_reset=True")
+        _needs_final_windows(self.env, "GymnasiumVectorEnv")
         self.num_envs = self.env.num_envs
         self.single_observation_space, self.single_action_space = _spaces(self.env)
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, self.num_envs)
@@ -155,6 +162,7 @@ class SB3VecEnv(_sb3_base()):
         self.env = env if env is not None else _make(make_env_kwargs)
         if not self.env.config.auto_reset:
             raise ValueError("SB3VecEnv needs auto_reset=True: SB3 expects VecEnvs to reset themselves")
+        _needs_final_windows(self.env, "SB3VecEnv")
         observation_space, action_space = _spaces(self.env)
         self.render_mode = None  # read by VecEnv.__init__; nothing to render
         super().__init__(self.env.num_envs, observation_space, action_space)
