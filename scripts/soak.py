@@ -3,6 +3,7 @@ step by step against a local twin.
 
     python scripts/soak.py --clients 8 --seconds 60
     python scripts/soak.py --clients 32 --seconds 60 --json soak32.json
+    python scripts/soak.py --fill-token      # one token at its engine limit: memory, refusal
 
 The server runs in its own process on 127.0.0.1 (a free port), so its memory is measured alone.
 Each client owns a token and `make_env(backend="remote", seed=S)`, whose engines the server keys
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import sys
 import time
 from pathlib import Path
@@ -153,6 +155,36 @@ def soak(args: argparse.Namespace) -> dict:
     }
 
 
+def fill_one_token() -> dict:
+    """One token filled to its engine limit on an in-process `ServerState`: memory, the refusal
+    past the limit, and how long the largest allowed request holds its group."""
+    from torch_student_env.server.state import ServerError, ServerState
+
+    state = ServerState()
+    limits = state.limits
+    before = _rss_mib(os.getpid())
+    sessions = [state.create_session("t") for _ in range(limits.max_sessions_per_token)]
+    groups, refused = [], None
+    try:
+        for sid in sessions:  # groups of the largest size a request may create, until refused
+            for _ in range(limits.max_envs_per_session // limits.max_envs_per_request):
+                groups.append(state.create_group("t", sid, limits.max_envs_per_request, 1000))
+    except ServerError as err:
+        refused = f"{err.status}: {err.detail}"
+    for group in groups:
+        state.reset("t", group.episode_ids, [None] * len(group.episodes), None, None)
+    start = time.perf_counter()
+    for group in groups:
+        actions = [{"episode_id": e, "action": 0, "step_size": limits.max_step_size} for e in group.episode_ids]
+        state.step("t", actions)
+    return {
+        "engines_held": sum(len(g.episodes) for g in groups),
+        "refused": refused,
+        "rss_mib": {"before": _round(before), "after": _round(_rss_mib(os.getpid()))},
+        "largest_request_holds_its_group_s": round((time.perf_counter() - start) / max(len(groups), 1), 3),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=8, help="client processes (K)")
@@ -162,7 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=30.0, help="each remote call's deadline (s)")
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--fill-token", action="store_true", help="instead: fill one token to its limits")
     args = parser.parse_args(argv)
+    if args.fill_token:
+        print(json.dumps(fill_one_token(), indent=2))
+        return 0
     if not 1 <= args.clients <= 256:
         parser.error(f"--clients must be in [1, 256], got {args.clients}")
     if args.seconds <= 0:
