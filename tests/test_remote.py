@@ -709,3 +709,20 @@ def test_soak_script_checks_every_step_against_a_twin(tmp_path):
     assert figures["errors"] == [] and figures["clients"] == 2
     latency = figures["latency_ms"]
     assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+
+
+def test_soak_fill_token_reaches_the_engine_limit_and_is_refused_past_it():
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "soak.py"
+    run = subprocess.run([sys.executable, str(script), "--fill-token"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    figures = json.loads(run.stdout)
+    from torch_student_env.server import Limits
+
+    assert figures["engines_held"] == Limits().max_envs_per_token
+    assert (
+        figures["refused"].startswith("409: this token would hold") and figures["largest_request_holds_its_group_s"] > 0
+    )
