@@ -26,7 +26,7 @@ from torch_student_env.backends.remote import (  # noqa: E402
     ServerUnavailable,
     StepNotRetried,
 )
-from torch_student_env.server import create_app, running_server  # noqa: E402
+from torch_student_env.server import create_app, free_port, running_server  # noqa: E402
 
 API = "/api/v1"
 
@@ -452,14 +452,8 @@ def test_server_without_step_counters_never_retries_steps():
         assert torch.equal(env.backend.state_dict()["counters"], before["counters"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_server_restart_and_unreachable_server_raise_clearly():
-    port = _free_port()
+    port = free_port()
     with running_server(port=port, tokens={TOKEN_A}) as url:
         env = make_env(num_envs=2, backend="remote", server_url=url, user_token=TOKEN_A, backoff=0.01, max_retries=2)
         env.reset()
@@ -472,7 +466,7 @@ def test_server_restart_and_unreachable_server_raise_clearly():
             env.step([0, 0])
     with pytest.raises(ServerUnavailable, match="ConnectionError"):
         make_env(
-            num_envs=1, backend="remote", server_url=f"http://127.0.0.1:{_free_port()}", max_retries=1, backoff=0.01
+            num_envs=1, backend="remote", server_url=f"http://127.0.0.1:{free_port()}", max_retries=1, backoff=0.01
         )
 
 

@@ -99,6 +99,8 @@ class LocalBackend:
         """Start the next episode of the masked engines; first rows (N, 10) for all."""
         if mask is None:
             mask = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+        # Eager even for a fast env: resets outside `step` are rare, and compiling them would
+        # double the one-off compile (auto-resets inside `step` are part of its compiled graph).
         sim = self.sim
         engines, episode, first_rows = restart_engines(sim.engines, sim.env_key, sim.episode, mask, self.tables)
         self.sim = SimState(engines, sim.env_key, episode)
