@@ -129,3 +129,21 @@ def test_final_windows_can_be_left_out_and_nothing_else_changes(env_factory):
                 assert torch.equal(a[key], b[key]), key
         ended += int(a["done"].sum())
     assert ended > 0  # the comparison crossed episode ends, where the final windows would be
+
+
+def test_outputs_are_ordinary_tensors_that_models_train_on(env_factory):
+    """Eager steps run below autograd's bookkeeping (`eager.below_autograd`): what they return
+    must still be plain tensors, usable in a graph that is differentiated and in in-place ops."""
+    env = env_factory(num_envs=3, seed=6)
+    env.reset()
+    td = env.step(const_actions(3, Action.SELL))  # every episode ends: the final keys are filled
+    conv = torch.nn.Conv1d(F, 2, kernel_size=3)
+    for key in ("observation", "final_observation"):
+        x = td[key]
+        assert not torch.is_inference(x) and not x.requires_grad, key
+        conv.zero_grad()
+        conv(x.transpose(1, 2)).square().mean().backward()
+        assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0, key
+    reward = td["reward"].clone()
+    td["reward"].add_(1.0)  # in place on an output: allowed, and changes that output only
+    assert torch.equal(td["reward"], reward + 1.0)

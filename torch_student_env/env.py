@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from numbers import Integral
@@ -20,6 +21,7 @@ from torch_student_env.config import (
     check_step_size,
     same_device,
 )
+from torch_student_env.eager import below_autograd
 from torch_student_env.spec import HEALTH_COLUMN, NUM_ACTIONS, NUM_FEATURES, ROW_WIDTH, Action
 from torch_student_env.types import Transition
 from torch_student_env.window import push_rows
@@ -157,7 +159,8 @@ def compose_step(backend: Backend, auto_reset: bool, fast: bool, final_windows: 
 
         def eager_step(buffers, actions, step_size):
             transition, first_rows = backend.transition(actions, buffers.active, step_size, auto_reset)
-            return window_step(buffers, transition, first_rows, final_windows)
+            with below_autograd():
+                return window_step(buffers, transition, first_rows, final_windows)
 
         return eager_step
 
@@ -170,7 +173,8 @@ def compose_step(backend: Backend, auto_reset: bool, fast: bool, final_windows: 
 
     def kernel_step(buffers, actions, step_size):
         args = (kernel, constants, backend.sim, buffers, actions, step_size, auto_reset, final_windows)
-        backend.sim, buffers, out = graph(*args)
+        with contextlib.nullcontext() if fast else below_autograd():
+            backend.sim, buffers, out = graph(*args)
         return buffers, out
 
     return kernel_step

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from torch_student_env.config import check_seed, check_state_keys, check_state_tensor
+from torch_student_env.eager import below_autograd
 from torch_student_env.sim import rng
 from torch_student_env.sim.engine import EngineState, SimTables, restart_engines, sim_step
 from torch_student_env.sim.params import SimParams
@@ -102,7 +103,8 @@ class LocalBackend:
         # Eager even for a fast env: resets outside `step` are rare, and compiling them would
         # double the one-off compile (auto-resets inside `step` are part of its compiled graph).
         sim = self.sim
-        engines, episode, first_rows = restart_engines(sim.engines, sim.env_key, sim.episode, mask, self.tables)
+        with below_autograd():
+            engines, episode, first_rows = restart_engines(sim.engines, sim.env_key, sim.episode, mask, self.tables)
         self.sim = SimState(engines, sim.env_key, episode)
         return first_rows
 
@@ -114,9 +116,10 @@ class LocalBackend:
         self, actions: torch.Tensor, active: torch.Tensor, step_size: int, reset_ended: bool
     ) -> tuple[Transition, torch.Tensor | None]:
         """Act, fly, and restart the ended engines if asked (see `sim.engine.sim_step`)."""
-        self.sim, transition, first_rows = simulate(
-            self.sim, actions, active, step_size, reset_ended, *self.kernel_constants()
-        )
+        with below_autograd():
+            self.sim, transition, first_rows = simulate(
+                self.sim, actions, active, step_size, reset_ended, *self.kernel_constants()
+            )
         return transition, first_rows
 
     def privileged(self) -> dict[str, torch.Tensor]:
