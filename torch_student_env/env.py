@@ -81,8 +81,8 @@ def window_step(
     """The env's side of a step: push the flown rows, build the step outputs, restart the ended.
 
     `first_rows` (N, 10) are the backend's fresh episodes (auto-reset), or None to freeze the
-    ended engines instead. `final_windows=False` leaves out the `FINAL_KEYS`. A pure function
-    of tensors, so the fast path compiles it whole.
+    ended engines instead (the same thing when none ended). `final_windows=False` leaves out
+    the `FINAL_KEYS`. A pure function of tensors, so the fast path compiles it whole.
     """
     active = buffers.active
     n_new = transition.row_flown.sum(1)

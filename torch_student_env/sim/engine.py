@@ -271,13 +271,19 @@ def sim_step(
 
     Returns `(state, episode, transition, first_rows)`: `episode` (N,) int64 counts each
     engine's episodes and keys the fresh ones as hash(env_key, episode); `first_rows` (N, 10)
-    are the reset rows (meaningful where an engine ended; None without `reset_ended`). One
-    function so that the fast path compiles a whole step into one graph.
+    are the reset rows (meaningful where an engine ended; None without `reset_ended`, or when
+    no engine ended). One function so that the fast path compiles a whole step into one graph.
     """
     state, transition = advance(state, actions, active, step_size, max_flights, tables)
     if not reset_ended:
         return state, episode, transition, None
-    state, episode, first_rows = restart_engines(state, env_key, episode, transition.ended(active), tables)
+    ended = transition.ended(active)
+    if ended.device.type == "cpu" and not torch.compiler.is_compiling() and not bool(ended.any()):
+        # Nothing ended, so no fresh engines: 200 of 710 us of an eager 4-engine step. Reading the
+        # flag back is free on CPU; on an accelerator it would be a sync, and in a compiled graph
+        # a break, so those build the fresh engines for all N and select (sync-free).
+        return state, episode, transition, None
+    state, episode, first_rows = restart_engines(state, env_key, episode, ended, tables)
     return state, episode, transition, first_rows
 
 
