@@ -182,3 +182,31 @@ def test_sim_params_change_dynamics():
             assert (b["reward"][f] == -5000.0).all()
             return
     raise AssertionError("no failure in 60 steps")
+
+
+def test_cpu_eager_skips_give_the_results_of_the_sync_free_path(monkeypatch):
+    """Eager CPU steps skip the repair draws and the fresh engines when no engine repairs or
+    ends (`engine.none_of`); forcing the sync-free path (computed for all, selected) must change
+    no bit, over steps with and without repairs, sales and failures."""
+    from torch_student_env.sim import engine
+
+    def rollout():
+        env = make_env(num_envs=3, seed=8, privileged=True, max_steps_per_episode=120)
+        gen = torch.Generator().manual_seed(4)
+        outputs = [env.reset()]
+        for _ in range(60):
+            outputs.append(env.step(_random_actions(3, gen)))
+        return outputs
+
+    skipped = []
+    none_of = engine.none_of
+    monkeypatch.setattr(engine, "none_of", lambda mask: skipped.append(none_of(mask)) or skipped[-1])
+    lazy = rollout()
+    monkeypatch.setattr(engine, "none_of", lambda mask: False)
+    full = rollout()
+    assert any(skipped) and not all(skipped)  # both branches ran, at both call sites over 60 steps
+    for a, b in zip(lazy, full, strict=True):
+        assert (a == b).all(), [k for k in a.keys() if not torch.equal(a[k], b[k])]
+    steps = lazy[1:]
+    assert sum(int(td["done"].sum()) for td in steps) > 0
+    assert int(steps[-1]["repairs"].sum()) + sum(int(td["episode_repairs"].sum()) for td in steps) > 0
