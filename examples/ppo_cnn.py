@@ -119,6 +119,7 @@ def main(args: Args) -> dict | None:
         seed=args.seed,
         fast=args.fast,
         env_offset=rank * args.num_envs,
+        validate_actions=False,  # sampled from the policy's 3 logits: always valid, and no sync on GPU
     )
     agent = ActorCritic(max_flights=env.config.max_steps_per_episode).to(device)
     # DDP averages gradients across ranks in backward. The normalisation statistics are buffers

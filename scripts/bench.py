@@ -4,8 +4,9 @@
     python scripts/bench.py --sizes 4 64 1024   # fewer sizes
     python scripts/bench.py --device cuda       # adds 1,048,576 envs
 
-Rows (step_size 10, random actions, median of --repeats after warm-up): this env eager and with
-its compiled fast path; gymnasium SyncVectorEnv over a single-engine NumPy env of the same model
+Rows (step_size 10, uniform random actions, median of --repeats after warm-up): this env eager
+and with its compiled fast path, eager again with a policy's action mix below 8,192 envs;
+gymnasium SyncVectorEnv over a single-engine NumPy env of the same model
 (scripts/reference_gym_env.py); the TorchRL adapter, and TorchRL's SerialEnv/ParallelEnv over the
 single-engine env; the remote backend against the reference server (a subprocess on 127.0.0.1) and
 the seed client's request pattern; the memory-write floor. Also: adapter overheads against the
@@ -35,6 +36,7 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from torch_student_env import make_env  # noqa: E402
+from torch_student_env.config import FAST_PATH_MIN_ENVS  # noqa: E402
 from torch_student_env.server import server_process  # noqa: E402
 
 STEP = 10
@@ -59,11 +61,19 @@ def timed(step, repeats: int, min_seconds: float, warmup: int = 2, sync=lambda: 
     return statistics.median(samples)
 
 
-def actions_for(n: int, device, generator) -> torch.Tensor:
-    return torch.randint(0, 3, (n,), generator=generator).to(device)
+# A policy's action mix (do nothing, repair, sell): trained and baseline policies mostly fly, so
+# most of their steps have no repair and no episode end, which eager CPU steps skip (none_of).
+POLICY_MIX = (0.90, 0.08, 0.02)
 
 
-def native(n: int, device: str, fast: bool, args, final_observation: bool = True) -> dict:
+def actions_for(n: int, device, generator, mix: tuple[float, ...] | None = None) -> torch.Tensor:
+    """n random actions: uniform (the benchmark's default), or drawn from `mix`."""
+    if mix is None:
+        return torch.randint(0, 3, (n,), generator=generator).to(device)
+    return torch.multinomial(torch.tensor(mix), n, replacement=True, generator=generator).to(device)
+
+
+def native(n: int, device: str, fast: bool, args, final_observation: bool = True, mix=None) -> dict:
     start = time.perf_counter()
     env = make_env(
         num_envs=n, step_size=STEP, device=device, seed=0, fast=fast, validate_actions=False,
@@ -71,7 +81,7 @@ def native(n: int, device: str, fast: bool, args, final_observation: bool = True
     )  # fmt: skip
     env.reset()
     gen = torch.Generator().manual_seed(0)
-    pool = [actions_for(n, env.device, gen) for _ in range(8)]
+    pool = [actions_for(n, env.device, gen, mix) for _ in range(8)]
     i = iter(range(10**9))
     env.step(pool[0])
     setup = time.perf_counter() - start
@@ -194,6 +204,32 @@ def floor(n: int, device: str, args) -> dict:
     return {"seconds_per_step": timed(lambda: buf.fill_(1.0), args.repeats, args.min_seconds, sync=sync)}
 
 
+def policy_loop(n: int, args, steps: int = 600) -> dict:
+    """The main job's step at N = n (fast path, validated actions) alone, and between forward
+    passes of its 1D-CNN policy, which leave the step's code and data out of cache: median
+    seconds of the `env.step` call alone in each case."""
+    from torch_student_env.models import ActorCritic
+
+    env = make_env(num_envs=n, step_size=STEP, seed=0, fast=True)
+    agent = ActorCritic(max_flights=env.config.max_steps_per_episode)
+    td = env.reset()
+    out = {}
+    for mode in ("alone", "between policy forwards"):
+        times = []
+        for i in range(steps):
+            if mode == "alone":
+                action = torch.zeros(n, dtype=torch.int64)
+            else:
+                with torch.no_grad():
+                    action = agent.get_action_and_value(td)[0]
+            start = time.perf_counter()
+            td = env.step(action)
+            if i >= steps // 6:  # after warm-up (and the compile, on the first call)
+                times.append(time.perf_counter() - start)
+        out[mode] = statistics.median(times)
+    return out
+
+
 def adapter_overheads(n: int, args) -> dict:
     """Per-step time of each adapter against the native env at the same N (eager, CPU)."""
     from torch_student_env.adapters.gymnasium import GymnasiumVectorEnv, SB3VecEnv
@@ -231,6 +267,9 @@ def main() -> None:
             ("this env, fast path", n, lambda n=n: native(n, args.device, True, args)),
             ("memory-write floor", n, lambda n=n: floor(n, args.device, args)),
         ]
+        if n < FAST_PATH_MIN_ENVS:  # where eager is the default
+            mixed = f"this env, eager, {'/'.join(f'{100 * p:.0f}' for p in POLICY_MIX)} % actions"
+            jobs.append((mixed, n, lambda n=n: native(n, args.device, False, args, mix=POLICY_MIX)))
         if n >= 16384:  # where the terminal windows' memory shows
             lean = "this env, fast path, final_observation=False"
             jobs.append((lean, n, lambda n=n: native(n, args.device, True, args, final_observation=False)))
@@ -271,6 +310,7 @@ def main() -> None:
             results["rows"].append(r)
     if "adapters" not in args.skip:
         results["extra"]["adapter_seconds_per_step"] = {n: adapter_overheads(n, args) for n in (64, 4096)}
+        results["extra"]["policy_loop_seconds_per_step"] = policy_loop(64, args)
     results["extra"]["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -322,6 +362,10 @@ def markdown(results: dict) -> str:
         body = [[a, *(f"{1e3 * v[a]:.3f} (x{v[a] / v['native']:.2f})" for v in by_size.values())]
                 for a in ("native", "torchrl", "gymnasium", "sb3")]  # fmt: skip
         lines += ["", *_table(header, body)]
+    if "policy_loop_seconds_per_step" in extra:
+        loop = extra["policy_loop_seconds_per_step"]
+        lines += ["", *_table(["the main job's step (N=64, fast path)", "us/step"],
+                              [[mode, f"{1e6 * v:.0f}"] for mode, v in loop.items()])]  # fmt: skip
     lines += ["", f"Peak host memory of the benchmark process: {extra['peak_rss_mb']:,.0f} MB."]
     return "\n".join(lines)
 
