@@ -170,10 +170,11 @@ def compose_step(backend: Backend, auto_reset: bool, fast: bool, final_windows: 
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, FAST_PATH_GRAPHS)
     graph = (_compiled_step_cpu if backend.device.type == "cpu" else _compiled_step) if fast else _pure_step
     constants = backend.kernel_constants()
+    dispatch = contextlib.nullcontext if fast else below_autograd  # one compiled call has no per-op cost
 
     def kernel_step(buffers, actions, step_size):
         args = (kernel, constants, backend.sim, buffers, actions, step_size, auto_reset, final_windows)
-        with contextlib.nullcontext() if fast else below_autograd():
+        with dispatch():
             backend.sim, buffers, out = graph(*args)
         return buffers, out
 
