@@ -1,20 +1,28 @@
 """Fit the challenge engine's constants (`SimParams`) to real episodes of the challenge's server.
 
-    python scripts/calibrate.py ../shared/data/real_server
+    python scripts/calibrate.py ../shared/data/real_server [--markdown docs/calibration.md]
 
-prints every fitted constant and how well it fits; `SimParams`' defaults are its output
-(docs/simulator.md, "Calibration"). The fits, in order:
+prints every fitted constant, the comparison of failure structures and the leave-one-policy-out
+table; `SimParams`' defaults are its output (docs/simulator.md, "Calibration"). The logs: the
+exploring agent's (economics, failures of repaired engines), the never-repaired engines' (their
+failures, every row for the sensors) and the random repair-or-sell agent's (repair steps). The
+fits, in order:
 
-1. Economics, by linear least squares over every fly and repair step: the profit per flight
-   falls linearly within a segment (from a reset or a repair), so a step's reward is linear in
-   the segment's starting profit, its decline per flight, and the repair cost. The decline after
-   a repair is a piecewise-linear function of the engine's age at that repair (knots below).
+1. Economics, by linear least squares over every fly and repair step of the exploring agent:
+   the profit per flight falls linearly within a segment (from a reset or a repair), so a step's
+   reward is linear in the segment's starting profit, its decline per flight, and the repair
+   cost. The decline after a repair is a piecewise-linear function of the age at that repair.
 2. Reward noise: per-flight noise and per-segment spread of the decline, from how the residual
    variance grows along a segment.
-3. Failure hazard per flight, exp(a - b * health), by maximum likelihood on every flight flown.
-4. Sensors: level, DTAMB slope and health slope of each sensor by least squares, noise as the
-   residual spread.
-5. DTAMB: a clipped AR(1) that restarts at its floor on each step's first flight, matched to the
+3. Failures: each candidate structure (`FAILURE_STRUCTURES`) by maximum likelihood over every
+   flight of every log, marginal over each segment's wear spread; the one with the best
+   likelihood is kept, and the spread of the wear rate after a repair is chosen with it by
+   replaying every log (`refine_by_replay`).
+4. Leave one policy out: each structure fitted on two logs and scored on the third (likelihood,
+   and the replayed failure median or repair-step mean).
+5. Sensors: level, DTAMB slope and health slopes of each sensor by least squares over every row
+   of the never-repaired engines and the last rows of the exploring agent's steps.
+6. DTAMB: a clipped AR(1) that restarts at its floor on each step's first flight, matched to the
    mean of each position within a step (the 250-flight engine) and the spread of last rows.
 """
 
@@ -22,17 +30,19 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 from collections import Counter
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from torch_student_env.fidelity.compare import compare, ks_distance, summarize
-from torch_student_env.fidelity.data import load_episodes, step_contexts
-from torch_student_env.fidelity.replay import continuations, replay
+from torch_student_env.fidelity.__main__ import replay_policy
+from torch_student_env.fidelity.compare import compare, summarize
+from torch_student_env.fidelity.data import LoggedEpisode, load_episodes, step_contexts
+from torch_student_env.sim.engine import Dynamics, SimTables, failure_rate, wear_rate_after_repair
 from torch_student_env.sim.params import REPAIR_AGE_KNOTS, SimParams
 from torch_student_env.spec import Action
 
@@ -136,27 +146,26 @@ def health_paths(episodes, theta):
     return paths
 
 
-def fit_hazard(paths):
-    """Maximum likelihood of a per-flight hazard exp(a - b * health)."""
-    flown = torch.tensor(np.concatenate([h if f is None else h[:f] for h, f in paths]), dtype=torch.float64)
-    failed = torch.tensor([h[f] for h, f in paths if f is not None], dtype=torch.float64)
-    ab = torch.tensor([-4.0, 9.0], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([ab], max_iter=200, line_search_fn="strong_wolfe")
-
-    def nll():
-        opt.zero_grad()
-        a, b = ab
-        loss = torch.exp(a - b * flown).sum() - torch.log(-torch.expm1(-torch.exp(a - b * failed))).sum()
-        loss.backward()
-        return loss
-
-    opt.step(nll)
-    return [float(v) for v in ab.detach()]
+def never_repaired_rows(path: Path, health_new: float, wear_rate_new: float) -> tuple[np.ndarray, np.ndarray]:
+    """Every row of the never-repaired log, and each row's mean health (a fresh engine's at its flight)."""
+    rows, health = [], []
+    with open(path) as handle:
+        for line in handle:
+            record = json.loads(line)
+            steps = (
+                record["rows"][:-1] if record.get("server_error_at_end") else record["rows"]
+            )  # the last: a stale row
+            for k, step_rows in enumerate(steps):
+                for j, row in enumerate(step_rows):
+                    rows.append(row), health.append(health_new - wear_rate_new * (STEP * k + j + 1))
+    return np.array(rows), np.array(health)
 
 
-def fit_sensors(episodes, paths):
+def fit_sensors(episodes, paths, extra_rows: np.ndarray, extra_health: np.ndarray):
     """Per sensor: level at health 1 and DTAMB 10, slope per K of DTAMB, per unit health and per unit
-    health squared (wear shows faster as health falls), noise."""
+    health squared (wear shows faster as health falls), noise. Over the last row of each of the
+    exploring agent's steps and every row of `extra_rows` (the never-repaired engines', whose
+    health is known to within their small wear spread at every flight)."""
     rows, health = [], []
     for ep, (h, _fail_at) in zip(episodes, paths, strict=True):
         for ctx, row in zip(step_contexts(ep.actions), ep.rows, strict=True):
@@ -164,7 +173,7 @@ def fit_sensors(episodes, paths):
                 break
             last = (ctx.age + STEP) - 1  # index of the step's last flight in `h`
             rows.append(row), health.append(h[last])
-    rows, health = np.array(rows), np.array(health)
+    rows, health = np.concatenate([np.array(rows), extra_rows]), np.concatenate([np.array(health), extra_health])
     A = np.stack([np.ones(len(rows)), rows[:, 8] - 10.0, health - 1.0, (health - 1.0) ** 2], 1)
     fits = []
     for i in range(7):
@@ -201,41 +210,231 @@ def fit_dtamb(single_csv: Path, episodes, floor=9.1, ceiling=10.9):
     return best, target
 
 
-def refine_by_replay(episodes, params: SimParams, seeds: int = 4) -> SimParams:
-    """Hazard and the spread of the wear rate after a repair, by replaying the logged episodes.
+# ---------------------------------------------------------------------------------------------
+# Failures: which structure, fitted by maximum likelihood over every logged flight
+# ---------------------------------------------------------------------------------------------
+# The shape every structure shares, and what each adds (fields of SimParams).
+HAZARD_SHAPE = ("hazard_log_at_zero", "hazard_health_slope", "hazard_floor_new", "hazard_max_per_flight")
+FAILURE_STRUCTURES: dict[str, tuple[str, ...]] = {
+    "health only": HAZARD_SHAPE,
+    "repair margin": HAZARD_SHAPE + ("repair_safety_margin",),
+    "lagged safety": HAZARD_SHAPE + ("failure_lag_flights",),
+}
+# Read off the repaired engines' failures alone: fixed at 0 when no log with such failures is fitted.
+NEEDS_REPAIRED_FAILURES = ("repair_safety_margin", "failure_lag_flights")
+# Every structure starts from these (a structure that does not free a field keeps it at its null).
+NULL_STRUCTURE = {"repair_safety_margin": 0.0, "failure_lag_flights": 0.0}
+WEAR_DRAWS = 32  # Monte-Carlo draws of each segment's wear rate in the likelihood
 
-    The likelihood fit sees each engine's health only through the deterministic curve, which
-    blurs it (engines wear at different rates) and flattens the hazard. The replay fails
-    simulated engines under the logged actions: pick the grid point whose failure flights are
-    closest (Kolmogorov-Smirnov) to the real ones, with the fewest missed reward bins.
+
+@dataclass(frozen=True)
+class Exposure:
+    """Every flight the logged engines flew, with the model's mean health path, one row per flight."""
+
+    episode: torch.Tensor  # (F,) which episode
+    segment: torch.Tensor  # (F,) which wear segment (from a reset or a repair)
+    since: torch.Tensor  # (F,) flights since the segment's start, this one included
+    start_health: torch.Tensor  # (F,) the segment's starting health
+    base_rate: torch.Tensor  # (F,) the segment's mean wear rate
+    flight: torch.Tensor  # (F,) the flight's index in its episode (1 = first)
+    repairs: torch.Tensor  # (F,) repairs done before it
+    failed: torch.Tensor  # (F,) bool, the engine failed on this flight
+    multipliers: torch.Tensor  # (WEAR_DRAWS, segments) draws of each segment's wear factor
+    episodes: int
+
+
+def exposure(episodes: list[LoggedEpisode], params: SimParams) -> Exposure:
+    """The flights of `episodes` (each up to its failure or sale) under `params`' wear model."""
+    tables = SimTables(params, torch.device("cpu"))
+    columns, spreads = [], []
+    for e, ep in enumerate(episodes):
+        failure = ep.failure_flight()
+        start, rate, repairs, since = params.health_new, params.wear_rate_new, 0, 0
+        spreads.append(params.wear_spread_new)
+        for ctx in step_contexts(ep.actions):
+            if ctx.action == Action.SELL:
+                break
+            if ctx.action == Action.REPAIR:
+                rate = float(wear_rate_after_repair(torch.tensor([float(ctx.age)]), tables)[0])
+                start, repairs, since = 1.0, repairs + 1, 0
+                spreads.append(params.wear_spread_repair)
+            for j in range(1, STEP + 1):
+                since += 1
+                flight = ctx.age + j
+                columns.append((e, len(spreads) - 1, since, start, rate, flight, repairs, flight == failure))
+                if flight == failure:
+                    break
+            if failure is not None and ctx.age + STEP >= failure:
+                break
+    c = torch.tensor(columns, dtype=torch.float64).T
+    sigma = torch.tensor(spreads, dtype=torch.float64)
+    z = torch.randn(WEAR_DRAWS, len(spreads), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return Exposure(
+        episode=c[0].long(),
+        segment=c[1].long(),
+        since=c[2],
+        start_health=c[3],
+        base_rate=c[4],
+        flight=c[5],
+        repairs=c[6].long(),
+        failed=c[7].bool(),
+        multipliers=torch.exp(sigma * z - 0.5 * sigma**2),
+        episodes=len(episodes),
+    )
+
+
+def failure_nll(values: dict[str, torch.Tensor], data: Exposure, params: SimParams) -> torch.Tensor:
+    """Minus the log-likelihood of the logged failures (and survivals), marginal over wear spread.
+
+    Each episode's likelihood is its survival to every flight it flew times the failure of its
+    failing flight, averaged over draws of its segments' wear rates (Monte Carlo, fixed draws).
+    The hazard is the simulator's own `failure_rate`.
     """
-    actions = continuations([ep.actions for ep in episodes])
-    real = summarize(episodes)
+    dynamics = Dynamics(*(values.get(f, getattr(params, f)) for f in Dynamics._fields))
+    rate = data.base_rate * data.multipliers[:, data.segment]  # (draws, F)
+    health = data.start_health - rate * data.since
+    hazard = failure_rate(health, rate, data.flight, data.repairs, dynamics)
+    log_lik = torch.where(data.failed, torch.log(-torch.expm1(-hazard)), -hazard)
+    per_episode = torch.zeros(WEAR_DRAWS, data.episodes, dtype=torch.float64).index_add_(1, data.episode, log_lik)
+    return -(torch.logsumexp(per_episode, 0) - math.log(WEAR_DRAWS)).sum()
+
+
+# Unconstrained coordinates of each failure field: the optimiser's x -> the field's value.
+_TRANSFORMS = {
+    "hazard_log_at_zero": (lambda x: x, -2.0),
+    "hazard_health_slope": (lambda x: torch.exp(x), math.log(10.0)),
+    "hazard_floor_new": (lambda x: torch.exp(x), math.log(1e-4)),
+    "hazard_max_per_flight": (lambda x: torch.exp(x), math.log(0.3)),
+    "repair_safety_margin": (lambda x: torch.nn.functional.softplus(x), 0.0),
+    "failure_lag_flights": (lambda x: 10 * torch.nn.functional.softplus(x), 0.0),
+}
+
+
+def fit_failures(data: list[Exposure], params: SimParams, free: tuple[str, ...]) -> dict[str, float]:
+    """Maximum likelihood of the `free` failure fields over every log in `data`."""
+    x = torch.tensor([_TRANSFORMS[f][1] for f in free], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([x], max_iter=300, tolerance_grad=1e-6, line_search_fn="strong_wolfe")
+
+    def values() -> dict[str, torch.Tensor]:
+        return {f: _TRANSFORMS[f][0](x[i]) for i, f in enumerate(free)}
+
+    def closure():
+        opt.zero_grad()
+        loss = sum(failure_nll(values(), d, params) for d in data)
+        loss.backward()
+        return loss
+
+    for _ in range(2):
+        opt.step(closure)
+    return {f: float(v.detach()) for f, v in values().items()}
+
+
+# The logs, by the name the tables use; each is a file of the data folder.
+LOGS = {
+    "exploration": "exploration_episodes.jsonl",
+    "never repaired": "do_nothing_episodes.jsonl",
+    "repair or sell": "repair_or_sell_episodes.jsonl",
+}
+SPREAD_GRID = (0.10, 0.12, 0.14, 0.16, 0.18)  # wear spread after a repair, chosen by replay
+
+
+def replay_misses(logs: dict[str, list[LoggedEpisode]], params: SimParams, seeds: int = 4) -> tuple[int, float]:
+    """Targets missed by replaying every log on `params` (sensors excepted), and the summed KS distance."""
+    missed, ks = 0, 0.0
+    for episodes in logs.values():
+        real, sim = summarize(episodes), summarize(replay_policy(episodes, seeds, 0, params))
+        checks = [c for c in compare(real, sim) if c.group not in ("drift per step", "healthy row")]
+        missed += sum(c.passed is False for c in checks)
+        ks += sum(c.sim for c in checks if c.name.startswith("KS"))
+    return missed, ks
+
+
+def refine_by_replay(logs, params: SimParams, structure: tuple[str, ...]) -> SimParams:
+    """The wear spread after a repair, with the failure fields refitted at each, by replay.
+
+    The likelihood sees each segment's spread only through survival; the replay shows it in the
+    rewards of the survivors too (a wider spread leaves healthier survivors late in a segment).
+    Of the spreads on `SPREAD_GRID`, the one whose replays miss the fewest targets, then with
+    the smallest KS distances, wins.
+    """
     best = None
-    for a in np.arange(-6.6, -3.5, 0.4):
-        for b in (params.hazard_health_slope, 14.0, 18.0, 22.0, 26.0):
-            for spread in (0.04, 0.08, 0.12):
-                trial = replace(
-                    params,
-                    hazard_log_at_zero=round(float(a), 2),
-                    hazard_health_slope=float(b),
-                    wear_spread_repair=spread,
-                )
-                sim = summarize([run for runs in replay(actions, seeds=seeds, params=trial) for run in runs])
-                missed = sum(c.passed is False for c in compare(real, sim))
-                score = (ks_distance(real["failure_flights"], sim["failure_flights"]) + 0.02 * missed, trial)
-                if best is None or score[0] < best[0]:
-                    best = score
+    for spread in SPREAD_GRID:
+        trial = replace(params, wear_spread_repair=spread)
+        data = [exposure(episodes, trial) for episodes in logs.values()]
+        trial = replace(trial, **_rounded(fit_failures(data, trial, structure)))
+        score = replay_misses(logs, trial)
+        print(f"    wear spread after a repair {spread:.2f}: {score[0]} targets missed, KS sum {score[1]:.3f}")
+        if best is None or score < best[0]:
+            best = (score, trial)
     return best[1]
+
+
+def _rounded(values: dict[str, float]) -> dict[str, float]:
+    return {k: float(f"{v:.4g}") for k, v in values.items()}
+
+
+def compare_structures(logs, params: SimParams) -> tuple[str, list[str]]:
+    """Each failure structure fitted on every log, then on every two: the likelihood table and
+    the leave-one-policy-out table (Markdown), and the name of the best structure."""
+    data = {name: exposure(episodes, params) for name, episodes in logs.items()}
+    lines = [
+        "| structure | parameters | -log-likelihood, " + ", ".join(data) + " | total |",
+        "|---|---|---|---|",
+    ]
+    totals = {}
+    for structure, free in FAILURE_STRUCTURES.items():
+        fitted = fit_failures(list(data.values()), params, free)
+        values = {k: torch.tensor(v, dtype=torch.float64) for k, v in fitted.items()}
+        nll = {name: float(failure_nll(values, d, params)) for name, d in data.items()}
+        totals[structure] = sum(nll.values())
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in fitted.items())
+        lines.append(
+            f"| {structure} | {shown} | "
+            + ", ".join(f"{v:,.1f}" for v in nll.values())
+            + f" | {totals[structure]:,.1f} |"
+        )
+    lines += ["", "Leave one policy out (fit on the other two logs, score on the left-out one):", ""]
+    lines += [
+        "| structure | left out | -log-likelihood of the left-out log | its figure, real | replayed | target | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for structure, free in FAILURE_STRUCTURES.items():
+        for out in data:
+            train = [d for name, d in data.items() if name != out]
+            # without the log that holds repaired engines' failures, those fields are not identified
+            trained_on_repaired = any(
+                bool((d.failed & (d.repairs > 0)).any()) for name, d in data.items() if name != out
+            )
+            kept = tuple(f for f in free if trained_on_repaired or f not in NEEDS_REPAIRED_FAILURES)
+            fitted = fit_failures(train, params, kept)
+            values = {k: torch.tensor(v, dtype=torch.float64) for k, v in fitted.items()}
+            held = float(failure_nll(values, data[out], params))
+            trial = replace(params, **_rounded(fitted))
+            real, sim = summarize(logs[out]), summarize(replay_policy(logs[out], 4, 0, trial))
+            if real["failure_flights"]:
+                figure, r, s = (
+                    "failure median",
+                    float(np.median(real["failure_flights"])),
+                    float(np.median(sim["failure_flights"])),
+                )
+                tolerance = 0.10
+            else:
+                figure, r, s = "repair-step mean", real["repair_all"][0], sim["repair_all"][0]
+                tolerance = 0.05
+            met = "yes" if abs(s - r) <= tolerance * abs(r) else "**no**"
+            lines.append(
+                f"| {structure} | {out} | {held:,.1f} | {figure} {r:,.1f} | {s:,.1f} | ±{tolerance:.0%} | {met} |"
+            )
+    return min(totals, key=totals.get), lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "data", type=Path, help="folder with exploration_episodes.jsonl and single_engine_250_flights.csv"
-    )
+    parser.add_argument("data", type=Path, help="folder with the logs of LOGS and single_engine_250_flights.csv")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the structure and leave-one-out tables here")
     args = parser.parse_args()
-    episodes = load_episodes(args.data / "exploration_episodes.jsonl")
+    logs = {name: load_episodes(args.data / file) for name, file in LOGS.items()}
+    episodes = logs["exploration"]
     theta, noise, tau, resid_std = fit_economics(episodes)
     pi_new, pi_rep, decline_new = theta[:3]
     print(
@@ -243,20 +442,18 @@ def main() -> None:
         f"decline spread {tau:.3f}"
     )
     paths = health_paths(episodes, theta)
-    a, b = fit_hazard(paths)
-    print(f"== hazard by maximum likelihood: exp({a:.3f} - {b:.3f} * health)")
-    sensors = fit_sensors(episodes, paths)
+    extra = never_repaired_rows(args.data / LOGS["never repaired"], pi_new / pi_rep, decline_new / pi_rep)
+    sensors = fit_sensors(episodes, paths, *extra)
     (err, mu, phi, s, got), target = fit_dtamb(args.data / "single_engine_250_flights.csv", episodes)
     print(f"== DTAMB fit, target {np.round(target, 3)}\n              got    {np.round(got, 3)}")
     params = replace(
         SimParams(),
+        **NULL_STRUCTURE,
         profit_per_flight=round(float(pi_rep), 3),
         repair_cost=round(float(theta[-1]), 2),
         health_new=round(float(pi_new / pi_rep), 5),
         wear_rate_new=round(float(decline_new / pi_rep), 6),
         wear_rate_after_repair=tuple(round(float(v / pi_rep), 6) for v in theta[3:-1]),
-        hazard_log_at_zero=round(a, 3),
-        hazard_health_slope=round(b, 3),
         sensor_level=tuple(float(f"{f[0]:.7g}") for f in sensors),
         sensor_per_dtamb=tuple(float(f"{f[1]:.5g}") for f in sensors),
         sensor_per_health=tuple(float(f"{f[2]:.5g}") for f in sensors),
@@ -265,7 +462,13 @@ def main() -> None:
         dtamb_persistence=round(float(phi), 2),
         dtamb_innovation_std=round(float(s), 2),
     )
-    params = refine_by_replay(episodes, params)
+    print("== failure structures, by maximum likelihood over every log")
+    best, table = compare_structures(logs, params)
+    print("\n".join(table))
+    print(f"== best structure: {best}; the wear spread after a repair, by replay")
+    params = refine_by_replay(logs, params, FAILURE_STRUCTURES[best])
+    if args.markdown:
+        args.markdown.write_text("\n".join(table) + "\n")
     print("== fitted SimParams (profit noise, wear spread of fresh engines, sensor noise: docs/simulator.md)")
     for field in fields(SimParams):
         print(f"    {field.name} = {getattr(params, field.name)!r}")

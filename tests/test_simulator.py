@@ -77,9 +77,29 @@ def test_first_flight_failure_returns_no_row_and_keeps_the_window():
         if quirk.any():
             i = int(quirk.nonzero()[0, 0])
             assert torch.equal(td["observation"][i], prev["observation"][i])
-            assert td["episode_length"][i] == prev["flight"][i, -1]
+            assert td["episode_length"][i] == prev["flight"][i, -1] + 1  # it flew (and failed) the next flight
             return
     raise AssertionError("no first-flight failure in 60 steps of 512 engines")
+
+
+def test_a_failing_step_returns_the_rows_before_the_failing_flight():
+    """As on the real server (`rows` of the never-repaired log): a step of 10 flights in which the
+    engine fails returns 0 to 9 rows, the flights before the failing one; the counter reads the
+    failing flight; a failure on the first flight returns none."""
+    env = make_env(num_envs=2048, seed=4, auto_reset=False)
+    newest = env.reset()["flight"][:, -1]
+    alive = torch.ones(2048, dtype=torch.bool)
+    counts = torch.zeros(11, dtype=torch.long)
+    for _ in range(30):
+        td = env.step(torch.zeros(2048, dtype=torch.long))
+        failed = alive & td["episode_failed"]
+        added = (td["flight"] > newest.unsqueeze(1)).sum(1)
+        counts += torch.bincount(added[failed], minlength=11)
+        # the failing flight is the one after the last row returned
+        assert torch.equal(td["episode_length"][failed], newest[failed] + added[failed] + 1)
+        newest, alive = td["flight"][:, -1], alive & ~td["done"]
+    assert counts.sum() > 1500 and counts[10] == 0  # never a whole step's rows
+    assert (counts[:10] > 50).all()  # every count from 0 (first flight) to 9 happens
 
 
 def test_dtamb_restarts_each_step_and_its_scan_equals_the_recursion():
@@ -136,7 +156,7 @@ def test_dominant_exploration_schedule_reproduces_the_shipped_targets():
 
     from torch_student_env.fidelity import replay, summarize
 
-    real = json.loads(files("torch_student_env.fidelity").joinpath("targets.json").read_text())
+    real = json.loads(files("torch_student_env.fidelity").joinpath("targets.json").read_text())["ExplorationAgent"]
     plan = (0,) * 6 + ((1,) + (0,) * 5) * 10
     sim = summarize(replay([plan], seeds=400, seed=5)[0])
     for key in [f"0,{s}" for s in range(6)] + [f"{k},{s}" for k in (1, 2, 3) for s in range(5)]:

@@ -118,6 +118,8 @@ class EnvConfig:
     outputs: they are its largest outputs, (N, W, 9) every step and mostly zeros, and a loop
     that does not bootstrap from them (no truncation, or `auto_reset=False`) saves about a
     third of a large step on CPU.
+    `sim_variants` (several `SimParams`, see `sim.variants`) makes each episode run one of them,
+    drawn from (seed, env, episode) alone: domain randomisation over plausible models.
     """
 
     num_envs: int = 4
@@ -133,6 +135,12 @@ class EnvConfig:
     env_offset: int = 0
     final_observation: bool = True
     sim_params: SimParams = field(default_factory=SimParams)
+    sim_variants: tuple[SimParams, ...] = ()
+
+    @property
+    def models(self) -> tuple[SimParams, ...]:
+        """The simulator's models: the ensemble when `sim_variants` is set, else `sim_params` alone."""
+        return self.sim_variants or (self.sim_params,)
 
     def __post_init__(self) -> None:
         _check_int("num_envs", self.num_envs, 1)
@@ -152,3 +160,9 @@ class EnvConfig:
             raise TypeError(f"final_observation must be a bool, got {self.final_observation!r}")
         if not isinstance(self.sim_params, SimParams):
             raise TypeError(f"sim_params must be a SimParams, got {type(self.sim_params).__name__}")
+        if self.sim_variants:
+            from torch_student_env.sim.engine import check_variants
+
+            object.__setattr__(self, "sim_variants", check_variants(self.sim_variants))
+            # the fields the variants share (economics, sensors) are read from `sim_params`
+            object.__setattr__(self, "sim_params", self.sim_variants[0])

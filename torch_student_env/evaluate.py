@@ -3,9 +3,14 @@
     python -m torch_student_env.evaluate                                  # all five baselines
     python -m torch_student_env.evaluate --policy runs/ppo_cnn/best.pt --policy time_based
     python -m torch_student_env.evaluate --episodes 2048 --seed 123 --out eval.md
+    python -m torch_student_env.evaluate --variants plausible   # each policy on every plausible model
 
 A `--policy` is a baseline name (random, do_nothing, time_based, threshold, oracle) or a checkpoint
 written by examples/ppo_cnn.py or examples/dqn_cnn.py, loaded with `weights_only=True`.
+`--variants` scores every policy on each model of an ensemble (`sim.variants`) and reports its
+worst: a policy that relies on one extrapolation of the data shows it there. The oracle plans on
+each variant's own model (it knows the hidden state, and so the model); every other policy is
+the same on all.
 
 Episode i of env j is a pure function of (seed, j, i) and the policy, so a fixed seed and env
 count give the same episodes for every policy: comparisons are paired, not just averaged.
@@ -21,6 +26,7 @@ import torch
 from tensordict import TensorDict
 
 from torch_student_env.env import TorchStudentEnv
+from torch_student_env.sim.params import SimParams
 
 Policy = Callable[[TensorDict], torch.Tensor]
 
@@ -206,6 +212,52 @@ def evaluate_policies(
     return results
 
 
+def evaluate_variants(
+    policies: dict[str, Callable[[SimParams], Policy]],
+    variants: dict[str, SimParams],
+    num_envs: int = 1024,
+    seed: int = 10_000,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """`results[policy][variant]`: each policy on the same held-out engines of each variant.
+
+    A policy is given as a factory of the variant's `SimParams`, so that a policy which knows
+    the model (the oracle) can plan on each; the others ignore it.
+    """
+    from torch_student_env.make import make_env
+
+    results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in policies}
+    for variant, params in variants.items():
+        for name, factory in policies.items():
+            env = make_env(num_envs=num_envs, seed=seed, device=device, privileged=True, sim_params=params)
+            results[name][variant] = summarize(run_episodes(env, factory(params), progress=progress))
+            env.close()
+    return results
+
+
+def worst_variant(per_variant: dict[str, dict[str, float]]) -> tuple[str, dict[str, float]]:
+    """The variant on which a policy's mean return is lowest, and its figures there."""
+    return min(per_variant.items(), key=lambda kv: kv[1]["mean_return"])
+
+
+def markdown_variant_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Mean return ± CI of each policy on each variant, and its worst; best worst case first."""
+    variants = list(next(iter(results.values())))
+    lines = [
+        "| policy | " + " | ".join(variants) + " | worst |",
+        "|---|" + "---:|" * (len(variants) + 1),
+    ]
+    for name, per in sorted(results.items(), key=lambda kv: -worst_variant(kv[1])[1]["mean_return"]):
+        cells = [
+            f"{per[v]['mean_return']:,.0f} ± {per[v]['ci95']:,.0f} ({100 * per[v]['failure_rate']:.0f}%)"
+            for v in variants
+        ]
+        worst, figures = worst_variant(per)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {figures['mean_return']:,.0f} ({worst}) |")
+    return "\n".join(lines)
+
+
 def markdown_table(results: dict[str, dict[str, float]]) -> str:
     """A Markdown table of `evaluate_policies` results, best mean return first."""
     lines = [
@@ -307,11 +359,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=10_000, help="held-out seed (training uses others)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", help="also write the table to this Markdown file")
+    parser.add_argument("--variants", help="score on each model of this ensemble (sim.variants), e.g. plausible")
     args = parser.parse_args(argv)
     device = normalize_device(args.device)  # "cuda" -> "cuda:0", "cpu:0" -> "cpu"
-    policies = dict(load_policy(spec, device, args.seed) for spec in (args.policy or BASELINES))
-    results = evaluate_policies(policies, num_envs=args.episodes, seed=args.seed, device=device, progress=True)
-    table = f"{args.episodes} episodes per policy, seed {args.seed}\n\n" + markdown_table(results)
+    specs = args.policy or BASELINES
+    if args.variants:
+        from torch_student_env.policies import make_policy
+        from torch_student_env.sim.variants import resolve
+
+        try:
+            variants = resolve(args.variants)
+        except ValueError as err:
+            parser.error(str(err))
+        factories = {}
+        for spec in specs:
+            if spec in BASELINES:  # baselines that read the model (oracle, threshold) get each variant's
+                factories[spec] = lambda params, spec=spec: make_policy(
+                    spec, seed=args.seed, device=device, params=params
+                )
+            else:
+                name, policy = load_policy(spec, device, args.seed)
+                factories[name] = lambda params, policy=policy: policy
+        results = evaluate_variants(factories, variants, num_envs=args.episodes, seed=args.seed, device=device)
+        table = f"{args.episodes} episodes per policy and variant, seed {args.seed}: "
+        table += "mean return ± 95% CI (failure rate)\n\n" + markdown_variant_table(results)
+    else:
+        policies = dict(load_policy(spec, device, args.seed) for spec in specs)
+        results = evaluate_policies(policies, num_envs=args.episodes, seed=args.seed, device=device, progress=True)
+        table = f"{args.episodes} episodes per policy, seed {args.seed}\n\n" + markdown_table(results)
     print(table)
     if args.out:
         Path(args.out).write_text(table + "\n")

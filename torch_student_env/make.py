@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -29,14 +30,24 @@ def make_env(
     env_offset: int = 0,
     final_observation: bool = True,
     sim_params: SimParams | None = None,
+    sim_variants: str | Mapping[str, SimParams] | Sequence[SimParams] | None = None,
     **remote_options: Any,
 ) -> TorchStudentEnv:
     """Build a batched env of `num_envs` engines.
 
     `backend="local"` (default) runs the embedded simulator on `device`; `backend="remote"`
     speaks the challenge's HTTP protocol (`server_url=`, `user_token=`, see `backends.remote`).
-    See `EnvConfig` for the meaning of each setting.
+    See `EnvConfig` for the meaning of each setting. `sim_variants` draws each episode's model
+    from an ensemble: a name from `sim.variants.ENSEMBLES` ("plausible"), or `SimParams` (a
+    sequence, or a mapping of names to them); it excludes `sim_params`.
     """
+    variants: tuple[SimParams, ...] = ()
+    if sim_variants is not None:
+        if sim_params is not None:
+            raise ValueError("pass sim_params or sim_variants, not both")
+        from torch_student_env.sim.variants import resolve
+
+        variants = tuple(resolve(sim_variants).values())
     config = EnvConfig(
         num_envs=num_envs,
         step_size=step_size,
@@ -51,6 +62,7 @@ def make_env(
         env_offset=env_offset,
         final_observation=final_observation,
         sim_params=sim_params if sim_params is not None else SimParams(),
+        sim_variants=variants,
     )
     if backend == "local":
         if remote_options:
@@ -61,7 +73,7 @@ def make_env(
             config.num_envs,
             config.device,
             config.max_steps_per_episode,
-            config.sim_params,
+            config.models,
             config.seed,
             env_offset=config.env_offset,
         )

@@ -105,14 +105,18 @@ class ThresholdPolicy:
 BASELINES = ("random", "do_nothing", "time_based", "threshold", "oracle")
 
 
-def make_policy(name: str, env=None, seed: int = 0, device: torch.device | str | None = None):
+def make_policy(
+    name: str, env=None, seed: int = 0, device: torch.device | str | None = None, params: SimParams | None = None
+):
     """A baseline by name (one of `BASELINES`), configured for `env`'s step size and limits.
 
-    Without an env the defaults of `make_env` apply (step_size 10, 1,000 flights, default params).
+    Without an env the defaults of `make_env` apply (step_size 10, 1,000 flights, default params);
+    `params` overrides the model the oracle plans on and the threshold rule reads sensors with.
     """
     step_size = env.step_size if env is not None else 10
     device = device if device is not None else (env.device if env is not None else "cpu")
-    params = env.config.sim_params if env is not None else SimParams()
+    if params is None:
+        params = env.config.sim_params if env is not None else SimParams()
     max_flights = env.config.max_steps_per_episode if env is not None else 1000
     if name == "random":
         return RandomPolicy(seed=seed, device=device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -59,7 +60,7 @@ class LocalBackend:
         num_envs: int,
         device: torch.device,
         max_steps_per_episode: int,
-        params: SimParams,
+        params: SimParams | Sequence[SimParams],
         seed: int,
         env_offset: int = 0,
     ) -> None:
@@ -142,7 +143,8 @@ class LocalBackend:
         if engines is not None:
             names = {f.name for f in fields(EngineState)}
             check_state_keys("engine checkpoint", engines, names)
-            like = {"episode_key": self.sim.env_key, "flights": self.sim.episode, "repairs": self.sim.episode}
+            counters = ("flights", "repairs", "variant")
+            like = {"episode_key": self.sim.env_key} | dict.fromkeys(counters, self.sim.episode)
             for name in names:
                 check_state_tensor(name, engines[name], like.get(name, self.sim.env_key.float()))
         self.seed(seed)

@@ -1,9 +1,11 @@
 """Logged episodes of the challenge's server: reading them, and where each step stands.
 
 An episode log is JSON Lines, one object per episode with at least `actions`, `rewards`, `steps`
-(the server's flight counter after each step), `obs` (one 9-feature row per step, the last row of
-the step) and `cause` (`failure` or `sold`): the format of the students' exploration logs that
-`../shared/data/real_server/` holds. Nothing here needs torch.
+(the server's flight counter after each step) and `cause` (`failure` or `sold`): the format of
+the students' logs that `../shared/data/real_server/` holds. Optional fields: `agent_name` (the
+policy that played it; the tables are per policy), `obs` (the last row of each step, 9
+features), `rows` (every row of each step) and `server_error_at_end` (the failing step was
+answered with HTTP 500: the failure fell on the step's first flight). Nothing here needs torch.
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ class LoggedEpisode:
     actions: tuple[int, ...]  # one per step
     rewards: tuple[float, ...]  # one per step
     flights: tuple[int, ...]  # the server's flight counter after each step
-    rows: tuple[tuple[float, ...], ...]  # the last row of each step, 9 features
+    rows: tuple[tuple[float, ...], ...] | None  # the last row of each step, 9 features (None: not logged)
     failed: bool  # ended by a catastrophic failure (else sold)
+    first_flight_failure: bool = False  # failed on its last step's first flight: no row, reward 0
+    rows_per_step: tuple[int, ...] | None = None  # rows each step returned (None: not logged)
+    agent: str = "unnamed"  # the policy that played it
 
     @property
     def total(self) -> float:
@@ -35,13 +40,15 @@ class LoggedEpisode:
     def failure_flight(self) -> int | None:
         """The flight at which the engine failed, or None if it was sold.
 
-        The server reports a failure on the first flight of a step with a flight counter of 0
-        and no rows; that flight is the one after the previous step's last.
+        The server's counter reads the failing flight, except when the failure falls on a step's
+        first flight: the server answers that step with an error, which the clients log as a
+        counter of 0 (vectorised) or unchanged (single engine); that flight is the one after the
+        previous step's last.
         """
         if not self.failed:
             return None
         before = self.flights[-2] if len(self.flights) > 1 else 0
-        return self.flights[-1] if self.flights[-1] > before else before + 1
+        return before + 1 if self.first_flight_failure else self.flights[-1]
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,9 @@ class StepContext:
 
 
 def load_episodes(path: str | Path) -> list[LoggedEpisode]:
-    """Read an episode log, checking every record; raises ValueError naming the bad line."""
+    """Read an episode log, checking every record; raises ValueError naming the bad line.
+
+    Episodes without an `agent_name` are named after the file (`exploration_episodes`)."""
     episodes = []
     with open(path, encoding="utf-8") as handle:
         # readline with a cap: a file with one enormous line is refused without reading it whole
@@ -67,7 +76,7 @@ def load_episodes(path: str | Path) -> list[LoggedEpisode]:
                 continue
             try:
                 record = json.loads(line)
-                episodes.append(_episode(record))
+                episodes.append(_episode(record, default_agent=Path(path).stem))
             except (ValueError, KeyError, TypeError) as err:
                 raise ValueError(f"{path}:{number}: not an episode record ({err})") from err
     if not episodes:
@@ -75,20 +84,33 @@ def load_episodes(path: str | Path) -> list[LoggedEpisode]:
     return episodes
 
 
-def _episode(record: dict) -> LoggedEpisode:
+def _episode(record: dict, default_agent: str) -> LoggedEpisode:
     actions = tuple(int(a) for a in record["actions"])
     rewards = tuple(float(r) for r in record["rewards"])
     flights = tuple(int(s) for s in record["steps"])
-    rows = tuple(tuple(float(v) for v in row) for row in record["obs"])
-    if not (len(actions) == len(rewards) == len(flights) == len(rows)) or not actions:
+    rows = tuple(tuple(float(v) for v in row) for row in record["obs"]) if "obs" in record else None
+    if not (len(actions) == len(rewards) == len(flights) == len(rows or actions)) or not actions:
         raise ValueError("actions, rewards, steps and obs must be non-empty lists of one length")
     if any(a not in tuple(Action) for a in actions):
         raise ValueError(f"actions must be in {{0, 1, 2}}, got {sorted(set(actions))}")
-    if any(len(row) != NUM_FEATURES for row in rows):
+    if rows is not None and any(len(row) != NUM_FEATURES for row in rows):
         raise ValueError(f"every obs row must have {NUM_FEATURES} values")
     if record["cause"] not in ("failure", "sold"):
         raise ValueError(f"cause must be 'failure' or 'sold', got {record['cause']!r}")
-    return LoggedEpisode(actions, rewards, flights, rows, record["cause"] == "failure")
+    failed = record["cause"] == "failure"
+    before = flights[-2] if len(flights) > 1 else 0
+    # single-engine client: counter unchanged and the flag; vectorised client: counter 0
+    first_flight = failed and (bool(record.get("server_error_at_end")) or flights[-1] == 0 or flights[-1] == before)
+    rows_per_step = None
+    if "rows" in record:
+        rows_per_step = [len(step) for step in record["rows"]]
+        if len(rows_per_step) != len(actions):
+            raise ValueError("rows must hold one list of rows per step")
+        if first_flight:  # the client repeats its last row for the step the server answered with an error
+            rows_per_step[-1] = 0
+        rows_per_step = tuple(rows_per_step)
+    agent = str(record.get("agent_name", default_agent))
+    return LoggedEpisode(actions, rewards, flights, rows, failed, first_flight, rows_per_step, agent)
 
 
 def step_contexts(actions: list[int] | tuple[int, ...], step_size: int = 10) -> list[StepContext]:

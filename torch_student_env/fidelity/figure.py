@@ -9,12 +9,16 @@ from torch_student_env.spec import SENSOR_NAMES
 _MOVING = ("HP_Nmech", "HPC_Tout", "HPC_Pout_st")
 
 
-def draw(real: dict, sim: dict, single_totals: list[float], single_real: float):
-    """A 2x2 `matplotlib.figure.Figure` (no pyplot, no global backend change)."""
+def draw(policies: dict[str, tuple[dict, dict]], single_totals: list[float], single_real: float):
+    """A 2x2 `matplotlib.figure.Figure` (no pyplot, no global backend change) of the
+    `(real, simulated)` summaries of each policy: step rewards and sensor drift of the policy
+    with the most repairs, failure flights of every policy that failed, the 250-flight engine."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(12, 8.5), layout="constrained")
     (rewards, failures), (drift, totals) = fig.subplots(2, 2)
+    with_rows = {name: pair for name, pair in policies.items() if pair[0]["sensors"] is not None}
+    real, sim = max(with_rows.values(), key=lambda pair: len(pair[0]["fly"]))
 
     for k in range(6):
         keys = [(int(key.split(",")[1]), key) for key in real["fly"] if key.startswith(f"{k},")]
@@ -32,22 +36,32 @@ def draw(real: dict, sim: dict, single_totals: list[float], single_real: float):
     rewards.axhline(0, color="grey", lw=0.6)
     rewards.legend(fontsize=8)
 
-    for name, flights in (("real", real["failure_flights"]), ("simulated", sim["failure_flights"])):
-        xs = np.sort(flights)
-        failures.step(xs, np.arange(1, len(xs) + 1) / len(xs), where="post", label=f"{name} (n={len(xs)})")
+    for policy, (real_p, sim_p) in policies.items():
+        if not real_p["failure_flights"]:
+            continue
+        color = None
+        for name, flights, style in (
+            ("real", real_p["failure_flights"], ":"),
+            ("simulated", sim_p["failure_flights"], "-"),
+        ):
+            xs = np.sort(flights)
+            ys = np.arange(1, len(xs) + 1) / len(xs)
+            label = f"{policy}, {name} (n={len(xs)})"
+            color = failures.step(xs, ys, style, where="post", label=label, color=color)[0].get_color()
     failures.set(
         xlabel="flight of the failure",
         ylabel="share of failed episodes",
-        title="Failure flight under the logged actions (CDF)",
+        title="Failure flight under each policy's logged actions (CDF)",
     )
     failures.legend(fontsize=8)
 
-    steps = np.arange(1, len(real["sensor_by_step"]) + 1)
+    steps = np.arange(1, len(real["sensors"]["sensor_by_step"]) + 1)
     for name, color in zip(_MOVING, ("tab:blue", "tab:orange", "tab:green"), strict=True):
         i = SENSOR_NAMES.index(name)
+        noise = real["sensors"]["noise"][i]
         for source, style, label in ((real, "o", "real"), (sim, "-", "simulated")):
-            values = np.array([row[i] for row in source["sensor_by_step"]])
-            drift.plot(steps, (values - values[0]) / real["noise"][i], style, color=color, label=f"{name}, {label}")
+            values = np.array([row[i] for row in source["sensors"]["sensor_by_step"]])
+            drift.plot(steps, (values - values[0]) / noise, style, color=color, label=f"{name}, {label}")
     drift.set(
         xlabel="fly step of a fresh engine",
         ylabel="change since step 1, in row-noise units",

@@ -36,6 +36,7 @@ def replay(
     seed: int = 0,
     params: SimParams | None = None,
     extra_steps: int = 60,
+    agent: str = "replay",
 ) -> list[list[LoggedEpisode]]:
     """Each action list on `seeds` simulated engines: `result[i][s]` is list i on engine s.
 
@@ -53,34 +54,39 @@ def replay(
         plan[: len(actions), i] = torch.tensor(actions)
     plan = plan.repeat(1, seeds)  # (T, num_envs)
 
-    env.reset()
+    newest = env.reset()["flight"][:, -1]
     alive = torch.ones(num_envs, dtype=torch.bool)
-    log = {key: [] for key in ("action", "reward", "flights", "row", "failed", "alive")}
+    log = {key: [] for key in ("action", "reward", "flights", "row", "rows", "failed", "alive")}
     for actions in plan:
         if not bool(alive.any()):
             break
         td = env.step(actions)
+        # the server's counter: the flights flown, the failing one included (it has no row)
+        flights = torch.where(td["done"], td["episode_length"], td["flight"][:, -1])
         log["action"].append(actions), log["alive"].append(alive.clone())
-        log["reward"].append(td["reward"]), log["flights"].append(td["flight"][:, -1].clamp(min=0))
+        log["reward"].append(td["reward"]), log["flights"].append(flights)
         log["row"].append(td["row"]), log["failed"].append(td["episode_failed"])
+        log["rows"].append((td["flight"] > newest.unsqueeze(1)).sum(1))  # rows this step returned
+        newest = td["flight"][:, -1]
         alive &= ~td["done"]
     stacked = {key: torch.stack(value) for key, value in log.items()}
-    episodes = [_episode(stacked, e) for e in range(num_envs)]
+    episodes = [_episode(stacked, e, agent) for e in range(num_envs)]
     return [[episodes[s * n_lists + i] for s in range(seeds)] for i in range(n_lists)]
 
 
-def _episode(log: dict[str, torch.Tensor], e: int) -> LoggedEpisode:
+def _episode(log: dict[str, torch.Tensor], e: int, agent: str) -> LoggedEpisode:
     steps = int(log["alive"][:, e].sum())
     failed = bool(log["failed"][:steps, e].any())
-    flights = log["flights"][:steps, e].tolist()
-    if failed and steps > 1 and flights[-1] == flights[-2]:  # a first-flight failure: no row, counter 0
-        flights[-1] = 0
+    rows_per_step = tuple(log["rows"][:steps, e].tolist())
     return LoggedEpisode(
         actions=tuple(log["action"][:steps, e].tolist()),
         rewards=tuple(log["reward"][:steps, e].tolist()),
-        flights=tuple(flights),
+        flights=tuple(log["flights"][:steps, e].tolist()),
         rows=tuple(map(tuple, log["row"][:steps, e].tolist())),
         failed=failed,
+        first_flight_failure=failed and rows_per_step[-1] == 0,
+        rows_per_step=rows_per_step,
+        agent=agent,
     )
 
 

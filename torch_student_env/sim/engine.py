@@ -7,12 +7,15 @@ no host synchronisation, any device. The model and its calibration are in docs/s
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
+from typing import NamedTuple
 
 import torch
 
 from torch_student_env.sim import rng
-from torch_student_env.sim.params import REPAIR_AGE_KNOTS, SimParams
+from torch_student_env.sim.params import DATA_LAST_AGE, DATA_LAST_REPAIRS, REPAIR_AGE_KNOTS, VARIANT_FIELDS, SimParams
 from torch_student_env.spec import NUM_SENSORS, Action, Phase
 from torch_student_env.types import Transition
 
@@ -40,6 +43,7 @@ class EngineState:
     wear_rate: torch.Tensor  # (N,) float32, health lost per flight until the next repair
     flights: torch.Tensor  # (N,) int64, flights flown in this episode
     repairs: torch.Tensor  # (N,) int64, repairs done in this episode
+    variant: torch.Tensor  # (N,) int64, which model of the env's ensemble this episode runs (0 for one)
 
     def where(self, mask: torch.Tensor, other: EngineState) -> EngineState:
         """Per engine, this state where `mask` (N,) is True, else `other` (no boolean indexing)."""
@@ -48,18 +52,61 @@ class EngineState:
         )
 
 
+class Dynamics(NamedTuple):
+    """The `VARIANT_FIELDS` of each engine's model: floats for one model, (N,) tensors for an
+    ensemble (each engine's episode runs the variant it drew at its reset)."""
+
+    hazard_log_at_zero: float | torch.Tensor
+    hazard_health_slope: float | torch.Tensor
+    repair_safety_margin: float | torch.Tensor
+    hazard_floor_new: float | torch.Tensor
+    hazard_max_per_flight: float | torch.Tensor
+    margin_loss_per_repair: float | torch.Tensor
+    age_hazard_per_flight: float | torch.Tensor
+    wear_rate_rise_past_knots: float | torch.Tensor
+    failure_lag_flights: float | torch.Tensor
+
+
+assert Dynamics._fields == VARIANT_FIELDS, "Dynamics must list sim.params.VARIANT_FIELDS in order"
+
+
+def check_variants(variants: Sequence[SimParams]) -> tuple[SimParams, ...]:
+    """The variants as a tuple, checked: at least one, all `SimParams`, and equal outside
+    `VARIANT_FIELDS` (those are what the data identifies; an ensemble shares them)."""
+    variants = tuple(variants)
+    if not variants or not all(isinstance(v, SimParams) for v in variants):
+        raise TypeError(f"sim variants must be a non-empty sequence of SimParams, got {variants!r}")
+    for field in fields(SimParams):
+        if field.name not in VARIANT_FIELDS:
+            values = {getattr(v, field.name) for v in variants}
+            if len(values) > 1:
+                raise ValueError(
+                    f"sim variants may differ only in {VARIANT_FIELDS}; they differ in {field.name}: {sorted(values)}"
+                )
+    return variants
+
+
 class SimTables:
-    """The constants of `SimParams` as tensors on one device, built once per env.
+    """The constants of `SimParams` (one, or an ensemble of variants) as tensors on one device,
+    built once per env.
 
     Per-sensor tables are shaped (7, 1, 1) so that they broadcast against the simulator's
     channel-first (7, K, N) sensor blocks.
     """
 
-    def __init__(self, params: SimParams, device: torch.device) -> None:
+    def __init__(self, params: SimParams | Sequence[SimParams], device: torch.device) -> None:
         def per_sensor(values) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.float32, device=device).view(NUM_SENSORS, 1, 1)
 
-        self.params = params
+        self.variants = check_variants((params,) if isinstance(params, SimParams) else params)
+        self.num_variants = len(self.variants)
+        params = self.params = self.variants[0]
+        # (fields, variants): an engine's column is gathered by its variant index each step.
+        self.variant_table = (
+            torch.tensor([[getattr(v, f) for v in self.variants] for f in VARIANT_FIELDS], device=device)
+            if self.num_variants > 1
+            else None
+        )
         self.sensor_level = per_sensor(params.sensor_level)
         self.sensor_per_dtamb = per_sensor(params.sensor_per_dtamb)
         self.sensor_per_health = per_sensor(params.sensor_per_health)
@@ -74,6 +121,46 @@ class SimTables:
             for i in range(len(ages) - 1)
         )
 
+    def dynamics(self, variant: torch.Tensor) -> Dynamics:
+        """Each engine's `Dynamics` for its `variant` (N,): plain floats when there is one model."""
+        if self.variant_table is None:
+            return Dynamics(*(getattr(self.params, f) for f in VARIANT_FIELDS))
+        return Dynamics(*self.variant_table[:, variant].unbind(0))
+
+
+def _used(coefficient: float | torch.Tensor) -> bool:
+    """Whether a term with this coefficient can matter: a plain 0.0 (or inf, for a cap) leaves it
+    out of the graph."""
+    return not (isinstance(coefficient, float) and coefficient in (0.0, math.inf))
+
+
+def failure_rate(
+    health: torch.Tensor, wear_rate: torch.Tensor, flight: torch.Tensor, repairs: torch.Tensor, d: Dynamics
+) -> torch.Tensor:
+    """Failure rate per flight (continuous time: a flight fails with probability 1 - exp(-rate)).
+
+    `health` of the flight, the engine's `wear_rate`, the `flight` index (age) and `repairs`
+    done, broadcastable to each other; `d` from `SimTables.dynamics`. The one definition of
+    failure, shared by the simulator and the oracle. docs/simulator.md, "Failures".
+    """
+    safety = health
+    if _used(d.repair_safety_margin):
+        margin = d.repair_safety_margin * (repairs > 0)
+        if _used(d.margin_loss_per_repair):
+            past = (repairs - DATA_LAST_REPAIRS).clamp(min=0).to(health.dtype)
+            margin = margin * (1.0 - d.margin_loss_per_repair * past).clamp(min=0.0)
+        safety = safety + margin
+    if _used(d.failure_lag_flights):
+        safety = safety + d.failure_lag_flights * wear_rate
+    rate = torch.exp(d.hazard_log_at_zero - d.hazard_health_slope * safety)
+    if _used(d.hazard_max_per_flight):
+        rate = rate / (1.0 + rate / d.hazard_max_per_flight)
+    if _used(d.hazard_floor_new):
+        rate = rate + d.hazard_floor_new * (repairs == 0)
+    if _used(d.age_hazard_per_flight):
+        rate = rate + d.age_hazard_per_flight * (flight.to(health.dtype) - DATA_LAST_AGE).clamp(min=0.0)
+    return rate
+
 
 def none_of(mask: torch.Tensor) -> bool:
     """Whether `mask` is all False, where knowing it is free: an eager step on CPU; else False.
@@ -86,12 +173,21 @@ def none_of(mask: torch.Tensor) -> bool:
     return mask.device.type == "cpu" and not torch.compiler.is_compiling() and not bool(mask.any())
 
 
-def wear_rate_after_repair(age: torch.Tensor, tables: SimTables) -> torch.Tensor:
-    """Health lost per flight after a repair at `age` flights (before the engine's own spread)."""
-    rate = torch.full_like(age, tables.params.wear_rate_new, dtype=torch.float32)
-    age = age.to(torch.float32)
+def wear_rate_after_repair(
+    age: torch.Tensor, tables: SimTables, rise_past_knots: float | torch.Tensor = 0.0
+) -> torch.Tensor:
+    """Health lost per flight after a repair at `age` flights (before the engine's own spread).
+
+    Interpolated over `REPAIR_AGE_KNOTS`; past the last knot it stays flat, plus
+    `rise_past_knots` per flight of age (a variant's extrapolation).
+    """
+    dtype = age.dtype if age.is_floating_point() else torch.float32
+    age = age.to(dtype)
+    rate = torch.full_like(age, tables.params.wear_rate_new)
     for start, span, slope in tables.repair_wear_hinges:
         rate = rate + slope * (age - start).clamp(0.0, span)
+    if _used(rise_past_knots):
+        rate = rate + rise_past_knots * (age - REPAIR_AGE_KNOTS[-1]).clamp(min=0.0)
     return rate
 
 
@@ -174,8 +270,13 @@ def reset_engines(episode_key: torch.Tensor, tables: SimTables) -> tuple[EngineS
     merge with `EngineState.where`; computing all N and selecting keeps the kernel sync-free.
     """
     p = tables.params
-    engine_bits = rng.stream_bits(rng.fold(episode_key, _ENGINE_SALT), 1)  # (1, N)
+    draws = 1 if tables.num_variants == 1 else 2  # the second draw picks the episode's variant
+    engine_bits = rng.stream_bits(rng.fold(episode_key, _ENGINE_SALT), draws)  # (draws, N)
     spread_z, _ = rng.normal_pair(engine_bits[0])
+    if draws == 1:
+        variant = torch.zeros_like(episode_key, dtype=torch.int64)
+    else:  # uniform over the ensemble, from (seed, env, episode) alone
+        variant = (rng.uniform24(engine_bits[1]) * tables.num_variants).long().clamp(max=tables.num_variants - 1)
     state = EngineState(
         episode_key=episode_key,
         health=torch.full_like(spread_z, p.health_new),
@@ -184,6 +285,7 @@ def reset_engines(episode_key: torch.Tensor, tables: SimTables) -> tuple[EngineS
         # alias only after a reset would compile the step twice.
         flights=torch.zeros_like(episode_key, dtype=torch.int64),
         repairs=torch.zeros_like(episode_key, dtype=torch.int64),
+        variant=variant,
     )
     first = _flight_rows(episode_key, state.flights.unsqueeze(0), state.health.unsqueeze(0), tables)
     return state, first.rows[:, 0]
@@ -204,19 +306,21 @@ def advance(
     - a repair is paid before the step's flights, sets health to 1 and draws a new wear rate,
       faster the older the engine; the repair step flies and earns its flights;
     - a sale is worth `sale_reward`, flies one flight (its row is returned) and ends the episode;
-    - a failure ends the episode: the failing flight is the last row returned and the step's
-      whole reward is `failure_reward`, except that a failure on the step's first flight returns
-      no row and `first_flight_failure_reward`;
+    - a failure ends the episode: the rows of the flights before the failing one are returned
+      (the failing flight counts as flown but has no row), and the step's whole reward is
+      `failure_reward`, except on the step's first flight: no row and `first_flight_failure_reward`;
     - the episode is truncated when it reaches `max_flights`.
     """
     p = tables.params
+    d = tables.dynamics(state.variant)
     sell = active & (actions == _SELL)
     repair = active & (actions == _REPAIR)
 
     if not none_of(repair):
         repair_bits = rng.stream_bits(rng.fold(rng.fold(state.episode_key, state.flights), _REPAIR_STREAM), 1)
         spread_z, _ = rng.normal_pair(repair_bits[0])
-        new_rate = wear_rate_after_repair(state.flights, tables) * _lognormal_factor(spread_z, p.wear_spread_repair)
+        base_rate = wear_rate_after_repair(state.flights, tables, d.wear_rate_rise_past_knots)
+        new_rate = base_rate * _lognormal_factor(spread_z, p.wear_spread_repair)
         state = replace(
             state,
             health=torch.where(repair, 1.0, state.health),
@@ -233,15 +337,16 @@ def advance(
     rows = _flight_rows(state.episode_key, flight, health, tables)
 
     in_budget = j <= budget
-    hazard = torch.exp(p.hazard_log_at_zero - p.hazard_health_slope * health)  # per flight, continuous time
+    hazard = failure_rate(health, state.wear_rate, flight, state.repairs, d)  # (K, N)
     fails = in_budget & ~sell & (rows.hazard_draw < -torch.expm1(-hazard))
     # A min over flights, not a cumsum: a reduction fuses into the compiled kernel, a scan does not.
     first_failure = torch.where(fails, j, step_size + 1).amin(dim=0)  # (N,), K + 1 = none
     failed = first_failure <= step_size
     first_flight_failed = first_failure == 1
-    flown = in_budget & (j <= first_failure) & ~first_flight_failed
+    flown = in_budget & (j <= first_failure)  # the failing flight is flown (the counter reads it) ...
+    returned = flown & (j < first_failure)  # ... but has no row: the server returns the ones before it
     profit = p.profit_per_flight * health + p.profit_noise_std * rows.profit_noise
-    earned = sum_over_flights(profit * (flown & ~sell))
+    earned = sum_over_flights(profit * (returned & ~sell))
     reward = torch.where(sell, p.sale_reward, earned - p.repair_cost * repair.to(torch.float32))
     failure_reward = torch.where(first_flight_failed, p.first_flight_failure_reward, p.failure_reward)
     reward = torch.where(failed, failure_reward, reward)
@@ -256,7 +361,7 @@ def advance(
     truncated = active & ~terminated & (state.flights >= max_flights)
     transition = Transition(
         rows=rows.rows,
-        row_flown=flown.T,
+        row_flown=returned.T,
         row_flight=flight.T,
         reward=reward,
         terminated=terminated,

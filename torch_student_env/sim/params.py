@@ -8,7 +8,9 @@ hashable and device-free; `SimTables` turns them into tensors on the env's devic
 
 Health is the engine's hidden state: the profit of its next flight as a share of the profit of a
 just-repaired engine. It falls by the engine's wear rate each flight, a repair sets it back to 1,
-and the engine fails, at random, more and more often as it nears 0.
+and the engine fails, at random, more and more often as it nears 0 (after a repair, as it nears -0.2:
+a repair restores more safety than profit). Several `SimParams` that differ only in
+`VARIANT_FIELDS` form a plausible-model ensemble (`sim.variants`), one drawn per episode.
 """
 
 from __future__ import annotations
@@ -19,6 +21,25 @@ from dataclasses import dataclass
 # at which the calibration data holds repairs. Between knots it is interpolated linearly; before
 # the first knot from the fresh engine's rate, past the last it stays at the last knot's value.
 REPAIR_AGE_KNOTS: tuple[float, ...] = (60.0, 120.0, 180.0, 210.0, 240.0, 300.0, 360.0)
+
+# Where the real logs end (docs/simulator.md, "Where the data ends"): no logged engine was
+# repaired past this age or more often than this; beyond them the model extrapolates.
+DATA_LAST_AGE: float = REPAIR_AGE_KNOTS[-1]
+DATA_LAST_REPAIRS: int = 6
+
+# The fields a plausible-model variant may change (`sim.variants`); every other field is
+# identified by the data and shared by all variants of one env.
+VARIANT_FIELDS: tuple[str, ...] = (
+    "hazard_log_at_zero",
+    "hazard_health_slope",
+    "repair_safety_margin",
+    "hazard_floor_new",
+    "hazard_max_per_flight",
+    "margin_loss_per_repair",
+    "age_hazard_per_flight",
+    "wear_rate_rise_past_knots",
+    "failure_lag_flights",
+)
 
 
 @dataclass(frozen=True)
@@ -43,11 +64,24 @@ class SimParams:
     wear_spread_repair: float = 0.12  # relative spread of the wear rate drawn at each repair
 
     # --- failure -------------------------------------------------------------------------------
-    # Failure rate per flight exp(hazard_log_at_zero - hazard_health_slope * health): 1e-4 at
-    # health 0.2, 0.5 % at health 0, 3 % at health -0.1. Fitted by replaying the logged episodes
-    # (their failure flights), from the maximum-likelihood start exp(-4.28 - 8.84 * health).
-    hazard_log_at_zero: float = -5.4
-    hazard_health_slope: float = 18.0
+    # Failure rate per flight, at a flight of health h (docs/simulator.md, "Failures"):
+    #     r = exp(hazard_log_at_zero - hazard_health_slope * (h + margin + failure_lag_flights * wear))
+    #     r / (1 + r / hazard_max_per_flight) + hazard_floor_new (never repaired)
+    #     + age_hazard_per_flight * (flight - DATA_LAST_AGE)+
+    # margin = 0 before the first repair and `repair_safety_margin` after: a repair restores the
+    # engine's safety more than its profit (repaired engines fail near health -0.2, never-repaired
+    # ones near 0.1). Fitted by maximum likelihood on the never-repaired and exploration logs.
+    hazard_log_at_zero: float = -0.9525
+    hazard_health_slope: float = 14.22
+    repair_safety_margin: float = 0.232
+    hazard_floor_new: float = 1.3e-4  # a never-repaired engine's failures at any health (1 in 7,700)
+    hazard_max_per_flight: float = 0.191  # the rate saturates here (the real hazard is log-concave)
+    # Extrapolation past the data (all 0 = the simplest reading; the variants of
+    # `sim.variants` set them, docs/simulator.md "Where the data ends"):
+    margin_loss_per_repair: float = 0.0  # share of the margin lost per repair past DATA_LAST_REPAIRS
+    age_hazard_per_flight: float = 0.0  # extra failure rate per flight of age past DATA_LAST_AGE
+    wear_rate_rise_past_knots: float = 0.0  # wear rate after a repair: + this per flight of age past the last knot
+    failure_lag_flights: float = 0.0  # alternative structure: safety leads health by this many flights of wear
 
     # --- sensors (spec.SENSOR_NAMES order) -----------------------------------------------------
     # Each sensor: level + per_dtamb * (DTAMB - 10) + per_health * (h - 1) + per_health_sq * (h - 1)^2
@@ -89,12 +123,18 @@ class SimParams:
                 f"SimParams.wear_rate_after_repair needs {len(REPAIR_AGE_KNOTS)} values (one per age in "
                 f"REPAIR_AGE_KNOTS), got {len(self.wear_rate_after_repair)}"
             )
-        positive = ("profit_per_flight", "health_new", "wear_rate_new", "hazard_health_slope")
+        positive = ("profit_per_flight", "health_new", "wear_rate_new", "hazard_health_slope", "hazard_max_per_flight")
         for name in positive + ("wear_rate_after_repair",):
             values = getattr(self, name)
             if min(values if isinstance(values, tuple) else (values,)) <= 0:
                 raise ValueError(f"SimParams.{name} must be > 0, got {values}")
         for name in (
+            "repair_safety_margin",
+            "hazard_floor_new",
+            "margin_loss_per_repair",
+            "age_hazard_per_flight",
+            "wear_rate_rise_past_knots",
+            "failure_lag_flights",
             "profit_noise_std",
             "wear_spread_new",
             "wear_spread_repair",
