@@ -61,7 +61,7 @@ class SimParams:
     # to 1, but the later in an engine's life it comes, the faster the engine wears afterwards.
     wear_rate_after_repair: tuple[float, ...] = (0.011943, 0.014206, 0.014256, 0.021755, 0.021647, 0.024698, 0.024443)
     wear_spread_new: float = 0.03  # relative spread (lognormal sigma) of a fresh engine's wear rate
-    wear_spread_repair: float = 0.12  # relative spread of the wear rate drawn at each repair
+    wear_spread_repair: float = 0.16  # relative spread of the wear rate drawn at each repair
 
     # --- failure -------------------------------------------------------------------------------
     # Failure rate per flight, at a flight of health h (docs/simulator.md, "Failures"):
@@ -71,11 +71,11 @@ class SimParams:
     # margin = 0 before the first repair and `repair_safety_margin` after: a repair restores the
     # engine's safety more than its profit (repaired engines fail near health -0.2, never-repaired
     # ones near 0.1). Fitted by maximum likelihood on the never-repaired and exploration logs.
-    hazard_log_at_zero: float = -0.9525
-    hazard_health_slope: float = 14.22
-    repair_safety_margin: float = 0.232
-    hazard_floor_new: float = 1.3e-4  # a never-repaired engine's failures at any health (1 in 7,700)
-    hazard_max_per_flight: float = 0.191  # the rate saturates here (the real hazard is log-concave)
+    hazard_log_at_zero: float = -1.055
+    hazard_health_slope: float = 13.85
+    repair_safety_margin: float = 0.2455
+    hazard_floor_new: float = 1.251e-4  # a never-repaired engine's failures at any health (1 in 8,000)
+    hazard_max_per_flight: float = 0.2066  # the rate saturates here (the real hazard is log-concave)
     # Extrapolation past the data (all 0 = the simplest reading; the variants of
     # `sim.variants` set them, docs/simulator.md "Where the data ends"):
     margin_loss_per_repair: float = 0.0  # share of the margin lost per repair past DATA_LAST_REPAIRS
@@ -87,10 +87,10 @@ class SimParams:
     # Each sensor: level + per_dtamb * (DTAMB - 10) + per_health * (h - 1) + per_health_sq * (h - 1)^2
     # + noise. HP_Nmech, HPC_Tout and HPC_Pout_st fall with wear; LPT_Tin and Fuel_flow rise only
     # near failure; HPC_Tin and LP_Nmech follow DTAMB alone.
-    sensor_level: tuple[float, ...] = (798.5655, 19428.52, 335.8183, 1120.312, 0.3721397, 1374447.0, 3957.953)
-    sensor_per_dtamb: tuple[float, ...] = (2.6997, 35.973, 1.2733, 4.0789, 0.000877, -448.56, 7.4138)
-    sensor_per_health: tuple[float, ...] = (16.506, 353.48, -0.02827, -0.27381, 8.0427e-05, 65989.0, -0.11101)
-    sensor_per_health_sq: tuple[float, ...] = (3.6882, -47.313, 0.12088, 2.1143, 0.00040317, 14871.0, -0.034226)
+    sensor_level: tuple[float, ...] = (797.7522, 19403.27, 335.8054, 1120.457, 0.3721564, 1371296.0, 3957.8)
+    sensor_per_dtamb: tuple[float, ...] = (2.6732, 36.44, 1.2068, 3.8361, 0.00082729, 88.593, 7.0407)
+    sensor_per_health: tuple[float, ...] = (12.961, 230.91, 0.054909, 1.1138, 0.00029875, 50744.0, -0.09697)
+    sensor_per_health_sq: tuple[float, ...] = (0.114, -175.67, 0.21343, 3.6242, 0.00064344, -636.67, -0.004327)
     # Row noise of each sensor, on top of the hidden ambient deviation below.
     sensor_noise_std: tuple[float, ...] = (0.98, 25.0, 0.072, 0.478, 0.000084, 4880.0, 0.38)
     # The sensors see DTAMB plus a hidden deviation of this std (K), except on a step's first

@@ -41,10 +41,11 @@ PLAUSIBLE: dict[str, SimParams] = {
     "lagged_safety": replace(
         _DEFAULT,
         repair_safety_margin=0.0,
-        failure_lag_flights=15.2,
-        hazard_log_at_zero=0.83,
-        hazard_health_slope=15.18,
-        hazard_floor_new=1.83e-4,
+        failure_lag_flights=15.94,
+        hazard_log_at_zero=0.8023,
+        hazard_health_slope=14.83,
+        hazard_floor_new=1.735e-4,
+        hazard_max_per_flight=0.1918,
     ),
 }
 
