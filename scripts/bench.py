@@ -233,7 +233,8 @@ def policy_loop(n: int, args, rounds: int = 8, block: int = 60) -> dict:
 
 def adapter_overheads(n: int, args) -> dict:
     """Per-step time of each adapter against the native env at the same N (eager, CPU)."""
-    from torch_student_env.adapters.gymnasium import GymnasiumVectorEnv, SB3VecEnv
+    from torch_student_env.adapters.gymnasium import GymnasiumVectorEnv
+    from torch_student_env.adapters.sb3 import SB3VecEnv
 
     out = {"native": native(n, "cpu", False, args)["seconds_per_step"]}
     out["torchrl"] = torchrl_adapter(n, "cpu", args)["seconds_per_step"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -61,7 +64,7 @@ def test_sb3_vec_env_terminal_observation_and_ppo():
     pytest.importorskip("stable_baselines3", reason="SB3 adapter tests need the [sb3] extra")
     from stable_baselines3 import PPO
 
-    from torch_student_env.adapters.gymnasium import SB3VecEnv
+    from torch_student_env.adapters.sb3 import SB3VecEnv
 
     venv = SB3VecEnv(num_envs=4, seed=6)
     native = make_env(num_envs=4, seed=6)
@@ -103,3 +106,39 @@ def test_registered_for_make_and_make_vec():
     assert reward == 150.0 and terminated and not truncated and info["valid"].sum() == 2
     obs, _ = single.reset()
     assert info["flight"][-1] == 1 and single.unwrapped.env.backend.sim.episode[0] == 1  # the next episode
+
+
+def _run_without(blocked: str, code: str) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter where `import <blocked>` fails, as if it were not installed."""
+    prelude = f"import sys; sys.modules[{blocked!r}] = None\n"
+    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=120)
+
+
+def test_the_gym_extra_works_without_stable_baselines3():
+    """`pip install .[gym]` alone: the package, gymnasium.make and the vector env all import;
+    asking for the SB3 adapter names the extra that brings it."""
+    done = _run_without(
+        "stable_baselines3",
+        "import torch_student_env, gymnasium\n"
+        "env = gymnasium.make('TorchStudentEnv-v0')\n"
+        "obs, info = env.reset(seed=0)\n"
+        "from torch_student_env.adapters.gymnasium import GymnasiumVectorEnv\n"
+        "print('ok', obs.shape, GymnasiumVectorEnv(num_envs=2, seed=0).num_envs)\n"
+        "try:\n"
+        "    from torch_student_env.adapters.sb3 import SB3VecEnv\n"
+        "except ImportError as err:\n"
+        "    print('refused:', err)\n",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ok (10, 9) 2" in done.stdout
+    assert "refused: stable_baselines3.common.vec_env is not installed" in done.stdout and "[sb3]" in done.stdout
+
+
+def test_sb3vecenv_is_still_found_where_it_was():
+    pytest.importorskip("stable_baselines3")
+    from torch_student_env.adapters import gymnasium as adapter
+    from torch_student_env.adapters.sb3 import SB3VecEnv
+
+    assert adapter.SB3VecEnv is SB3VecEnv
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        adapter.Nope  # noqa: B018

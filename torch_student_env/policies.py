@@ -92,7 +92,7 @@ class ThresholdPolicy:
     """Repair when the sensor-read health falls below `repair_below`; past `sell_after` flights,
     when a repair would no longer pay back, sell at that point instead."""
 
-    def __init__(self, repair_below: float = 0.45, sell_after: int = 300, params: SimParams | None = None) -> None:
+    def __init__(self, repair_below: float = 0.35, sell_after: int = 300, params: SimParams | None = None) -> None:
         self.repair_below, self.sell_after = repair_below, sell_after
         self.params = params or SimParams()
 

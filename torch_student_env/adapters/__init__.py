@@ -1,8 +1,8 @@
 """Thin adapters to other RL frameworks; each module imports its framework lazily.
 
 - `adapters.torchrl`: `TorchRLStudentEnv`, a TorchRL `EnvBase` ([torchrl] extra);
-- `adapters.gymnasium`: `GymnasiumVectorEnv` (Gymnasium 1.x `VectorEnv`) and `SB3VecEnv`
-  (Stable-Baselines3 `VecEnv`) ([gym] extra).
+- `adapters.gymnasium`: `GymnasiumVectorEnv` (Gymnasium 1.x `VectorEnv`) ([gym] extra);
+- `adapters.sb3`: `SB3VecEnv` (Stable-Baselines3 `VecEnv`) ([sb3] extra).
 """
 
 

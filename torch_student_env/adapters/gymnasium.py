@@ -1,11 +1,11 @@
-"""Gymnasium and Stable-Baselines3 adapters ([gym] extra): numpy in, numpy out.
+"""Gymnasium adapters ([gym] extra): numpy in, numpy out.
 
 `GymnasiumVectorEnv` is a Gymnasium 1.x `VectorEnv` in `AutoresetMode.SAME_STEP`, which is what the
 native env does: a finished env is reset inside the same `step`, whose observation is already the
 new episode's, while `info["final_obs"]` (an object array, None elsewhere, mask
-`info["_final_obs"]`) holds the terminal window. `SB3VecEnv` is a Stable-Baselines3 `VecEnv` with
-SB3's conventions: `infos[i]["terminal_observation"]` and `infos[i]["TimeLimit.truncated"]`.
-Observations are the (W, 9) window; padding rows are zeros (see `info["valid"]`).
+`info["_final_obs"]`) holds the terminal window. The Stable-Baselines3 `VecEnv` is
+`adapters.sb3.SB3VecEnv` ([sb3] extra). Observations are the (W, 9) window; padding rows are
+zeros (see `info["valid"]`).
 """
 
 from __future__ import annotations
@@ -151,59 +151,11 @@ def register_envs() -> None:
         )
 
 
-def _sb3_base():
-    return require("stable_baselines3.common.vec_env", "sb3").VecEnv
+def __getattr__(name: str) -> Any:
+    """`SB3VecEnv` lives in `adapters.sb3` ([sb3] extra); importing it from here still works, but
+    only when asked: this module must import with gymnasium alone."""
+    if name == "SB3VecEnv":
+        from torch_student_env.adapters.sb3 import SB3VecEnv
 
-
-class SB3VecEnv(_sb3_base()):
-    """`num_envs` engines as a Stable-Baselines3 `VecEnv`: `PPO("MlpPolicy", SB3VecEnv(...))`."""
-
-    def __init__(self, env: TorchStudentEnv | None = None, **make_env_kwargs: Any) -> None:
-        self.env = env if env is not None else _make(make_env_kwargs)
-        if not self.env.config.auto_reset:
-            raise ValueError("SB3VecEnv needs auto_reset=True: SB3 expects VecEnvs to reset themselves")
-        _needs_final_windows(self.env, "SB3VecEnv")
-        observation_space, action_space = _spaces(self.env)
-        self.render_mode = None  # read by VecEnv.__init__; nothing to render
-        super().__init__(self.env.num_envs, observation_space, action_space)
-        self._actions: np.ndarray | None = None
-
-    def reset(self) -> np.ndarray:
-        seed = self._seeds[0] if any(s is not None for s in self._seeds) else None
-        self._reset_seeds()
-        return _numpy(self.env.reset(seed=seed)["observation"])
-
-    def step_async(self, actions: np.ndarray) -> None:
-        self._actions = np.asarray(actions).reshape(self.num_envs).astype(np.int64)
-
-    def step_wait(self):
-        td = self.env.step(self._actions)
-        done, truncated = _numpy(td["done"]), _numpy(td["truncated"])
-        finals = _numpy(td["final_observation"])
-        infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
-        for i in np.flatnonzero(done):  # per-env info dicts are SB3's format
-            infos[i]["terminal_observation"] = finals[i]
-            infos[i]["TimeLimit.truncated"] = bool(truncated[i])
-            infos[i]["episode"] = {"r": float(td["episode_return"][i]), "l": int(td["episode_length"][i])}
-        return _numpy(td["observation"]), _numpy(td["reward"]), done, infos
-
-    def close(self) -> None:
-        self.env.close()
-
-    def get_attr(self, attr_name: str, indices=None) -> list[Any]:
-        owner = self if attr_name in self.__dict__ else self.env  # adapter attributes first
-        return [getattr(owner, attr_name)] * len(self._indices(indices))
-
-    def set_attr(self, attr_name: str, value: Any, indices=None) -> None:
-        raise AttributeError(f"SB3VecEnv cannot set {attr_name!r}: the engines share one batched env")
-
-    def env_method(self, method_name: str, *args, indices=None, **kwargs) -> list[Any]:
-        raise AttributeError(f"SB3VecEnv has no per-engine sub-envs to call {method_name!r} on")
-
-    def env_is_wrapped(self, wrapper_class, indices=None) -> list[bool]:
-        return [False] * len(self._indices(indices))
-
-    def _indices(self, indices) -> list[int]:
-        if indices is None:
-            return list(range(self.num_envs))
-        return [indices] if isinstance(indices, int) else list(indices)
+        return SB3VecEnv
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
