@@ -7,6 +7,8 @@ import pytest
 import torch
 from helpers import assert_same_snapshot, const_actions, snapshot
 
+from torch_student_env import make_env
+
 
 def _rollout(env, actions_fn, steps):
     td = env.reset()
@@ -147,3 +149,22 @@ def test_step_before_reset_and_bad_mask(env_factory):
         env.reset(mask=torch.tensor([1, 0]))
     with pytest.raises(ValueError, match="cannot be combined"):
         env.reset(seed=1, mask=torch.tensor([True, False]))
+
+
+def test_a_checkpoint_keeps_per_engine_seeds():
+    """Engines re-keyed with `seed_engines` (compat's per-env seeds, the server's) keep their keys
+    through a save and a load: the episodes after the checkpoint, the next ones included, are
+    the same."""
+    env = make_env(num_envs=4, seed=0)
+    env.reset()
+    env.backend.seed_engines(torch.tensor([True, False, True, True]), torch.tensor([5, 0, 7, 8]), torch.arange(4))
+    env.reset()
+    for _ in range(3):
+        env.step(torch.zeros(4, dtype=torch.long))
+    state = env.state_dict()
+    plan = [torch.full((4,), a) for a in (0, 2, 0, 0, 1, 0, 2, 0)]  # two sales: two new episodes each
+    expected = [env.step(actions)["observation"] for actions in plan]
+    restored = make_env(num_envs=4, seed=0)
+    restored.load_state_dict(state)
+    for actions, observation in zip(plan, expected, strict=True):
+        assert torch.equal(restored.step(actions)["observation"], observation)

@@ -129,15 +129,22 @@ class LocalBackend:
         return {"health": s.health.clone(), "wear_rate": s.wear_rate.clone(), "repairs": s.repairs.clone()}
 
     def state_dict(self) -> dict[str, Any]:
-        """Seed, episode counters and every engine tensor (cloned)."""
+        """Seed, each engine's key (which `seed_engines` may have changed) and episode counter,
+        and every engine tensor (cloned)."""
         engines = self.sim.engines
         engines = {k: v.clone() for k, v in asdict(engines).items()} if engines is not None else None
-        return {"seed": self._seed, "episode": self.sim.episode.clone(), "engines": engines}
+        return {
+            "seed": self._seed,
+            "env_key": self.sim.env_key.clone(),
+            "episode": self.sim.episode.clone(),
+            "engines": engines,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a `state_dict` (tensors moved to this backend's device); checked whole first."""
-        check_state_keys("backend checkpoint", state, {"seed", "episode", "engines"})
+        check_state_keys("backend checkpoint", state, {"seed", "env_key", "episode", "engines"})
         seed = check_seed(state["seed"])
+        env_key = check_state_tensor("env_key", state["env_key"], self.sim.env_key)
         episode = check_state_tensor("episode", state["episode"], self.sim.episode)
         engines = state["engines"]
         if engines is not None:
@@ -147,10 +154,10 @@ class LocalBackend:
             like = {"episode_key": self.sim.env_key} | dict.fromkeys(counters, self.sim.episode)
             for name in names:
                 check_state_tensor(name, engines[name], like.get(name, self.sim.env_key.float()))
-        self.seed(seed)
+        self._seed = seed
         self.sim = SimState(
             None if engines is None else EngineState(**{k: v.to(self.device).clone() for k, v in engines.items()}),
-            self.sim.env_key,
+            env_key.to(self.device).clone(),
             episode.to(self.device).clone(),
         )
 
