@@ -163,7 +163,7 @@ def main(args: Args) -> dict:
             next_eval += args.eval_every
             stats = summarize(run_episodes(make_env(num_envs=args.eval_envs, seed=5_000, device=device), q_net.act))
             curve.append(
-                {"env_steps": global_step, "mean_return": round(stats["mean_return"], 1), "ci95": stats["ci95"]}
+                {"env_steps": global_step, "mean_return": stats["mean_return"], "ci95": stats["ci95"]}
             )
             sps = global_step / (time.perf_counter() - start)
             log.scalars(

@@ -283,7 +283,7 @@ def main(args: Args) -> dict | None:
             env_eval = make_env(num_envs=args.eval_envs, seed=5_000, device=device)
             stats = summarize(run_episodes(env_eval, agent.act, episodes_per_env=1))
             curve.append(
-                {"env_steps": global_step, "mean_return": round(stats["mean_return"], 1), "ci95": stats["ci95"]}
+                {"env_steps": global_step, "mean_return": stats["mean_return"], "ci95": stats["ci95"]}
             )
             log.scalars(global_step, charts_validation_return=stats["mean_return"])
             if stats["mean_return"] > best["mean_return"]:  # validation seeds, never the held-out ones

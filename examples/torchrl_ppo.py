@@ -114,7 +114,7 @@ def main(args: Args) -> None:
         bar.update(batch.numel())
         if (i + 1) % args.eval_every == 0 or steps >= args.total_steps:
             stats = summarize(run_episodes(make_env(num_envs=256, seed=5_000, device=device), greedy))
-            curve.append({"env_steps": steps, "mean_return": round(stats["mean_return"], 1), "ci95": stats["ci95"]})
+            curve.append({"env_steps": steps, "mean_return": stats["mean_return"], "ci95": stats["ci95"]})
             bar.set_postfix(sps=f"{steps / (time.perf_counter() - start):,.0f}", eval=f"{stats['mean_return']:,.0f}")
     collector.shutdown()
     bar.close()

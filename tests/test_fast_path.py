@@ -19,7 +19,9 @@ def test_fast_path_matches_eager():
     gen = torch.Generator().manual_seed(0)
     ended = quiet = 0
     for _ in range(40):
-        actions = torch.multinomial(torch.tensor([0.8, 0.15, 0.05]), 48, replacement=True, generator=gen)
+        # few sales: a new engine fails now and then at any health, so steps where no episode
+        # ends need most of the 48 engines to keep flying
+        actions = torch.multinomial(torch.tensor([0.84, 0.15, 0.01]), 48, replacement=True, generator=gen)
         a, b = eager.step(actions), fast.step(actions)
         assert torch.equal(a["done"], b["done"]) and torch.equal(a["flight"], b["flight"])
         assert torch.allclose(a["observation"], b["observation"], rtol=1e-5, atol=1e-3)
