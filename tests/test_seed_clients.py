@@ -138,6 +138,39 @@ def test_single_env_client_creates_steps_and_restores_by_id(server, tmp_path):
     assert "OK single" in _run(code, "1.0.1", tmp_path, server)
 
 
+# The engine of `reset(seed=7)` fails on the first flight of its 12th step when never repaired
+# (flight 111); the real server answers that step of the single-engine protocol with HTTP 500.
+FIRST_FLIGHT_FAILURE_SEED = 7
+
+
+@needs_seed
+@pytest.mark.parametrize("client", ["0.3", "1.0.1", "compat"])
+def test_a_failure_on_a_steps_first_flight_reads_as_on_the_real_server(client, server, tmp_path):
+    """The single-engine client turns the real server's 500 into (last row (9,), 0.0, True, False,
+    {"error": ..., "step": unchanged}); a script that ran against the real server must see the
+    same here, and through compat (a (0,) observation broke students' scripts)."""
+    module = "torch_student_env.compat" if client == "compat" else "student_client"
+    code = f"""
+        import numpy as np
+        from {module} import create_student_gym_env
+        env = create_student_gym_env(step_size=10)
+        obs, info = env.reset(seed={FIRST_FLIGHT_FAILURE_SEED})
+        last_row, last_step = np.asarray(obs), 0
+        for _ in range(30):
+            obs, reward, terminated, truncated, info = env.step(0)
+            if terminated:
+                break
+            last_row, last_step = np.asarray(obs)[-1], info["step"]
+        assert last_step == 110, last_step
+        assert np.asarray(obs).shape == (9,) and np.allclose(obs, last_row), np.asarray(obs).shape
+        assert reward == 0.0 and terminated and not truncated
+        assert "error" in info and info["step"] == 110, info
+        _ = np.asarray(obs) - last_row  # the student's script that broadcast (0,) against (9,)
+        print("OK first flight")
+    """
+    assert "OK first flight" in _run(code, None if client == "compat" else client, tmp_path, server)
+
+
 @needs_seed
 def test_leaderboard_call_and_100_create_close_cycles(server, tmp_path):
     """One env per episode, 100 times on one token (16 sessions at most), then the client's score."""

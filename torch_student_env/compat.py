@@ -289,22 +289,32 @@ class StudentGymEnv:
         self.episode_id = self._vec.episode_ids[0]
         self.observation_space = getattr(self._vec, "observation_space", None)
         self.action_space = getattr(self._vec, "action_space", None)
+        self._last_row: np.ndarray | None = None  # what the client shows after the server's error
+        self._last_step = 0
 
     def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         obs, infos = self._vec.reset(seed=seed)
+        self._last_row, self._last_step = obs[0], infos[0]["step"]
         return obs[0], infos[0]
 
     def step(self, action: int, step_size: int | None = 10, return_all_states: bool = True):
         """`(observation, reward, terminated, truncated, info)`; a finished episode auto-resets first
-        when `auto_reset` (the seed client's behaviour)."""
+        when `auto_reset` (the seed client's behaviour).
+
+        A failure on the step's first flight returns what the seed client makes of the real
+        server's error for it: `(last row (9,), 0.0, True, False, {"error": ..., "step": unchanged})`.
+        """
         if isinstance(action, (bool, np.bool_)) or not isinstance(action, Integral):
             raise TypeError(f"action must be an int in {{0, 1, 2}}, got {action!r} ({type(action).__name__})")
         if self._vec.get_terminated_env_indices() and self._vec.auto_reset:
             self._vec.reset_specific_envs([0])
-        obs, rewards, term, trunc, infos = self._vec.step(
-            np.array([int(action)]), step_size=step_size, return_all_states=return_all_states
-        )
-        return np.asarray(obs[0]), float(rewards[0]), bool(term[0]), bool(trunc[0]), infos[0]
+        obs, rewards, term, trunc, infos = self._vec.step(np.array([int(action)]), step_size=step_size)
+        rows = np.asarray(obs[0])
+        if term[0] and len(rows) == 0:  # failed on the first flight: no row
+            error = "Server error '500 Internal Server Error': engine failed on the first flight of the step"
+            return self._last_row, 0.0, True, False, {"error": error, "step": self._last_step}
+        self._last_row, self._last_step = rows[-1], infos[0]["step"]
+        return (rows if return_all_states else rows[-1]), float(rewards[0]), bool(term[0]), bool(trunc[0]), infos[0]
 
     def get_episode_info(self) -> dict:
         return self._vec.get_episode_info()[0]
