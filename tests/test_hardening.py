@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_same_snapshot, snapshot
+from helpers import TOKEN_A, assert_same_snapshot, snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -130,3 +130,34 @@ def test_a_crafted_checkpoint_never_runs_its_code(tmp_path):
     with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
         load_policy(str(evil), torch.device("cpu"), seed=0)
     assert not target.exists()
+
+
+def test_request_bounds_are_the_limits_in_use():
+    """A server built with other `Limits` accepts and refuses by them, and its schema says so."""
+    pytest.importorskip("fastapi", reason="server tests need the [server] extra")
+    from fastapi.testclient import TestClient
+
+    from torch_student_env.server import Limits, create_app
+
+    wide = Limits(max_envs_per_request=2048, max_envs_per_session=4096, max_steps_per_episode=200_000, max_step_size=50)
+    narrow = Limits(max_envs_per_request=8, max_steps_per_episode=500, max_step_size=20)
+    for limits in (wide, narrow):
+        client = TestClient(create_app(tokens={TOKEN_A}, limits=limits))
+        headers = {"User-Token": TOKEN_A}
+        session = client.post("/api/v1/session/create", headers=headers).json()["session_id"]
+        headers["Session-ID"] = session
+
+        def create(num_envs, max_steps):
+            body = {"num_envs": num_envs, "env_config": {"max_steps_per_episode": max_steps}}
+            return client.post("/api/v1/vectorized/episodes/create", json=body, headers=headers)
+
+        top = limits.max_envs_per_request
+        assert create(top, limits.max_steps_per_episode).status_code == 200
+        for too_big in (create(top + 1, 100), create(1, limits.max_steps_per_episode + 1)):
+            assert too_big.status_code == 422, too_big.text
+        schema = client.get("/openapi.json").json()["components"]["schemas"]
+        assert schema["VectorizedCreate"]["properties"]["num_envs"]["maximum"] == top
+        assert schema["VectorizedStep"]["properties"]["episode_actions"]["maxItems"] == top
+        assert schema["VectorizedReset"]["properties"]["episode_ids"]["maxItems"] == top
+        assert schema["EnvConfigBody"]["properties"]["max_steps_per_episode"]["maximum"] == limits.max_steps_per_episode
+        assert schema["SingleStep"]["properties"]["step_size"]["maximum"] == limits.max_step_size

@@ -1,13 +1,13 @@
 """The challenge's HTTP protocol (docs/protocol.md) as a FastAPI app over `ServerState`."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: the routes' body types are built per app from its
+# `Limits` (`request_models`), and FastAPI reads them from the annotations, which must be objects.
 import html
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from torch_student_env.adapters import require
 
@@ -22,7 +22,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 from torch_student_env.config import MAX_ENV_OFFSET, MAX_SEED  # noqa: E402
 from torch_student_env.server.state import Limits, ServerError, ServerState  # noqa: E402
 from torch_student_env.sim.params import SimParams  # noqa: E402
-from torch_student_env.spec import DEFAULT_TOKEN, MAX_STEP_SIZE  # noqa: E402
+from torch_student_env.spec import DEFAULT_TOKEN  # noqa: E402
 
 log = logging.getLogger("torch_student_env.server")
 # The newest client's CLIENT_VERSION (student_client 1.0.1 reports "0.4"): the client compares it
@@ -41,9 +41,6 @@ def _integral(value: Any) -> Any:
     return value
 
 
-_DEFAULT = Limits()
-
-
 # Every integer is bounded before any state changes: seeds and indices become int64 tensors.
 def _int(low: int, high: int) -> Any:
     """An int field bounded to [low, high] that also takes an integral float."""
@@ -54,54 +51,15 @@ def _int(low: int, high: int) -> Any:
 
 
 Action = _int(0, 2)
-StepSize = _int(1, MAX_STEP_SIZE)
 Seed = _int(0, MAX_SEED)
 EnvIndex = _int(0, MAX_ENV_OFFSET)
 Counter = _int(1, 2**62)
 # Ids are the server's own hex strings; a bounded length keeps a request's size predictable.
 EpisodeId = Annotated[str, Field(max_length=64)]
-Batch = Field(min_length=1, max_length=_DEFAULT.max_envs_per_request)
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
-
-
-class EnvConfigBody(BaseModel):
-    """The seed client's `env_config`; unknown fields are ignored as the challenge server does."""
-
-    model_config = ConfigDict(strict=True, extra="ignore")
-    env_type: str = "DegradationEnv"
-    max_steps_per_episode: _int(1, _DEFAULT.max_steps_per_episode) = 1000
-    auto_reset: bool = True
-    step_size: StepSize = 10
-
-
-class VectorizedCreate(_Body):
-    env_config: EnvConfigBody = EnvConfigBody()
-    num_envs: _int(1, _DEFAULT.max_envs_per_request)
-
-
-class VectorizedReset(_Body):
-    episode_ids: list[EpisodeId] = Field(
-        min_length=1, max_length=_DEFAULT.max_envs_per_request, json_schema_extra={"uniqueItems": True}
-    )
-    seeds: list[Seed | None] | None = None
-    env_indices: list[EnvIndex] | None = None
-    reset_counters: list[Counter] | None = None
-
-
-class EpisodeAction(_Body):
-    episode_id: EpisodeId
-    action: Action
-    step_size: StepSize = 10
-    return_all_states: bool = True
-    step_counter: Counter | None = None
-    reset_if_done: bool = False  # start the next episode in this request if this step ends one
-
-
-class VectorizedStep(_Body):
-    episode_actions: list[EpisodeAction] = Field(min_length=1, max_length=_DEFAULT.max_envs_per_request)
 
 
 class SingleReset(_Body):
@@ -109,11 +67,63 @@ class SingleReset(_Body):
     seed: Seed | None = None
 
 
-class SingleStep(_Body):
-    episode_id: EpisodeId
-    action: Action
-    step_size: StepSize = 10
-    return_all_states: bool = True
+class RequestModels(NamedTuple):
+    """The request bodies whose bounds are a server's `Limits`: built once per app."""
+
+    EnvConfigBody: type[BaseModel]
+    VectorizedCreate: type[BaseModel]
+    VectorizedReset: type[BaseModel]
+    EpisodeAction: type[BaseModel]
+    VectorizedStep: type[BaseModel]
+    SingleStep: type[BaseModel]
+
+
+def request_models(limits: Limits) -> RequestModels:
+    """The bodies of `limits`: episodes per request, flights per step and per episode are its own,
+    in validation and in the published schema alike."""
+    StepSize = _int(1, limits.max_step_size)  # noqa: N806 (a type)
+    per_request = limits.max_envs_per_request
+    # The episodes of one request: published here, enforced by `ServerState` (whose message names
+    # the count and the limit); the body-size limit bounds what is parsed before that.
+    batch = {"maxItems": per_request}
+
+    class EnvConfigBody(BaseModel):
+        """The seed client's `env_config`; unknown fields are ignored as the challenge server does."""
+
+        model_config = ConfigDict(strict=True, extra="ignore")
+        env_type: str = "DegradationEnv"
+        max_steps_per_episode: _int(1, limits.max_steps_per_episode) = min(1000, limits.max_steps_per_episode)
+        auto_reset: bool = True
+        step_size: StepSize = min(10, limits.max_step_size)
+
+    class VectorizedCreate(_Body):
+        env_config: EnvConfigBody = EnvConfigBody()
+        num_envs: _int(1, per_request)
+
+    class VectorizedReset(_Body):
+        episode_ids: list[EpisodeId] = Field(min_length=1, json_schema_extra=batch | {"uniqueItems": True})
+        seeds: list[Seed | None] | None = None
+        env_indices: list[EnvIndex] | None = None
+        reset_counters: list[Counter] | None = None
+
+    class EpisodeAction(_Body):
+        episode_id: EpisodeId
+        action: Action
+        step_size: StepSize = min(10, limits.max_step_size)
+        return_all_states: bool = True
+        step_counter: Counter | None = None
+        reset_if_done: bool = False  # start the next episode in this request if this step ends one
+
+    class VectorizedStep(_Body):
+        episode_actions: list[EpisodeAction] = Field(min_length=1, json_schema_extra=batch)
+
+    class SingleStep(_Body):
+        episode_id: EpisodeId
+        action: Action
+        step_size: StepSize = min(10, limits.max_step_size)
+        return_all_states: bool = True
+
+    return RequestModels(EnvConfigBody, VectorizedCreate, VectorizedReset, EpisodeAction, VectorizedStep, SingleStep)
 
 
 class Rejected(BaseModel):
@@ -318,8 +328,9 @@ def create_app(
     app.state.server = state
     app.state.tokens = tokens
 
-    _exact_openapi(app, [EnvConfigBody, VectorizedCreate, VectorizedReset, VectorizedStep, SingleReset, SingleStep,
-                         Rejected, Invalid])  # fmt: skip
+    m = request_models(state.limits)
+    _exact_openapi(app, [m.EnvConfigBody, m.VectorizedCreate, m.VectorizedReset, m.VectorizedStep, SingleReset,
+                         m.SingleStep, Rejected, Invalid])  # fmt: skip
     app.add_middleware(GuardBodies, limit=state.limits.max_body_bytes, tokens=app.state.tokens)
 
     @app.exception_handler(ServerError)
@@ -348,20 +359,20 @@ def create_app(
         return {"session_id": session_id, "deleted": True}
 
     @app.post("/api/v1/vectorized/episodes/create", responses=_errors(400, 401, 404, 409, 413, 422))
-    def create_vectorized(body: VectorizedCreate, token: Token, session_id: SessionHeader) -> dict:
+    def create_vectorized(body: m.VectorizedCreate, token: Token, session_id: SessionHeader) -> dict:
         config = body.env_config
         group = state.create_group(token, session_id, body.num_envs, config.max_steps_per_episode, config.auto_reset)
         return {"episode_ids": group.episode_ids, "vectorized_group_id": group.group_id}
 
     @app.post("/api/v1/episode/create", responses=_errors(400, 401, 404, 409, 413, 422))
-    def create_episode(body: EnvConfigBody, token: Token, session_id: SessionHeader) -> dict:
+    def create_episode(body: m.EnvConfigBody, token: Token, session_id: SessionHeader) -> dict:
         """One episode, already reset: the single-env client reads `initial_observation`."""
         group = state.create_group(token, session_id, 1, body.max_steps_per_episode, body.auto_reset)
         (row, info) = state.start_episodes(group, [0])[0]
         return {"episode_id": group.episode_ids[0], "initial_observation": row, "info": info}
 
     @app.post("/api/v1/episode/vectorized_reset", responses=_errors(400, 401, 404, 409, 413, 422))
-    def vectorized_reset(body: VectorizedReset, token: Token) -> dict:
+    def vectorized_reset(body: m.VectorizedReset, token: Token) -> dict:
         n = len(body.episode_ids)
         for name in ("seeds", "env_indices", "reset_counters"):
             value = getattr(body, name)
@@ -373,7 +384,7 @@ def create_app(
         return {"observations": obs, "infos": infos}
 
     @app.post("/api/v1/episode/vectorized_step", responses=_errors(400, 401, 404, 409, 413, 422))
-    def vectorized_step(body: VectorizedStep, token: Token) -> dict:
+    def vectorized_step(body: m.VectorizedStep, token: Token) -> dict:
         results = state.step(token, [a.model_dump() for a in body.episode_actions])
         return {
             "observations": [
@@ -393,7 +404,7 @@ def create_app(
         return {"observation": obs[0], "info": infos[0]}
 
     @app.post("/api/v1/episode/step", responses=_errors(400, 401, 404, 409, 413, 422, 500))
-    def step_episode(body: SingleStep, token: Token) -> dict:
+    def step_episode(body: m.SingleStep, token: Token) -> dict:
         (r,) = state.step(token, [body.model_dump()])
         if r["terminated"] and r["info"].get("failed") and not r["rows"]:
             # As the challenge's server does (its logs, ../shared/data): scripts written against it
