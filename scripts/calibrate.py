@@ -43,7 +43,7 @@ from torch_student_env.fidelity.__main__ import replay_policy
 from torch_student_env.fidelity.compare import compare, summarize
 from torch_student_env.fidelity.data import LoggedEpisode, load_episodes, step_contexts
 from torch_student_env.sim.engine import Dynamics, SimTables, failure_rate, wear_rate_after_repair
-from torch_student_env.sim.params import REPAIR_AGE_KNOTS, SimParams
+from torch_student_env.sim.params import DATA_LAST_AGE, REPAIR_AGE_KNOTS, SimParams
 from torch_student_env.spec import Action
 
 STEP = 10
@@ -395,6 +395,34 @@ def compare_structures(logs, params: SimParams) -> tuple[str, list[str]]:
     return min(totals, key=totals.get), lines
 
 
+# One student's engine, repaired at every step on the real server, failed at flight 493 (no log
+# holds it): the `old_engines_fail` variant makes that the median for such an engine.
+EVERY_STEP_REPAIR_FAILURE = 493
+# The `margin_fades` variant: the share of the margin lost per repair past the logged ones.
+MARGIN_LOSS_PER_REPAIR = 0.2
+
+
+def extrapolation_variants(params: SimParams) -> dict[str, float]:
+    """The constants of `sim.variants`' extrapolations, from the fitted model:
+
+    - `wear_rate_rise_past_knots`: the wear rate after a repair keeps rising past the last knot
+      at its mean rise between the first and the last knot;
+    - `age_hazard_per_flight` k: an engine repaired at every step (health stays near 1: no other
+      failure) fails past `DATA_LAST_AGE` at rate k * (flight - DATA_LAST_AGE), so its median
+      failure t solves k (t - DATA_LAST_AGE)^2 / 2 = ln 2: k = 2 ln 2 / (493 - 360)^2;
+    - `margin_loss_per_repair`: a choice (gone at the 11th repair), not a fit: no log has more
+      than 6 repairs before a failure.
+    """
+    knots, rates = REPAIR_AGE_KNOTS, params.wear_rate_after_repair
+    rise = (rates[-1] - rates[0]) / (knots[-1] - knots[0])
+    k = 2 * math.log(2) / (EVERY_STEP_REPAIR_FAILURE - DATA_LAST_AGE) ** 2
+    return {
+        "wear_rate_rise_past_knots": float(f"{rise:.2g}"),
+        "age_hazard_per_flight": float(f"{k:.2g}"),
+        "margin_loss_per_repair": MARGIN_LOSS_PER_REPAIR,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path, help="folder with the logs of LOGS and single_engine_250_flights.csv")
@@ -439,6 +467,7 @@ def main() -> None:
         if structure != best:  # the runners-up at the chosen spread: the variants of sim.variants
             null = replace(params, **NULL_STRUCTURE)
             print(f"== variant {structure!r}: {_rounded(fit_failures(data, null, free))}")
+    print(f"== extrapolation variants: {extrapolation_variants(params)}")
     if args.markdown:
         args.markdown.write_text("\n".join(table) + "\n")
     print("== fitted SimParams (profit noise, wear spread of fresh engines, sensor noise: docs/simulator.md)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import pytest
 import torch
@@ -161,3 +162,28 @@ def test_evaluate_variants_scores_every_policy_on_every_variant_and_finds_the_wo
     table = markdown_variant_table(results)
     assert table.splitlines()[0] == "| policy | fitted | old_engines_fail | worst |"
     assert table.splitlines()[2].startswith("| oracle |")  # best worst case first
+
+
+def test_the_extrapolation_variants_are_what_calibrate_derives_from_the_fitted_model():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "calibrate.py"
+    spec = importlib.util.spec_from_file_location("calibrate_script", path)
+    calibrate = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = calibrate  # its dataclasses resolve their module by name
+    spec.loader.exec_module(calibrate)
+    derived = calibrate.extrapolation_variants(SimParams())
+    assert PLAUSIBLE["wear_keeps_rising"].wear_rate_rise_past_knots == derived["wear_rate_rise_past_knots"]
+    assert PLAUSIBLE["old_engines_fail"].age_hazard_per_flight == derived["age_hazard_per_flight"]
+    assert PLAUSIBLE["margin_fades"].margin_loss_per_repair == derived["margin_loss_per_repair"]
+    # and old_engines_fail does what it says: an engine repaired at every step fails by 493 half the time
+    env = make_env(num_envs=2048, seed=0, sim_params=PLAUSIBLE["old_engines_fail"])
+    env.reset()
+    failed_by_493 = torch.zeros(2048, dtype=torch.bool)
+    alive = torch.ones(2048, dtype=torch.bool)
+    for _ in range(50):  # 500 flights
+        td = env.step(torch.ones(2048, dtype=torch.long))
+        failed_by_493 |= alive & td["episode_failed"] & (td["episode_length"] <= 493)
+        alive &= ~td["done"]
+    assert abs(failed_by_493.float().mean().item() - 0.5) < 0.05
