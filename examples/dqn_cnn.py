@@ -162,9 +162,7 @@ def main(args: Args) -> dict:
         if global_step >= next_eval or global_step >= args.total_steps:
             next_eval += args.eval_every
             stats = summarize(run_episodes(make_env(num_envs=args.eval_envs, seed=5_000, device=device), q_net.act))
-            curve.append(
-                {"env_steps": global_step, "mean_return": stats["mean_return"], "ci95": stats["ci95"]}
-            )
+            curve.append({"env_steps": global_step, "mean_return": stats["mean_return"], "ci95": stats["ci95"]})
             sps = global_step / (time.perf_counter() - start)
             log.scalars(
                 global_step, charts_validation_return=stats["mean_return"], charts_SPS=sps, charts_epsilon=epsilon

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -282,9 +283,7 @@ def main(args: Args) -> dict | None:
         if lead and (update % args.eval_every == 0 or update == num_updates):
             env_eval = make_env(num_envs=args.eval_envs, seed=5_000, device=device)
             stats = summarize(run_episodes(env_eval, agent.act, episodes_per_env=1))
-            curve.append(
-                {"env_steps": global_step, "mean_return": stats["mean_return"], "ci95": stats["ci95"]}
-            )
+            curve.append({"env_steps": global_step, "mean_return": stats["mean_return"], "ci95": stats["ci95"]})
             log.scalars(global_step, charts_validation_return=stats["mean_return"])
             if stats["mean_return"] > best["mean_return"]:  # validation seeds, never the held-out ones
                 best = {"mean_return": stats["mean_return"], "env_steps": global_step, "update": update}
@@ -375,3 +374,9 @@ def save_first_rollout(out: Path, world: int, rank: int, storage, actions, rewar
 
 if __name__ == "__main__":
     main(parse_args(Args, __doc__))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # A torchrun rank: its outputs are written and its process group destroyed. Interpreter
+        # finalization can hang it now and then (1 run in 7 here): torch's native threads race the
+        # GIL teardown (pytorch/pytorch#190489, #179291). Nothing is left to run, so skip it.
+        sys.stdout.flush(), sys.stderr.flush()
+        os._exit(0)

@@ -147,7 +147,7 @@ def test_request_bounds_are_the_limits_in_use():
         session = client.post("/api/v1/session/create", headers=headers).json()["session_id"]
         headers["Session-ID"] = session
 
-        def create(num_envs, max_steps):
+        def create(num_envs, max_steps, client=client, headers=headers):
             body = {"num_envs": num_envs, "env_config": {"max_steps_per_episode": max_steps}}
             return client.post("/api/v1/vectorized/episodes/create", json=body, headers=headers)
 
