@@ -66,6 +66,8 @@ def test_check_variants_names_what_differs_and_make_env_refuses_ambiguity():
         check_variants([])
     with pytest.raises(ValueError, match="not both"):
         make_env(num_envs=2, sim_params=base, sim_variants="plausible")
+    with pytest.raises(ValueError, match="backend='remote'"):
+        make_env(num_envs=2, backend="remote", sim_variants="plausible", server_url="http://127.0.0.1:9")
     with pytest.raises(ValueError, match="unknown sim variants 'nope'"):
         make_env(num_envs=2, sim_variants="nope")
     assert list(resolve("plausible")) == list(PLAUSIBLE) and list(resolve("margin_fades")) == ["margin_fades"]

@@ -45,6 +45,10 @@ def make_env(
     if sim_variants is not None:
         if sim_params is not None:
             raise ValueError("pass sim_params or sim_variants, not both")
+        if backend != "local":
+            raise ValueError(
+                f"sim_variants applies to the embedded simulator (backend='local'), got backend={backend!r}"
+            )
         from torch_student_env.sim.variants import resolve
 
         variants = tuple(resolve(sim_variants).values())
