@@ -107,6 +107,7 @@ def test_collector_batches():
     assert batches[0]["next", "reward"].shape[-1] == 1
 
 
+@pytest.mark.slow  # multi-process collector
 def test_multi_process_collector_two_workers():
     create = EnvCreator(_make_worker_env)
     collector = MultiSyncCollector([create, create], FixedActions(), frames_per_batch=160, total_frames=320)
@@ -121,6 +122,7 @@ def test_multi_process_collector_two_workers():
     assert shapes == [160, 160]
 
 
+@pytest.mark.slow  # multi-process collector
 def test_collector_workers_step_different_engines_by_default():
     """Two workers from one factory (same seed), a deterministic policy: different data, because
     each worker process gets its own env_offset, k * N for the k-th child process."""

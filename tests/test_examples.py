@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # end to end: each example runs as a subprocess
+
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("matplotlib", reason="examples need the [examples] extra (matplotlib)")
 pytest.importorskip("tqdm", reason="examples need the [examples] extra (tqdm)")

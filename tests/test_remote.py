@@ -687,6 +687,7 @@ def test_malformed_step_answer_is_a_protocol_error_not_a_key_error(server_url):
             env.step([0])
 
 
+@pytest.mark.slow  # soak
 def test_soak_script_checks_every_step_against_a_twin(tmp_path):
     """scripts/soak.py end to end, shortly: steps happen, and none is lost or differs."""
     import json
@@ -705,6 +706,7 @@ def test_soak_script_checks_every_step_against_a_twin(tmp_path):
     assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
 
 
+@pytest.mark.slow  # soak
 def test_soak_fill_token_reaches_the_engine_limit_and_is_refused_past_it():
     import json
     import subprocess

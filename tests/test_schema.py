@@ -24,6 +24,8 @@ from schemathesis.generation import GenerationMode  # noqa: E402
 
 from torch_student_env.server import Limits, running_server  # noqa: E402
 
+pytestmark = pytest.mark.slow  # schema fuzzing over every operation
+
 EXAMPLES = int(os.environ.get("SCHEMA_EXAMPLES", "40"))
 # Rules across fields, which JSON Schema cannot state: they answer 422 with a string detail.
 CROSS_FIELD_RULES = ("entries for", "appears twice in one request")

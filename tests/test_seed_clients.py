@@ -172,6 +172,7 @@ def test_a_failure_on_a_steps_first_flight_reads_as_on_the_real_server(client, s
 
 
 @needs_seed
+@pytest.mark.slow  # 100 client sessions
 def test_leaderboard_call_and_100_create_close_cycles(server, tmp_path):
     """One env per episode, 100 times on one token (16 sessions at most), then the client's score."""
     code = """
