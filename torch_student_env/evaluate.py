@@ -160,9 +160,18 @@ def run_stream(
 
 
 def challenge_score(stream: Episodes, last: int = 100) -> dict[str, float]:
-    """The challenge's leaderboard figures over the last `last` episodes of a stream."""
-    returns = stream.returns[-last:].double()
-    return {"score_total": returns.sum().item(), "score_mean": returns.mean().item(), "score_episodes": len(returns)}
+    """The challenge's leaderboard figures over the last `last` episodes of a stream, as the
+    server's leaderboard computes them (`leaderboard.score_metrics`, the one owner of the rule)."""
+    from torch_student_env.leaderboard import FinishedEpisode, score_metrics
+
+    columns = (stream.returns.double(), stream.repairs, stream.lengths, stream.failed)
+    episodes = [FinishedEpisode(*row, finished_at="") for row in zip(*(c.tolist() for c in columns), strict=True)]
+    metrics = score_metrics(episodes, last)
+    return {
+        "score_total": metrics.get("total_reward", 0.0),
+        "score_mean": metrics.get("avg_reward", 0.0),
+        "score_episodes": metrics.get("total_episodes", 0),
+    }
 
 
 def summarize(episodes: Episodes) -> dict[str, float]:
