@@ -131,8 +131,8 @@ class StudentGymEnvVectorized:
         self.num_envs, self.prod, self.auto_reset = num_envs, prod, auto_reset
         self.step_size, self.user_token, self._remote = step_size, user_token or DEFAULT_TOKEN, bool(remote)
         self.return_all_states = return_all_states
-        self.episode_ids = list(getattr(self._env.backend, "episode_ids", [f"local-{i}" for i in range(num_envs)]))
-        self.session_id = getattr(self._env.backend, "session_id", None)
+        self.episode_ids = list(self._env.backend.episode_ids)
+        self.session_id = self._env.backend.session_id
         try:
             import gymnasium as gym
 

@@ -154,7 +154,7 @@ def compose_step(backend: Backend, auto_reset: bool, fast: bool, final_windows: 
     tensors, compiled into one graph when `fast`: the simulator's state goes in and out
     explicitly. Others (the remote backend) run their transition eagerly.
     """
-    kernel = getattr(backend, "kernel", None)
+    kernel = backend.kernel
     if kernel is None:
 
         def eager_step(buffers, actions, step_size):

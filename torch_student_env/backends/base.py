@@ -3,6 +3,7 @@ outputs, the order of a step and its compilation."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -19,11 +20,15 @@ class Backend(Protocol):
 
     A backend may also offer a pure kernel (`LocalBackend.kernel` and its `sim` state): the
     same transition as a function of tensors, which the env composes with its own half of the
-    step and compiles into one graph.
+    step and compiles into one graph. A backend without one (the remote backend) sets `kernel`
+    to None and the env calls `transition`.
     """
 
     num_envs: int
     device: torch.device
+    kernel: Callable[..., Any] | None  # the pure transition, or None
+    episode_ids: list[str]  # each engine's episode id, as the challenge protocol names it
+    session_id: str | None  # the protocol session the engines belong to (None: no server)
 
     def seed(self, seed: int) -> None:
         """Restart the episode counters of every engine under a new root seed."""

@@ -69,6 +69,8 @@ class LocalBackend:
         self.max_steps_per_episode = max_steps_per_episode
         self.tables = SimTables(params, device)
         self.env_offset = env_offset
+        self.episode_ids = [f"local-{env_offset + i}" for i in range(num_envs)]  # no server: local names
+        self.session_id = None
         self._seed = seed
         self.sim = SimState(None, *self._keys(seed))
 

@@ -71,6 +71,8 @@ _RETRY_STATUS = {429, 500, 502, 503, 504}
 class RemoteBackend:
     """N engines on a server of the challenge protocol (see docs/protocol.md)."""
 
+    kernel = None  # no pure kernel: the env calls `transition`, one HTTP request per step
+
     def __init__(
         self,
         config: EnvConfig,
