@@ -112,7 +112,7 @@ def test_returned_tensors_keep_their_values_after_later_steps(fast):
     assert kept_step["observation"].contiguous().view(6, -1).shape == (6, 10 * F)
 
 
-def test_final_windows_can_be_left_out_and_nothing_else_changes(env_factory):
+def test_final_observation_can_be_left_out_and_nothing_else_changes(env_factory):
     full = env_factory(num_envs=5, seed=3)
     lean = env_factory(num_envs=5, seed=3, final_observation=False)
     full.reset(), lean.reset()

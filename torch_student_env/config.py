@@ -111,6 +111,9 @@ class EnvConfig:
     `fast` compiles the whole step (the simulator's kernel and the env's window update) into one
     `torch.compile` graph; None (default) turns it on from `FAST_PATH_MIN_ENVS` engines, where
     the one-off compile (seconds) pays for itself. It applies to the embedded simulator only.
+    A fast env raises `torch._dynamo.config.recompile_limit`, a process-wide setting, to at least
+    `env.FAST_PATH_GRAPHS` (64): every configuration of env is one graph of one shared compiled
+    function, and PyTorch's default of 8 would run the ninth configuration eager. It never lowers it.
     `env_offset` makes this env's engine i the engine `env_offset + i` of one big env with the
     same seed: shards of a run on several processes or devices reproduce one large env.
     `device` is normalised (`normalize_device`): "cuda" becomes "cuda:<current>", "cpu:0" "cpu".

@@ -76,12 +76,12 @@ def restart_episodes(buffers: EpisodeBuffers, mask: torch.Tensor, first_rows: to
 
 
 def window_step(
-    buffers: EpisodeBuffers, transition: Transition, first_rows: torch.Tensor | None, final_windows: bool = True
+    buffers: EpisodeBuffers, transition: Transition, first_rows: torch.Tensor | None, final_observation: bool = True
 ) -> tuple[EpisodeBuffers, dict[str, torch.Tensor]]:
     """The env's side of a step: push the flown rows, build the step outputs, restart the ended.
 
     `first_rows` (N, 10) are the backend's fresh episodes (auto-reset), or None to freeze the
-    ended engines instead (the same thing when none ended). `final_windows=False` leaves out
+    ended engines instead (the same thing when none ended). `final_observation=False` leaves out
     the `FINAL_KEYS`. A pure function of tensors, so the fast path compiles it whole.
     """
     active = buffers.active
@@ -104,7 +104,7 @@ def window_step(
         "episode_repairs": torch.where(ended, transition.repairs, 0),
         "episode_failed": ended & transition.failed,
     }
-    if final_windows:  # by far the largest outputs: (N, W, 9) written every step, mostly zeros
+    if final_observation:  # by far the largest outputs: (N, W, 9) written every step, mostly zeros
         out["final_observation"] = torch.where(ended, window[:NUM_FEATURES], 0.0).permute(2, 1, 0)
         out["final_valid"] = (ended & (window_flight >= 0)).T
         out["final_flight"] = torch.where(ended, window_flight, -1).T
@@ -124,10 +124,10 @@ def window_step(
 StepFn = Callable[[EpisodeBuffers, torch.Tensor, int], tuple[EpisodeBuffers, dict[str, torch.Tensor]]]
 
 
-def _pure_step(kernel, constants, sim, buffers, actions, step_size, auto_reset, final_windows):
+def _pure_step(kernel, constants, sim, buffers, actions, step_size, auto_reset, final_observation):
     """A backend's pure kernel, then `window_step`: the whole step as a function of tensors."""
     sim, transition, first_rows = kernel(sim, actions, buffers.active, step_size, auto_reset, *constants)
-    return (sim, *window_step(buffers, transition, first_rows, final_windows))
+    return (sim, *window_step(buffers, transition, first_rows, final_observation))
 
 
 def _pure_step_cpu(*args):
@@ -146,7 +146,7 @@ _compiled_step_cpu = torch.compile(_pure_step_cpu, dynamic=False, options={"cpp_
 FAST_PATH_GRAPHS = 64
 
 
-def compose_step(backend: Backend, auto_reset: bool, fast: bool, final_windows: bool = True) -> StepFn:
+def compose_step(backend: Backend, auto_reset: bool, fast: bool, final_observation: bool = True) -> StepFn:
     """The whole step, `(buffers, actions, step_size) -> (buffers, outputs)`: the backend's
     transition (with the resets of ended engines when `auto_reset`), then `window_step`.
 
@@ -160,7 +160,7 @@ def compose_step(backend: Backend, auto_reset: bool, fast: bool, final_windows: 
         def eager_step(buffers, actions, step_size):
             transition, first_rows = backend.transition(actions, buffers.active, step_size, auto_reset)
             with below_autograd():
-                return window_step(buffers, transition, first_rows, final_windows)
+                return window_step(buffers, transition, first_rows, final_observation)
 
         return eager_step
 
@@ -173,7 +173,7 @@ def compose_step(backend: Backend, auto_reset: bool, fast: bool, final_windows: 
     dispatch = contextlib.nullcontext if fast else below_autograd  # one compiled call has no per-op cost
 
     def kernel_step(buffers, actions, step_size):
-        args = (kernel, constants, backend.sim, buffers, actions, step_size, auto_reset, final_windows)
+        args = (kernel, constants, backend.sim, buffers, actions, step_size, auto_reset, final_observation)
         with dispatch():
             backend.sim, buffers, out = graph(*args)
         return buffers, out

@@ -31,7 +31,7 @@ def _make(make_env_kwargs: dict[str, Any]) -> TorchStudentEnv:
     return make_env(**make_env_kwargs)
 
 
-def _needs_final_windows(env: TorchStudentEnv, name: str) -> None:
+def _needs_final_observation(env: TorchStudentEnv, name: str) -> None:
     """SAME_STEP autoreset hands out each finished episode's last window: the env must keep it."""
     if not env.config.final_observation:
         raise ValueError(f"{name} reports final observations: build the env with final_observation=True")
@@ -55,7 +55,7 @@ class GymnasiumVectorEnv(VectorEnv):
         self.env = env if env is not None else _make(make_env_kwargs)
         if not self.env.config.auto_reset:
             raise ValueError("GymnasiumVectorEnv implements SAME_STEP autoreset: build the env with auto_reset=True")
-        _needs_final_windows(self.env, "GymnasiumVectorEnv")
+        _needs_final_observation(self.env, "GymnasiumVectorEnv")
         self.num_envs = self.env.num_envs
         self.single_observation_space, self.single_action_space = _spaces(self.env)
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, self.num_envs)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from torch_student_env.adapters import require
-from torch_student_env.adapters.gymnasium import _make, _needs_final_windows, _numpy, _spaces
+from torch_student_env.adapters.gymnasium import _make, _needs_final_observation, _numpy, _spaces
 from torch_student_env.env import TorchStudentEnv
 
 _VecEnv = require("stable_baselines3.common.vec_env", "sb3").VecEnv
@@ -23,7 +23,7 @@ class SB3VecEnv(_VecEnv):
         self.env = env if env is not None else _make(make_env_kwargs)
         if not self.env.config.auto_reset:
             raise ValueError("SB3VecEnv needs auto_reset=True: SB3 expects VecEnvs to reset themselves")
-        _needs_final_windows(self.env, "SB3VecEnv")
+        _needs_final_observation(self.env, "SB3VecEnv")
         observation_space, action_space = _spaces(self.env)
         self.render_mode = None  # read by VecEnv.__init__; nothing to render
         super().__init__(self.env.num_envs, observation_space, action_space)
