@@ -17,8 +17,8 @@ import math
 import torch
 from tensordict import TensorDict
 
-from torch_student_env.sim.engine import Dynamics, SimTables, failure_rate, wear_rate_after_repair
-from torch_student_env.sim.params import DATA_LAST_REPAIRS, VARIANT_FIELDS, SimParams
+from torch_student_env.sim.engine import SimTables, failure_rate, wear_rate_after_repair
+from torch_student_env.sim.params import DATA_LAST_REPAIRS, SimParams
 from torch_student_env.spec import Action
 
 HEALTH_GRID = torch.linspace(-0.5, 1.0, 301, dtype=torch.float64)  # 0.005 apart
@@ -48,7 +48,8 @@ def plan(params: SimParams, step_size: int, max_flights: int) -> torch.Tensor:
     repair count, capped at `repair_classes(params) - 1`: (T + 1, C, R, H).
     """
     p = params
-    d = Dynamics(*(getattr(p, f) for f in VARIANT_FIELDS))
+    tables = SimTables(p, torch.device("cpu"))
+    d = tables.dynamics(torch.zeros((), dtype=torch.long))  # one model: its constants as floats
     classes = repair_classes(p)
     c = torch.arange(classes).view(-1, 1, 1, 1)  # (C, 1, 1, 1)
     h, r = HEALTH_GRID.view(1, 1, -1), RATE_GRID.view(1, -1, 1)  # (1, 1, H), (1, R, 1)
@@ -58,7 +59,6 @@ def plan(params: SimParams, step_size: int, max_flights: int) -> torch.Tensor:
     next_h = h - r * step_size  # (1, R, H)
     lo, hi, w = _interp(HEALTH_GRID, next_h.expand(classes, -1, -1))
     steps = math.ceil(max_flights / step_size)
-    tables = SimTables(p, torch.device("cpu"))
     value = torch.zeros(classes, len(RATE_GRID), len(HEALTH_GRID), dtype=torch.float64)
     best = torch.zeros(steps + 1, classes, len(RATE_GRID), len(HEALTH_GRID), dtype=torch.int8)
     after_repair = (c.view(-1) + 1).clamp(max=classes - 1)

@@ -69,10 +69,15 @@ class LocalBackend:
         self.max_steps_per_episode = max_steps_per_episode
         self.tables = SimTables(params, device)
         self.env_offset = env_offset
-        self.episode_ids = [f"local-{env_offset + i}" for i in range(num_envs)]  # no server: local names
-        self.session_id = None
+        self.session_id = None  # no server
         self._seed = seed
         self.sim = SimState(None, *self._keys(seed))
+
+    @property
+    def episode_ids(self) -> list[str]:
+        """Local names of the engines (`compat` shows them as episode ids), built when asked: an
+        env of a million engines should not carry a million strings."""
+        return [f"local-{self.env_offset + i}" for i in range(self.num_envs)]
 
     def seed(self, seed: int) -> None:
         """Restart every engine's episode counter under `seed` (the next reset is episode 0)."""

@@ -31,7 +31,7 @@ def summarize(episodes: list[LoggedEpisode]) -> dict:
     """Reward by step context and by call, failures (flights, ages, rows), returns, sensors, DTAMB."""
     fly, repair, calls = defaultdict(list), defaultdict(list), defaultdict(list)
     failing, first_flight, sale, failure_flights, never_repaired, failing_rows = [], [], [], [], [], []
-    failure_ages, failure_since = [], []
+    failure_since = []
     fresh_rows, fresh_since = [], []
     for ep in episodes:
         rows = ep.rows if ep.rows is not None else (None,) * len(ep.actions)
@@ -55,8 +55,7 @@ def summarize(episodes: list[LoggedEpisode]) -> dict:
                     fresh_rows.append(row), fresh_since.append(ctx.since_repair)
         if ep.failed:
             flight = ep.failure_flight()
-            failure_flights.append(flight)
-            failure_ages.append(flight)
+            failure_flights.append(flight)  # a failure's flight is the engine's age at it
             failure_since.append(flight - last_repair)
             if Action.REPAIR not in ep.actions:
                 never_repaired.append(flight)
@@ -74,7 +73,7 @@ def summarize(episodes: list[LoggedEpisode]) -> dict:
         "failure_flights": sorted(int(f) for f in failure_flights),
         "never_repaired_life": sorted(int(f) for f in never_repaired),
         "failing_step_rows": np.bincount(failing_rows, minlength=11).tolist() if failing_rows else None,
-        "failures_by_age": _binned(failure_ages, AGE_BINS),
+        "failures_by_age": _binned(failure_flights, AGE_BINS),
         "failures_by_since_repair": _binned(failure_since, SINCE_BINS),
         "mean_return": float(np.mean([ep.total for ep in episodes])),
         "sensors": None,

@@ -18,6 +18,8 @@ def draw(policies: dict[str, tuple[dict, dict]], single_totals: list[float], sin
     fig = Figure(figsize=(12, 8.5), layout="constrained")
     (rewards, failures), (drift, totals) = fig.subplots(2, 2)
     with_rows = {name: pair for name, pair in policies.items() if pair[0]["sensors"] is not None}
+    if not with_rows:
+        raise ValueError("the figure needs a log with rows (obs) for its reward and sensor panels; none has them")
     real, sim = max(with_rows.values(), key=lambda pair: len(pair[0]["fly"]))
 
     for k in range(6):
