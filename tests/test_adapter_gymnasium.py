@@ -84,8 +84,8 @@ def test_sb3_vec_env_terminal_observation_and_ppo():
 
 
 def test_adapters_require_auto_reset_choice():
-    with pytest.raises(ValueError, match="auto_reset=True"):
-        GymnasiumVectorEnv(env=make_env(num_envs=2, auto_reset=False))
+    with pytest.raises(ValueError, match="autoreset_mode='same_step'"):
+        GymnasiumVectorEnv(env=make_env(num_envs=2, autoreset_mode="disabled"))
     # SAME_STEP autoreset reports each finished episode's last window: the env must keep them
     with pytest.raises(ValueError, match="final_observation=True"):
         GymnasiumVectorEnv(num_envs=2, final_observation=False)

@@ -38,9 +38,9 @@ def test_check_env_specs(n, step_size):
 
 
 def test_rollout_equals_native_env():
-    """50 steps of the TorchRL env and of the native env (auto_reset=False + masked resets)."""
+    """50 steps of the TorchRL env and of the native env (autoreset_mode="disabled" + masked resets)."""
     rl_env = TorchRLStudentEnv(num_envs=6, seed=11)
-    native = make_env(num_envs=6, seed=11, auto_reset=False)
+    native = make_env(num_envs=6, seed=11, autoreset_mode="disabled")
     gen = torch.Generator().manual_seed(0)
     actions = [
         torch.multinomial(torch.tensor([0.8, 0.15, 0.05]), 6, replacement=True, generator=gen) for _ in range(50)

@@ -1,4 +1,4 @@
-"""Masked auto-reset inside step, and the auto_reset=False + reset(mask=...) path."""
+"""Masked auto-reset inside step, and the autoreset_mode="disabled" + reset(mask=...) path."""
 
 from __future__ import annotations
 
@@ -47,10 +47,10 @@ def test_sell_ends_episode_with_flat_sale_and_one_row(env_factory):
 
 
 def test_failure_mid_window_matches_frozen_twin(env_factory):
-    """The auto-reset env's final_observation is what an identical auto_reset=False env ends with."""
+    """The auto-reset env's final_observation is what an identical autoreset_mode="disabled" env ends with."""
     n = 64
     auto = env_factory(num_envs=n, seed=11, privileged=True)
-    frozen = env_factory(num_envs=n, seed=11, privileged=True, auto_reset=False)
+    frozen = env_factory(num_envs=n, seed=11, privileged=True, autoreset_mode="disabled")
     frozen.reset()
     prev, td, i = _run_until_failure(auto, n)
     steps_flown = -(-int(td["episode_length"][i]) // auto.step_size)  # ceil
@@ -86,7 +86,7 @@ def test_other_envs_untouched_by_one_envs_actions(env_factory):
 
 
 def test_auto_reset_false_freezes_then_masked_reset(env_factory):
-    env = env_factory(num_envs=3, seed=0, auto_reset=False, privileged=True)
+    env = env_factory(num_envs=3, seed=0, autoreset_mode="disabled", privileged=True)
     env.reset()
     env.step(const_actions(3, Action.DO_NOTHING))
     td = env.step(torch.tensor([2, 0, 0]))

@@ -30,7 +30,7 @@ def test_env_on_cpu0_takes_cpu_tensors(env_factory):
     td = env.step(const_actions(3, Action.DO_NOTHING))
     assert td["observation"].device == torch.device("cpu") and not td["done"].any()
     if env_factory.backend == "local":  # remote envs auto-reset themselves; masks go through reset(mask=)
-        env = env_factory(num_envs=3, device="cpu:0", seed=1, auto_reset=False)
+        env = env_factory(num_envs=3, device="cpu:0", seed=1, autoreset_mode="disabled")
         env.reset()
         env.step(torch.tensor([2, 0, 0]))
         td = env.reset(mask=torch.tensor([True, False, False]))

@@ -22,7 +22,8 @@ def test_keys_shapes_dtypes_device(env_factory, n, step_size):
     env = env_factory(num_envs=n, step_size=step_size, seed=0)
     td = env.reset()
     assert td.batch_size == torch.Size([n]) and td.device == torch.device("cpu")
-    assert set(td.keys()) == set(OBSERVATION_KEYS) == {"observation", "row", "flight", "valid"}
+    player = {"age", "since_repair", "repairs"}
+    assert set(td.keys()) == set(OBSERVATION_KEYS) == {"observation", "row", "flight", "valid"} | player
     td = env.step(torch.randint(0, 2, (n,)))
     assert set(td.keys()) == set(STEP_KEYS)
     for key, (shape, dtype) in key_shapes(STEP_KEYS, n, step_size).items():

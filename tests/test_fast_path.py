@@ -45,7 +45,7 @@ def test_fast_path_matches_eager():
 def test_fast_path_windows_match_eager_across_frozen_engines_and_partial_resets():
     """Compiled and eager windows agree with W > K (old rows survive a step), frozen engines and
     partial resets."""
-    kwargs = dict(num_envs=32, seed=5, history=16, auto_reset=False, privileged=True, max_steps_per_episode=60)
+    kwargs = dict(num_envs=32, seed=5, history=16, autoreset_mode="disabled", privileged=True, max_steps_per_episode=60)
     eager, fast = make_env(fast=False, **kwargs), make_env(fast=True, **kwargs)
     eager.reset(), fast.reset()
     gen = torch.Generator().manual_seed(3)

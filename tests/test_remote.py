@@ -241,14 +241,14 @@ def test_a_long_step_never_stalls_other_groups_or_tokens():
         _post(url, "/episode/vectorized_reset", json={"episode_ids": slow_ids})
         group = app.state.server.episodes[slow_ids[0]][1]
         entered, release = threading.Event(), threading.Event()
-        transition = group.backend.transition
+        env_step = group.env.step
 
-        def held_transition(*args, **kwargs):
+        def held_step(*args, **kwargs):
             entered.set()
             assert release.wait(30), "the test never released the held step"
-            return transition(*args, **kwargs)
+            return env_step(*args, **kwargs)
 
-        group.backend.transition = held_transition
+        group.env.step = held_step
         answer = {}
         step = {"episode_actions": [{"episode_id": e, "action": 0} for e in slow_ids]}
         held = threading.Thread(target=lambda: answer.update(r=_post(url, "/episode/vectorized_step", json=step)))

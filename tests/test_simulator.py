@@ -66,7 +66,7 @@ def test_invariants_over_long_random_rollouts():
 
 def test_first_flight_failure_returns_no_row_and_keeps_the_window():
     """The server's quirk: a failure on a step's first flight ends with reward 0 and no new row."""
-    env = make_env(num_envs=512, seed=3, privileged=True, auto_reset=False)
+    env = make_env(num_envs=512, seed=3, privileged=True, autoreset_mode="disabled")
     td = env.reset()
     p = env.config.sim_params
     alive = torch.ones(512, dtype=torch.bool)
@@ -86,7 +86,7 @@ def test_a_failing_step_returns_the_rows_before_the_failing_flight():
     """As on the real server (`rows` of the never-repaired log): a step of 10 flights in which the
     engine fails returns 0 to 9 rows, the flights before the failing one; the counter reads the
     failing flight; a failure on the first flight returns none."""
-    env = make_env(num_envs=2048, seed=4, auto_reset=False)
+    env = make_env(num_envs=2048, seed=4, autoreset_mode="disabled")
     newest = env.reset()["flight"][:, -1]
     alive = torch.ones(2048, dtype=torch.bool)
     counts = torch.zeros(11, dtype=torch.long)

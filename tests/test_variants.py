@@ -98,8 +98,10 @@ def test_the_variant_draw_depends_on_seed_env_and_episode_only():
 def test_an_ensemble_engine_plays_exactly_the_variant_it_drew():
     """Engine draws are shared, so an ensemble episode equals the same engine on that variant alone."""
     variants = {"fitted": PLAUSIBLE["fitted"], "margin_fades": PLAUSIBLE["margin_fades"]}
-    ens = make_env(num_envs=256, seed=9, sim_variants=variants, auto_reset=False)
-    alone = {name: make_env(num_envs=256, seed=9, sim_params=p, auto_reset=False) for name, p in variants.items()}
+    ens = make_env(num_envs=256, seed=9, sim_variants=variants, autoreset_mode="disabled")
+    alone = {
+        name: make_env(num_envs=256, seed=9, sim_params=p, autoreset_mode="disabled") for name, p in variants.items()
+    }
     ens.reset(), [env.reset() for env in alone.values()]
     drawn = ens.backend.sim.engines.variant
     assert 0 < int(drawn.sum()) < 256
@@ -115,7 +117,7 @@ def test_an_ensemble_engine_plays_exactly_the_variant_it_drew():
 
 
 def test_the_compiled_step_draws_and_plays_the_same_variants():
-    kwargs = dict(num_envs=16, seed=5, sim_variants="plausible", auto_reset=True)
+    kwargs = dict(num_envs=16, seed=5, sim_variants="plausible", autoreset_mode="same_step")
     eager, fast = make_env(fast=False, **kwargs), make_env(fast=True, **kwargs)
     eager.reset(), fast.reset()
     gen = torch.Generator().manual_seed(0)

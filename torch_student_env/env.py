@@ -14,6 +14,8 @@ from tensordict import TensorDict
 
 from torch_student_env.backends.base import Backend
 from torch_student_env.config import (
+    MAX_ENV_OFFSET,
+    MAX_SEED,
     EnvConfig,
     check_seed,
     check_state_keys,
@@ -22,9 +24,11 @@ from torch_student_env.config import (
     same_device,
 )
 from torch_student_env.eager import below_autograd
-from torch_student_env.spec import HEALTH_COLUMN, NUM_ACTIONS, NUM_FEATURES, ROW_WIDTH, Action
+from torch_student_env.spec import HEALTH_COLUMN, NUM_ACTIONS, NUM_FEATURES, ROW_WIDTH, Action, AutoresetMode
 from torch_student_env.types import Transition
 from torch_student_env.window import push_rows
+
+_REPAIR = int(Action.REPAIR)  # a plain int: compiled code compares IntEnums as False
 
 
 @dataclass(frozen=True)
@@ -37,15 +41,19 @@ class EpisodeBuffers:
 
     window: torch.Tensor  # (10, W, N) float32: the 9 features + hidden health of the last W rows
     window_flight: torch.Tensor  # (W, N) int64: flight index of each row, -1 = padding; oldest first
-    active: torch.Tensor  # (N,) bool: in an episode (False: finished, awaiting reset(mask=))
-    last_terminated: torch.Tensor  # (N,) bool: flags that frozen engines repeat
+    active: torch.Tensor  # (N,) bool: in an episode (False: finished, awaiting its restart)
+    last_terminated: torch.Tensor  # (N,) bool: flags that engines not flown repeat
     last_truncated: torch.Tensor  # (N,) bool
-    return_so_far: torch.Tensor  # (N,) float32: reward of the running episode
+    return_so_far: torch.Tensor  # (N,) float32: reward of the current episode
+    age: torch.Tensor  # (N,) int64: flights flown in the current episode (the server's counter)
+    since_repair: torch.Tensor  # (N,) int64: flights since the last repair (or the start)
+    repairs: torch.Tensor  # (N,) int64: repairs done in the current episode
 
 
 def empty_buffers(num_envs: int, history: int, device: torch.device) -> EpisodeBuffers:
     """Buffers before the first reset: padding everywhere, no engine active."""
     flags = torch.zeros(num_envs, dtype=torch.bool, device=device)
+    counts = torch.zeros(num_envs, dtype=torch.int64, device=device)
     return EpisodeBuffers(
         window=torch.zeros(ROW_WIDTH, history, num_envs, device=device),
         window_flight=torch.full((history, num_envs), -1, dtype=torch.int64, device=device),
@@ -53,6 +61,9 @@ def empty_buffers(num_envs: int, history: int, device: torch.device) -> EpisodeB
         last_terminated=flags,
         last_truncated=flags,
         return_so_far=torch.zeros(num_envs, device=device),
+        age=counts,
+        since_repair=counts,
+        repairs=counts,
     )
 
 
@@ -72,36 +83,51 @@ def restart_episodes(buffers: EpisodeBuffers, mask: torch.Tensor, first_rows: to
         last_terminated=buffers.last_terminated & ~mask,
         last_truncated=buffers.last_truncated & ~mask,
         return_so_far=torch.where(mask, 0.0, buffers.return_so_far),
+        age=torch.where(mask, 0, buffers.age),
+        since_repair=torch.where(mask, 0, buffers.since_repair),
+        repairs=torch.where(mask, 0, buffers.repairs),
     )
 
 
 def window_step(
-    buffers: EpisodeBuffers, transition: Transition, first_rows: torch.Tensor | None, final_observation: bool = True
+    buffers: EpisodeBuffers,
+    transition: Transition,
+    actions: torch.Tensor,
+    stepped: torch.Tensor,
+    first_rows: torch.Tensor | None,
+    final_observation: bool = True,
 ) -> tuple[EpisodeBuffers, dict[str, torch.Tensor]]:
-    """The env's side of a step: push the flown rows, build the step outputs, restart the ended.
+    """The env's side of a step: push the flown rows, count, build the outputs, restart the ended.
 
-    `first_rows` (N, 10) are the backend's fresh episodes (auto-reset), or None to freeze the
-    ended engines instead (the same thing when none ended). `final_observation=False` leaves out
-    the `FINAL_KEYS`. A pure function of tensors, so the fast path compiles it whole.
+    `stepped` (N,) are the engines that flew (in an episode and asked to step); the others earn 0
+    and repeat their last flags. `first_rows` (N, 10) are the backend's fresh episodes (same-step
+    autoreset), or None to leave the ended engines inactive (the same thing when none ended).
+    The player-side counters are counted here from the actions and the backend's flight counter,
+    which is all a client of the real server has. `final_observation=False` leaves out the
+    `FINAL_KEYS`. A pure function of tensors, so the fast path compiles it whole.
     """
-    active = buffers.active
-    n_new = transition.row_flown.sum(1)
+    n_new = transition.row_flown.sum(1)  # 0 for engines that did not fly
     window = push_rows(buffers.window, transition.rows.permute(2, 1, 0), n_new)
     window_flight = push_rows(buffers.window_flight.unsqueeze(0), transition.row_flight.T.unsqueeze(0), n_new)[0]
-    # Frozen engines (auto_reset=False) repeat their final flags with zero reward.
-    terminated = torch.where(active, transition.terminated, buffers.last_terminated)
-    truncated = torch.where(active, transition.truncated, buffers.last_truncated)
-    reward = torch.where(active, transition.reward, 0.0)
-    ended = transition.ended(active)  # finished in this call
+    terminated = torch.where(stepped, transition.terminated, buffers.last_terminated)
+    truncated = torch.where(stepped, transition.truncated, buffers.last_truncated)
+    reward = torch.where(stepped, transition.reward, 0.0)
+    ended = transition.ended(stepped)  # finished in this call
+    age = torch.where(stepped, transition.flights, buffers.age)
+    repaired = stepped & (actions == _REPAIR)  # paid before the step's flights
+    since_repair = torch.where(repaired, 0, buffers.since_repair) + (age - buffers.age)
+    repairs = buffers.repairs + repaired.long()
     return_so_far = buffers.return_so_far + reward
     out = {
         "reward": reward,
         "terminated": terminated,
         "truncated": truncated,
         "done": terminated | truncated,
+        "new_rows": n_new,
+        "episode_ended": ended,
         "episode_return": torch.where(ended, return_so_far, 0.0),
-        "episode_length": torch.where(ended, transition.flights, 0),
-        "episode_repairs": torch.where(ended, transition.repairs, 0),
+        "episode_length": torch.where(ended, age, 0),
+        "episode_repairs": torch.where(ended, repairs, 0),
         "episode_failed": ended & transition.failed,
     }
     if final_observation:  # by far the largest outputs: (N, W, 9) written every step, mostly zeros
@@ -111,23 +137,28 @@ def window_step(
     buffers = EpisodeBuffers(
         window=window,
         window_flight=window_flight,
-        active=active if first_rows is not None else active & ~ended,
+        active=buffers.active if first_rows is not None else buffers.active & ~ended,
         last_terminated=terminated,
         last_truncated=truncated,
-        return_so_far=torch.where(ended, 0.0, return_so_far),
+        return_so_far=return_so_far,
+        age=age,
+        since_repair=since_repair,
+        repairs=repairs,
     )
     if first_rows is not None:
         buffers = restart_episodes(buffers, ended, first_rows)
+    out["return_so_far"] = buffers.return_so_far  # of the current episode: 0 for one restarted here
     return buffers, out
 
 
-StepFn = Callable[[EpisodeBuffers, torch.Tensor, int], tuple[EpisodeBuffers, dict[str, torch.Tensor]]]
+StepFn = Callable[[EpisodeBuffers, torch.Tensor, torch.Tensor, int], tuple[EpisodeBuffers, dict[str, torch.Tensor]]]
 
 
-def _pure_step(kernel, constants, sim, buffers, actions, step_size, auto_reset, final_observation):
+def _pure_step(kernel, constants, sim, buffers, actions, mask, step_size, reset_ended, final_observation):
     """A backend's pure kernel, then `window_step`: the whole step as a function of tensors."""
-    sim, transition, first_rows = kernel(sim, actions, buffers.active, step_size, auto_reset, *constants)
-    return (sim, *window_step(buffers, transition, first_rows, final_observation))
+    stepped = buffers.active & mask
+    sim, transition, first_rows = kernel(sim, actions, stepped, step_size, reset_ended, *constants)
+    return (sim, *window_step(buffers, transition, actions, stepped, first_rows, final_observation))
 
 
 def _pure_step_cpu(*args):
@@ -146,9 +177,10 @@ _compiled_step_cpu = torch.compile(_pure_step_cpu, dynamic=False, options={"cpp_
 FAST_PATH_GRAPHS = 64
 
 
-def compose_step(backend: Backend, auto_reset: bool, fast: bool, final_observation: bool = True) -> StepFn:
-    """The whole step, `(buffers, actions, step_size) -> (buffers, outputs)`: the backend's
-    transition (with the resets of ended engines when `auto_reset`), then `window_step`.
+def compose_step(backend: Backend, reset_ended: bool, fast: bool, final_observation: bool = True) -> StepFn:
+    """The whole step, `(buffers, actions, mask, step_size) -> (buffers, outputs)`: the backend's
+    transition of the engines in an episode and in `mask` (with the restart of ended engines when
+    `reset_ended`), then `window_step`.
 
     A backend with a pure kernel (the embedded simulator) is composed as one pure function of
     tensors, compiled into one graph when `fast`: the simulator's state goes in and out
@@ -157,10 +189,11 @@ def compose_step(backend: Backend, auto_reset: bool, fast: bool, final_observati
     kernel = backend.kernel
     if kernel is None:
 
-        def eager_step(buffers, actions, step_size):
-            transition, first_rows = backend.transition(actions, buffers.active, step_size, auto_reset)
+        def eager_step(buffers, actions, mask, step_size):
+            stepped = buffers.active & mask
+            transition, first_rows = backend.transition(actions, stepped, step_size, reset_ended)
             with below_autograd():
-                return window_step(buffers, transition, first_rows, final_observation)
+                return window_step(buffers, transition, actions, stepped, first_rows, final_observation)
 
         return eager_step
 
@@ -172,8 +205,8 @@ def compose_step(backend: Backend, auto_reset: bool, fast: bool, final_observati
     constants = backend.kernel_constants()
     dispatch = contextlib.nullcontext if fast else below_autograd  # one compiled call has no per-op cost
 
-    def kernel_step(buffers, actions, step_size):
-        args = (kernel, constants, backend.sim, buffers, actions, step_size, auto_reset, final_observation)
+    def kernel_step(buffers, actions, mask, step_size):
+        args = (kernel, constants, backend.sim, buffers, actions, mask, step_size, reset_ended, final_observation)
         with dispatch():
             backend.sim, buffers, out = graph(*args)
         return buffers, out
@@ -196,20 +229,31 @@ class TorchStudentEnv:
     - `observation` (N, W, F) float32: the last W flight rows, oldest first, zero-padded;
     - `row` (N, F) float32: the newest row; `flight` (N, W) int64: each row's flight index in its
       episode (0 = the reading returned by reset, -1 = padding); `valid` (N, W) bool = flight >= 0;
+    - the player-side counters (`spec.PLAYER_KEYS`), (N,) int64, which any client of the real
+      server can track from its actions and the server's flight counter: `age` (flights flown
+      in this episode), `since_repair` (flights since the last repair, or the start) and
+      `repairs` (repairs done in this episode);
     - from `step` only: `reward` (N,) float32; `terminated`, `truncated`, `done` (N,) bool, about
-      the transition just taken even if the env was auto-reset in the same call;
+      the transition just taken even if the env was auto-reset in the same call; `new_rows` (N,)
+      int64: how many rows this step flew, which are the newest `new_rows` rows of the window
+      (of `final_observation` for an episode that ended and restarted in this call);
+      `return_so_far` (N,) float32, the current episode's reward;
       `final_observation` (N, W, F) / `final_valid` / `final_flight` (N, W): the window each
-      finished episode ended with (zeros / False / -1 elsewhere); `episode_return` (N,) float32,
-      `episode_length` (N,) int64 (flights), `episode_repairs` (N,) int64 and `episode_failed`
-      (N,) bool: totals of the episodes that ended in this call (0 / False elsewhere);
+      finished episode ended with (zeros / False / -1 elsewhere); `episode_ended` (N,) bool, and
+      `episode_return` (N,) float32, `episode_length` (N,) int64 (flights), `episode_repairs`
+      (N,) int64 and `episode_failed` (N,) bool: totals of the episodes that ended in this call
+      (0 / False elsewhere);
     - with `privileged=True`: `health` (N,) float32, the hidden health of the current engines
       (the profit of their next flight as a share of a just-repaired engine's: 1 after a repair,
-      failures come as it nears 0), `wear_rate` (N,) float32 (health lost per flight),
-      `repairs` (N,) int64, and `window_health` (N, W), the health of each window row.
+      failures come as it nears 0), `wear_rate` (N,) float32 (health lost per flight), and
+      `window_health` (N, W), the health of each window row.
 
-    With `auto_reset=True` (default) finished engines start a new episode inside `step`; with
-    `auto_reset=False` they stay frozen: stepping them is a no-op that repeats their final flags
-    with reward 0, until `reset(mask=...)` restarts them.
+    Every episode rule lives here, and the reference server and `compat` use it as it is:
+    `autoreset_mode` (`spec.AutoresetMode`) says when a finished engine restarts: in the step
+    that ends it ("same_step", default), when it is next stepped ("next_step", the challenge
+    server's rule), or only through `reset(mask=...)` ("disabled"; stepping a finished engine is
+    then a no-op that repeats its final flags with reward 0). `step(actions, mask=...)` flies
+    only the masked engines; the others earn 0 and repeat their last flags.
 
     Memory layout: engines are the innermost dimension of every buffer (that is what vectorises
     the simulator), so the per-window outputs are permuted views, not contiguous (N, W, F)
@@ -226,7 +270,10 @@ class TorchStudentEnv:
         self.history = config.history
         self.device = config.device
         self._buffers = empty_buffers(self.num_envs, self.history, self.device)
-        self._step = compose_step(backend, config.auto_reset, config.fast, config.final_observation)
+        self.autoreset_mode = AutoresetMode(config.autoreset_mode)
+        reset_ended = self.autoreset_mode is AutoresetMode.SAME_STEP
+        self._step = compose_step(backend, reset_ended, config.fast, config.final_observation)
+        self._everyone = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
         self._batch_size = torch.Size([self.num_envs])
         self._seed = config.seed
         self._has_reset = False
@@ -261,17 +308,73 @@ class TorchStudentEnv:
         self._has_reset = True
         return self._observation_td()
 
-    def step(self, actions: torch.Tensor | np.ndarray | list, step_size: int | None = None) -> TensorDict:
+    def step(
+        self,
+        actions: torch.Tensor | np.ndarray | list,
+        step_size: int | None = None,
+        mask: torch.Tensor | np.ndarray | list | None = None,
+    ) -> TensorDict:
         """Apply `actions` (N,) ints in {0, 1, 2} and fly up to `step_size` flights per engine.
 
-        Inputs are validated before anything changes: a rejected call leaves the env untouched.
+        With `mask` (N,) bool only the masked engines act and fly (a partial step); the others
+        earn 0, repeat their last flags and keep their windows. Inputs are validated before
+        anything changes: a rejected call leaves the env untouched.
         """
         if not self._has_reset:
             raise RuntimeError("call reset() before step()")
         step_size = self.step_size if step_size is None else check_step_size(step_size)
         actions = self._as_actions(actions)
-        self._buffers, out = self._step(self._buffers, actions, step_size)
+        mask = self._everyone if mask is None else self._as_mask(mask)
+        if self.autoreset_mode is AutoresetMode.NEXT_STEP:
+            # Finished engines asked to fly restart first. Reading `any` back is a host sync, which
+            # this mode's users (the server, compat: host-side lists per step) pay anyway.
+            restart = mask & ~self._buffers.active
+            if bool(restart.any()):
+                self._buffers = restart_episodes(self._buffers, restart, self.backend.reset(restart))
+        self._buffers, out = self._step(self._buffers, actions, mask, step_size)
         return self._observation_td(out)
+
+    def seed_engines(
+        self,
+        mask: torch.Tensor | np.ndarray | list,
+        seeds: torch.Tensor | np.ndarray | list,
+        env_indices: torch.Tensor | np.ndarray | list | None = None,
+    ) -> None:
+        """Re-key the masked engines: engine i's next reset starts episode 0 of engine
+        `env_indices[i]` (default: its own index, `env_offset + i`) of root seed `seeds[i]`.
+
+        That episode and the ones after it are exactly those of an env made with `seed=seeds[i]`
+        at that engine index: this is how a client seeds one engine (`reset_specific_envs`,
+        the protocol's per-episode seeds). Engines outside `mask` are untouched; their entries
+        of `seeds` and `env_indices` are ignored. Checkpoints keep the keys.
+        """
+        mask = self._as_mask(mask)
+        seeds = self._as_ints("seeds", seeds, 0, MAX_SEED)
+        if env_indices is None:
+            env_indices = self.config.env_offset + torch.arange(self.num_envs, dtype=torch.int64)
+        env_indices = self._as_ints("env_indices", env_indices, 0, MAX_ENV_OFFSET)
+        self.backend.seed_engines(mask, seeds.to(self.device), env_indices.to(self.device))
+
+    @property
+    def active(self) -> torch.Tensor:
+        """(N,) bool: engines in an episode (False: finished and not restarted yet, which only
+        happens when autoreset is not "same_step"). A copy."""
+        return self._buffers.active.clone()
+
+    def current(self) -> TensorDict:
+        """Where every engine stands, without stepping: the observation keys, the last step's
+        `terminated` / `truncated` flags and `return_so_far`."""
+        if not self._has_reset:
+            raise RuntimeError("call reset() before current()")
+        b = self._buffers
+        return self._observation_td(
+            {
+                "terminated": b.last_terminated,
+                "truncated": b.last_truncated,
+                "done": b.last_terminated | b.last_truncated,
+                "return_so_far": b.return_so_far,
+            }
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """A checkpoint of the whole env (backend, windows, counters) to resume exactly."""
@@ -314,7 +417,7 @@ class TorchStudentEnv:
         c = self.config
         return (
             f"TorchStudentEnv(num_envs={c.num_envs}, step_size={c.step_size}, history={c.history}, "
-            f"device={c.device}, backend={type(self.backend).__name__}, auto_reset={c.auto_reset})"
+            f"device={c.device}, backend={type(self.backend).__name__}, autoreset_mode={self.autoreset_mode.value!r})"
         )
 
     # ------------------------------------------------------------------------------------------
@@ -329,6 +432,9 @@ class TorchStudentEnv:
             "row": window[:NUM_FEATURES, -1].T,
             "flight": window_flight.T,
             "valid": valid.T,
+            "age": self._buffers.age,
+            "since_repair": self._buffers.since_repair,
+            "repairs": self._buffers.repairs,
         }
         if self.config.privileged:
             data.update(self.backend.privileged())
@@ -350,6 +456,30 @@ class TorchStudentEnv:
         if tensor.shape != (self.num_envs,):
             raise ValueError(f"mask must have shape ({self.num_envs},), got {tuple(tensor.shape)}")
         return tensor.to(self.device)
+
+    def _as_ints(self, name: str, values: torch.Tensor | np.ndarray | list, low: int, high: int) -> torch.Tensor:
+        """(N,) integers in [low, high] as an int64 CPU tensor, or an error naming `name` and the value."""
+        if isinstance(values, torch.Tensor):
+            tensor = values.detach().cpu()
+        else:
+            array = np.asarray(values)
+            if array.dtype == object:
+                if not all(isinstance(v, Integral) and not isinstance(v, bool) for v in array.flat):
+                    raise TypeError(f"{name} must be integers, got {values!r}"[:300])
+                if any(not low <= int(v) <= high for v in array.flat):
+                    raise ValueError(f"{name} must be in [{low}, {high}], got {values!r}"[:300])
+                array = array.astype(np.int64)
+            tensor = torch.as_tensor(array)
+        if tensor.dtype == torch.bool or tensor.dtype.is_floating_point or tensor.dtype.is_complex:
+            raise TypeError(f"{name} must be integers, got dtype {tensor.dtype}")
+        if tensor.shape != (self.num_envs,):
+            raise ValueError(f"{name} must have shape ({self.num_envs},), got {tuple(tensor.shape)}")
+        tensor = tensor.to(torch.int64)
+        bad = (tensor < low) | (tensor > high)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise ValueError(f"{name} must be in [{low}, {high}], got {int(tensor[i])} for env {i}")
+        return tensor
 
     def _as_actions(self, actions: torch.Tensor | np.ndarray | list) -> torch.Tensor:
         """Validate and convert actions to an int64 tensor on the env's device, or raise."""

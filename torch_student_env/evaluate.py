@@ -27,6 +27,7 @@ from tensordict import TensorDict
 
 from torch_student_env.env import TorchStudentEnv
 from torch_student_env.sim.params import SimParams
+from torch_student_env.spec import AutoresetMode
 
 Policy = Callable[[TensorDict], torch.Tensor]
 
@@ -56,10 +57,10 @@ def run_episodes(
     """Reset `env` and step it with `policy` until each env finished `episodes_per_env` episodes.
 
     Episodes beyond the first k of an env are ignored, so the set of episodes does not depend on
-    how fast other envs finish. Needs `auto_reset=True`.
+    how fast other envs finish. Needs `autoreset_mode="same_step"`.
     """
-    if not env.config.auto_reset:
-        raise ValueError("run_episodes needs an env with auto_reset=True")
+    if env.autoreset_mode is not AutoresetMode.SAME_STEP:
+        raise ValueError(f"run_episodes needs autoreset_mode='same_step', got {env.autoreset_mode.value!r}")
     n, k, dev = env.num_envs, episodes_per_env, env.device
     if max_env_steps is None:  # enough for k episodes that all run to the time limit
         max_env_steps = k * (math.ceil(env.config.max_steps_per_episode / env.step_size) + 1)
@@ -294,7 +295,7 @@ def record_episode(policy: Policy, seed: int = 0, max_env_steps: int = 1000, **e
     from torch_student_env.make import make_env
     from torch_student_env.spec import NUM_SENSORS, PHASE_COLUMN
 
-    env = make_env(num_envs=1, seed=seed, privileged=True, auto_reset=False, **env_kwargs)
+    env = make_env(num_envs=1, seed=seed, privileged=True, autoreset_mode="disabled", **env_kwargs)
     td = env.reset()
     rows, health, flights, actions, action_flights = [], [], [], [], []
     last = -1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import Enum, IntEnum
 
 import torch
 
@@ -21,6 +21,23 @@ class Phase(IntEnum):
     CRUISE = 0  # CR
     CLIMB = 1  # MCL, max climb
     TAKEOFF = 2  # MTO, max take-off
+
+
+class AutoresetMode(str, Enum):
+    """When a finished engine starts its next episode: Gymnasium's three modes, by their names.
+
+    - `SAME_STEP` (default): inside the `step` that ends the episode; that step's outputs are
+      already the new episode's, and the terminal window is in `final_observation`.
+    - `NEXT_STEP`: when the engine is next stepped, and that step flies the fresh engine with
+      the action given. This is the challenge server's rule (its client with `auto_reset`).
+      Gymnasium's NEXT_STEP instead spends that step on the reset alone and ignores the action.
+    - `DISABLED`: never by itself; a finished engine is frozen (stepping it flies nothing,
+      earns 0 and repeats its final flags) until `reset(mask=...)`.
+    """
+
+    SAME_STEP = "same_step"
+    NEXT_STEP = "next_step"
+    DISABLED = "disabled"
 
 
 NUM_ACTIONS = len(Action)
@@ -55,16 +72,25 @@ OBSERVATION_KEYS: dict[str, tuple[tuple[str, ...], torch.dtype]] = {
     "row": (("F",), torch.float32),  # the newest row
     "flight": (("W",), torch.int64),  # each row's flight index in its episode, -1 = padding
     "valid": (("W",), torch.bool),  # flight >= 0
+    # What any player can track from its own actions and the server's flight counter:
+    "age": ((), torch.int64),  # flights flown in this episode (the server's `info["step"]`)
+    "since_repair": ((), torch.int64),  # flights since the last repair (since the start without one)
+    "repairs": ((), torch.int64),  # repairs done in this episode
 }
+# The keys of `OBSERVATION_KEYS` a player tracks itself (no sensor reading).
+PLAYER_KEYS: tuple[str, ...] = ("age", "since_repair", "repairs")
 STEP_KEYS: dict[str, tuple[tuple[str, ...], torch.dtype]] = OBSERVATION_KEYS | {
     "reward": ((), torch.float32),
     "terminated": ((), torch.bool),
     "truncated": ((), torch.bool),
     "done": ((), torch.bool),
+    "new_rows": ((), torch.int64),  # rows this step flew: the newest of the window (see env)
+    "return_so_far": ((), torch.float32),  # reward of the engine's current episode so far
     "final_observation": (("W", "F"), torch.float32),  # the window an episode ended with
     "final_valid": (("W",), torch.bool),
     "final_flight": (("W",), torch.int64),
-    "episode_return": ((), torch.float32),  # totals of the episodes that ended in this step
+    "episode_ended": ((), torch.bool),  # an episode ended in this step; its totals follow
+    "episode_return": ((), torch.float32),
     "episode_length": ((), torch.int64),
     "episode_repairs": ((), torch.int64),
     "episode_failed": ((), torch.bool),
@@ -74,7 +100,6 @@ FINAL_KEYS: tuple[str, ...] = ("final_observation", "final_valid", "final_flight
 PRIVILEGED_KEYS: dict[str, tuple[tuple[str, ...], torch.dtype]] = {
     "health": ((), torch.float32),
     "wear_rate": ((), torch.float32),
-    "repairs": ((), torch.int64),
     "window_health": (("W",), torch.float32),
 }
 

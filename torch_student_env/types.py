@@ -20,8 +20,7 @@ class Transition:
     terminated: torch.Tensor  # (N,) bool, sold or failed
     truncated: torch.Tensor  # (N,) bool, reached the flight limit without terminating
     failed: torch.Tensor  # (N,) bool, catastrophic failure in this step
-    flights: torch.Tensor  # (N,) int64, flights flown in the episode after this step
-    repairs: torch.Tensor  # (N,) int64, repairs done in the episode after this step
+    flights: torch.Tensor  # (N,) int64, flights flown in the episode after this step (the server's counter)
 
     def ended(self, active: torch.Tensor) -> torch.Tensor:
         """(N,) bool: the `active` engines whose episode ended in this transition."""

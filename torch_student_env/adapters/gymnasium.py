@@ -23,6 +23,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv  # noqa: E402
 from torch_student_env.env import TorchStudentEnv  # noqa: E402
 from torch_student_env.make import make_env  # noqa: E402
 from torch_student_env.spec import NUM_ACTIONS, NUM_FEATURES  # noqa: E402
+from torch_student_env.spec import AutoresetMode as EnvAutoreset  # noqa: E402 (Gymnasium has its own)
 
 
 def _make(make_env_kwargs: dict[str, Any]) -> TorchStudentEnv:
@@ -53,8 +54,10 @@ class GymnasiumVectorEnv(VectorEnv):
 
     def __init__(self, env: TorchStudentEnv | None = None, **make_env_kwargs: Any) -> None:
         self.env = env if env is not None else _make(make_env_kwargs)
-        if not self.env.config.auto_reset:
-            raise ValueError("GymnasiumVectorEnv implements SAME_STEP autoreset: build the env with auto_reset=True")
+        if self.env.autoreset_mode is not EnvAutoreset.SAME_STEP:
+            raise ValueError(
+                "GymnasiumVectorEnv implements SAME_STEP autoreset: build the env with autoreset_mode='same_step'"
+            )
         _needs_final_observation(self.env, "GymnasiumVectorEnv")
         self.num_envs = self.env.num_envs
         self.single_observation_space, self.single_action_space = _spaces(self.env)
@@ -114,7 +117,7 @@ class GymnasiumEnv(gym.Env):
     def __init__(self, **make_env_kwargs: Any) -> None:
         if make_env_kwargs.pop("num_envs", 1) != 1:
             raise ValueError("GymnasiumEnv is one engine: use gymnasium.make_vec for several")
-        self.env = _make({"num_envs": 1, "auto_reset": False, **make_env_kwargs})
+        self.env = _make({"num_envs": 1, "autoreset_mode": "disabled", **make_env_kwargs})
         self.observation_space, self.action_space = _spaces(self.env)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):

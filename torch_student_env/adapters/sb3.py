@@ -12,6 +12,7 @@ import numpy as np
 from torch_student_env.adapters import require
 from torch_student_env.adapters.gymnasium import _make, _needs_final_observation, _numpy, _spaces
 from torch_student_env.env import TorchStudentEnv
+from torch_student_env.spec import AutoresetMode
 
 _VecEnv = require("stable_baselines3.common.vec_env", "sb3").VecEnv
 
@@ -21,8 +22,8 @@ class SB3VecEnv(_VecEnv):
 
     def __init__(self, env: TorchStudentEnv | None = None, **make_env_kwargs: Any) -> None:
         self.env = env if env is not None else _make(make_env_kwargs)
-        if not self.env.config.auto_reset:
-            raise ValueError("SB3VecEnv needs auto_reset=True: SB3 expects VecEnvs to reset themselves")
+        if self.env.autoreset_mode is not AutoresetMode.SAME_STEP:
+            raise ValueError("SB3VecEnv needs autoreset_mode='same_step': SB3 expects VecEnvs to reset themselves")
         _needs_final_observation(self.env, "SB3VecEnv")
         observation_space, action_space = _spaces(self.env)
         self.render_mode = None  # read by VecEnv.__init__; nothing to render

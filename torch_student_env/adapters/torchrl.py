@@ -1,6 +1,6 @@
 """TorchRL adapter: `TorchRLStudentEnv`, an `EnvBase` over `TorchStudentEnv` ([torchrl] extra).
 
-The wrapped env runs with `auto_reset=False`, so TorchRL owns resets through its `"_reset"` mask.
+The wrapped env runs with `autoreset_mode="disabled"`, so TorchRL owns resets through its `"_reset"` mask.
 A finished env's `("next", "observation")` is the real terminal window, never a NaN-filled
 placeholder, so truncated episodes can be bootstrapped. Partial resets are merged with
 `torch.where` inside `TorchStudentEnv.reset(mask=...)`: no boolean indexing, no host sync.
@@ -22,14 +22,14 @@ from torchrl.envs import EnvBase  # noqa: E402
 
 from torch_student_env.env import TorchStudentEnv  # noqa: E402
 from torch_student_env.make import make_env  # noqa: E402
-from torch_student_env.spec import NUM_ACTIONS, OBSERVATION_KEYS, key_shapes  # noqa: E402
+from torch_student_env.spec import NUM_ACTIONS, OBSERVATION_KEYS, AutoresetMode, key_shapes  # noqa: E402
 
 
 class TorchRLStudentEnv(EnvBase):
     """A batch of `num_envs` engines as a TorchRL env with batch_size `[N]`.
 
     Pass `make_env` keyword arguments (`num_envs`, `step_size`, `device`, `seed`, ...) or an
-    existing `env=` built with `auto_reset=False`. In a worker process of a multi-process
+    existing `env=` built with `autoreset_mode="disabled"`. In a worker process of a multi-process
     collector the default `env_offset` gives each worker its own engines
     (`adapters.worker_env_offset`). Keys: `observation` (N, W, 9), `row` (N, 9),
     `valid` (N, W), `flight` (N, W); `action` (N,) in {0, 1, 2}; `reward`, `done`, `terminated`,
@@ -41,12 +41,12 @@ class TorchRLStudentEnv(EnvBase):
     def __init__(self, env: TorchStudentEnv | None = None, **make_env_kwargs: Any) -> None:
         if env is None:
             make_env_kwargs.setdefault("env_offset", worker_env_offset(make_env_kwargs.get("num_envs", 4)))
-            env = make_env(auto_reset=False, **make_env_kwargs)
+            env = make_env(autoreset_mode="disabled", **make_env_kwargs)
         elif make_env_kwargs:
             raise TypeError("pass either env= or make_env keyword arguments, not both")
-        if env.config.auto_reset:
+        if env.autoreset_mode is not AutoresetMode.DISABLED:
             raise ValueError(
-                "TorchRLStudentEnv needs an env built with auto_reset=False: TorchRL resets through '_reset'"
+                "TorchRLStudentEnv needs an env built with autoreset_mode='disabled': TorchRL resets through '_reset'"
             )
         super().__init__(device=env.device, batch_size=torch.Size([env.num_envs]))
         self.env = env

@@ -131,9 +131,9 @@ class LocalBackend:
         return transition, first_rows
 
     def privileged(self) -> dict[str, torch.Tensor]:
-        """Hidden state of the current engines: health, wear rate, repair count."""
+        """Hidden state of the current engines: health and wear rate."""
         s = self.sim.engines
-        return {"health": s.health.clone(), "wear_rate": s.wear_rate.clone(), "repairs": s.repairs.clone()}
+        return {"health": s.health.clone(), "wear_rate": s.wear_rate.clone()}
 
     def state_dict(self) -> dict[str, Any]:
         """Seed, each engine's key (which `seed_engines` may have changed) and episode counter,

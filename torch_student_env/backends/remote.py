@@ -272,7 +272,6 @@ class RemoteBackend:
         flown = np.zeros((n, step_size), dtype=bool)
         reward = np.zeros(n, dtype=np.float32)
         flags = np.zeros((3, n), dtype=bool)  # terminated, truncated, failed
-        repairs = np.zeros(n, dtype=np.int64)
         before = self._flights.copy()
         first_rows = torch.zeros(n, ROW_WIDTH) if reset_ended else None
         if len(index):
@@ -301,7 +300,6 @@ class RemoteBackend:
                     reward[i] = data["rewards"][j]
                     flags[:, i] = data["terminateds"][j], data["truncateds"][j], info.get("failed", False)
                     self._flights[i] = info.get("step", self._flights[i] + k)
-                    repairs[i] = info.get("repairs", 0)
                 self._read_health(index, data["infos"], rows[:, :, HEALTH_COLUMN], lengths.tolist())
         flights_after = self._flights.copy()  # what the ended episodes flew, before their reset
         if len(index) and reset_ended:
@@ -317,7 +315,6 @@ class RemoteBackend:
             truncated=torch.as_tensor(flags[1], **to),
             failed=torch.as_tensor(flags[2], **to),
             flights=torch.as_tensor(flights_after, **to),
-            repairs=torch.as_tensor(repairs, **to),
         )
         return transition, None if first_rows is None else first_rows.to(**to)
 
@@ -350,13 +347,11 @@ class RemoteBackend:
             self._health = {
                 "health": torch.zeros(self.num_envs),
                 "wear_rate": torch.zeros(self.num_envs),
-                "repairs": torch.zeros(self.num_envs, dtype=torch.int64),
             }
         for j, i in enumerate(index):
             info = infos[j]
             self._health["health"][i] = info["health"]
             self._health["wear_rate"][i] = info.get("wear_rate", 0.0)
-            self._health["repairs"][i] = info.get("repairs", 0)
             rows_health = info.get("health_rows", [])[: lengths[j]]
             if rows_health:
                 health_column[i, : len(rows_health)] = torch.tensor(rows_health)

@@ -47,7 +47,9 @@ def replay(
     """
     n_lists = len(action_lists)
     num_envs = n_lists * seeds
-    env = make_env(num_envs=num_envs, step_size=STEP_SIZE, seed=seed, auto_reset=False, sim_params=params, fast=False)
+    env = make_env(
+        num_envs=num_envs, step_size=STEP_SIZE, seed=seed, autoreset_mode="disabled", sim_params=params, fast=False
+    )
     longest = max(len(a) for a in action_lists)
     plan = torch.zeros(longest + extra_steps, n_lists, dtype=torch.int64)
     for i, actions in enumerate(action_lists):

@@ -1,18 +1,19 @@
-"""The reference server's state: sessions, vectorized groups and episodes, with no web framework.
+"""The reference server's state: sessions, the registry of episodes, locks, expiry and
+exactly-once replay, with no web framework. Episodes themselves are the env's.
 
-Every episode lives in a group. A group is one `LocalBackend` of N engines, made by one
-`vectorized/episodes/create` call (a single-episode `episode/create` is a group of one). A
-vectorized step runs one batched `advance` per (group, step_size) it touches, with an `active`
-mask for the requested engines: a group is never stepped as a loop of single engines.
+Every episode is one engine of a group, and a group is one `TorchStudentEnv` of N engines,
+made by one `vectorized/episodes/create` call (a single-episode `episode/create` is a group of
+one). The env holds every episode rule: when an episode ends, when it restarts (the group's
+`auto_reset` is the env's "next_step" autoreset, the challenge server's rule; without it,
+"disabled"), which rows a step flew, the counters. A vectorized step is one partial
+`env.step(actions, mask=...)` per (group, step_size) it touches: a group is never stepped as a
+loop of single engines. This module only translates: tensors in, the protocol's lists out.
 
 Exactly-once steps: a request may carry a per-episode `step_counter` (the number of steps the
-client has taken on that episode, starting at 1). A repeated counter gets the stored result
+client has taken on that episode, starting at 1). A repeated counter gets the stored answer
 without stepping again, so a client can safely retry a step whose response was lost.
-`reset_counter` does the same for resets.
-
-Episode ends as on the challenge's server: with the group's `auto_reset` (the client's default),
-stepping a finished episode starts the next one in the same call; every finished episode is
-recorded for its token's leaderboard score.
+`reset_counter` does the same for resets. Every finished episode is recorded for its token's
+leaderboard score.
 
 Concurrency: every public method is thread-safe. The registry lock guards the maps of sessions
 and episodes and is only held for lookups; simulation runs under the locks of the groups a
@@ -31,12 +32,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
-from torch_student_env.backends.local import LocalBackend
+from torch_student_env.env import TorchStudentEnv
 from torch_student_env.leaderboard import FinishedEpisode, score_metrics
+from torch_student_env.make import make_env
 from torch_student_env.sim.params import SimParams
-from torch_student_env.spec import HEALTH_COLUMN, MAX_STEP_SIZE, NUM_FEATURES
+from torch_student_env.spec import MAX_STEP_SIZE, AutoresetMode
 
 
 class ServerError(Exception):
@@ -68,37 +71,32 @@ class Limits:
 
 
 @dataclass
-class Episode:
-    """One engine's protocol bookkeeping; the engine itself lives in its group's backend."""
+class Replay:
+    """One episode's protocol bookkeeping, nothing of the episode itself: whether a client reset
+    it yet, and its counters and stored answers for exactly-once replay."""
 
     episode_id: str
-    last_row: list[float] = field(default_factory=list)
-    finished: bool = True  # nothing to fly before the first reset
-    terminated: bool = False
-    truncated: bool = False
-    total_reward: float = 0.0
-    flights: int = 0
+    has_reset: bool = False  # the protocol asks a client to reset an episode before stepping it
     step_counter: int = 0
     reset_counter: int = 0
     last_step: dict | None = None  # the answer to replay for a repeated step_counter
     last_reset: tuple | None = None  # the answer to replay for a repeated reset_counter
-    has_reset: bool = False
 
 
 @dataclass
 class Group:
-    """N engines simulated together, one `Episode` record each, and the lock that guards them."""
+    """N engines as one env, one `Replay` record each, and the lock that guards them."""
 
     group_id: str
-    backend: LocalBackend
+    env: TorchStudentEnv
     max_steps_per_episode: int
     auto_reset: bool
-    episodes: list[Episode]
+    replays: list[Replay]
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def episode_ids(self) -> list[str]:
-        return [e.episode_id for e in self.episodes]
+        return [r.episode_id for r in self.replays]
 
 
 @dataclass
@@ -179,20 +177,34 @@ class ServerState:
                 )
             session.envs += num_envs  # reserved now, so that concurrent creates cannot both pass
         try:
-            backend = LocalBackend(
-                num_envs, torch.device("cpu"), max_steps_per_episode, self.params, seed=secrets.randbits(62)
-            )
+            env = self._make_group_env(num_envs, max_steps_per_episode, auto_reset)
         except BaseException:
             with self.lock:
                 session.envs -= num_envs
             raise
-        episodes = [Episode(secrets.token_hex(8)) for _ in range(num_envs)]
-        group = Group(secrets.token_hex(6), backend, max_steps_per_episode, auto_reset, episodes)
+        replays = [Replay(secrets.token_hex(8)) for _ in range(num_envs)]
+        group = Group(secrets.token_hex(6), env, max_steps_per_episode, auto_reset, replays)
         with self.lock:
             session.groups[group.group_id] = group
-            for i, episode in enumerate(episodes):
-                self.episodes[episode.episode_id] = (session, group, i)
+            for i, replay in enumerate(replays):
+                self.episodes[replay.episode_id] = (session, group, i)
         return group
+
+    def _make_group_env(self, num_envs: int, max_steps_per_episode: int, auto_reset: bool) -> TorchStudentEnv:
+        """The env of a new group: its window holds a whole step's rows (what a step answers)."""
+        env = make_env(
+            num_envs=num_envs,
+            history=min(self.limits.max_step_size, MAX_STEP_SIZE),
+            seed=secrets.randbits(62),
+            autoreset_mode=AutoresetMode.NEXT_STEP if auto_reset else AutoresetMode.DISABLED,
+            privileged=self.expose_health,
+            max_steps_per_episode=max_steps_per_episode,
+            final_observation=False,
+            fast=False,
+            sim_params=self.params,
+        )
+        env.reset()  # every engine ready; a client's reset starts the engine's next episode
+        return env
 
     def _session(self, token: str, session_id: str | None) -> Session:
         """The token's session (registry lock held)."""
@@ -282,9 +294,9 @@ class ServerState:
             results: list[tuple[list[float], dict] | None] = [None] * len(located)
             by_group: dict[str, list[int]] = {}
             for j, (group, i) in enumerate(located):
-                episode = group.episodes[i]
+                replay = group.replays[i]
                 counter = reset_counters[j] if reset_counters is not None else None
-                results[j] = _replay("reset", episode_ids[j], counter, episode.reset_counter, episode.last_reset)
+                results[j] = _replay("reset", episode_ids[j], counter, replay.reset_counter, replay.last_reset)
                 if results[j] is None:  # not a retried reset, which is answered without resetting again
                     by_group.setdefault(group.group_id, []).append(j)
             for js in by_group.values():
@@ -294,50 +306,44 @@ class ServerState:
                 }
                 restarted = self._restart(group, [located[j][1] for j in js], seeded)
                 for j in js:
-                    episode = group.episodes[located[j][1]]
+                    replay = group.replays[located[j][1]]
                     results[j] = restarted[located[j][1]]
                     if reset_counters is not None and reset_counters[j] is not None:
-                        episode.reset_counter, episode.last_reset = reset_counters[j], results[j]
+                        replay.reset_counter, replay.last_reset = reset_counters[j], results[j]
         return [r[0] for r in results], [r[1] for r in results]
 
     def _restart(
         self, group: Group, engines: list[int], seeded: dict[int, tuple[int, int]] | None = None
     ) -> dict[int, tuple[list[float], dict]]:
-        """Start the next episode of `engines` of one held group (one batched reset): first row and info each.
+        """`env.reset(mask=...)` of `engines` of one held group: first row and info each.
 
-        `seeded[i] = (seed, env_index)` re-keys engine i first, as engine `env_index` of `seed`.
+        `seeded[i] = (seed, env_index)` re-keys engine i first (`env.seed_engines`), as engine
+        `env_index` of `seed`.
         """
-        n = len(group.episodes)
+        n = group.env.num_envs
         mask = torch.zeros(n, dtype=torch.bool)
         mask[engines] = True
         if seeded:
             which = torch.zeros(n, dtype=torch.bool)
-            seed_values = torch.zeros(n, dtype=torch.int64)
-            index_values = torch.zeros(n, dtype=torch.int64)
+            values = torch.zeros((2, n), dtype=torch.int64)
             for i, (seed, env_index) in seeded.items():
-                which[i], seed_values[i], index_values[i] = True, seed, env_index
-            group.backend.seed_engines(which, seed_values, index_values)
-        first = group.backend.reset(mask)
-        privileged = group.backend.privileged()
+                which[i], values[0, i], values[1, i] = True, seed, env_index
+            group.env.seed_engines(which, values[0], values[1])
+        td = _host(group.env.reset(mask=mask))
         out = {}
         for i in engines:
-            episode = group.episodes[i]
-            episode.finished = episode.terminated = episode.truncated = False
-            episode.total_reward, episode.flights, episode.has_reset = 0.0, 0, True
-            episode.last_row = first[i, :NUM_FEATURES].tolist()
-            info = {"step": 0, "episode_id": episode.episode_id, "total_reward": 0.0}
+            group.replays[i].has_reset = True
+            info = {"step": 0, "episode_id": group.replays[i].episode_id, "total_reward": 0.0}
             if self.expose_health:
-                info |= _health_info(privileged, i, [float(first[i, HEALTH_COLUMN])])
-            out[i] = (episode.last_row, info)
+                info |= _health_info(td, i, 1)
+            out[i] = (td["row"][i].tolist(), info)
         return out
 
     def step(self, token: str, actions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Step each listed episode; one batched advance per (group, step_size).
+        """Step each listed episode; one partial `env.step` per (group, step_size).
 
         Everything is validated before any engine moves: unknown episodes, repeats, step sizes,
-        counters, episodes never reset. A finished episode of an `auto_reset` group starts its
-        next episode first (the client sends actions for its terminated envs when `auto_reset`
-        is on); otherwise it flies nothing.
+        counters, episodes never reset. What a finished episode does is the group env's rule.
         """
         for a in actions:
             if not 1 <= a["step_size"] <= self.limits.max_step_size:
@@ -347,124 +353,105 @@ class ServerState:
             results: list[dict | None] = [None] * len(actions)
             batches: dict[tuple[str, int], list[int]] = {}
             for j, (a, (group, i)) in enumerate(zip(actions, located, strict=True)):
-                episode = group.episodes[i]
+                replay = group.replays[i]
                 request = [a["action"], a["step_size"]]
                 counter = a.get("step_counter")
-                results[j] = _replay("step", a["episode_id"], counter, episode.step_counter, episode.last_step, request)
+                results[j] = _replay("step", a["episode_id"], counter, replay.step_counter, replay.last_step, request)
                 if results[j] is not None:
-                    continue  # a retried step: the stored answer, no second advance
-                if not episode.has_reset:
+                    continue  # a retried step: the stored answer, no second step
+                if not replay.has_reset:
                     raise ServerError(409, f"episode {a['episode_id']} has not been reset yet")
                 batches.setdefault((group.group_id, a["step_size"]), []).append(j)
             for (_, step_size), js in batches.items():
                 group = located[js[0]][0]
-                answers = self._step_batch(token, group, step_size, [(located[j][1], actions[j]) for j in js])
+                answers = self._step_group(token, group, step_size, [(located[j][1], actions[j]) for j in js])
                 for j, answer in zip(js, answers, strict=True):
                     results[j] = answer
         return results  # type: ignore[return-value]
 
-    def _step_batch(
+    def _step_group(
         self, token: str, group: Group, step_size: int, items: list[tuple[int, dict[str, Any]]]
     ) -> list[dict[str, Any]]:
-        """One batched advance of a held group for its engines `items` = [(engine, action dict)]."""
-        restart = [i for i, _ in items if group.episodes[i].finished and group.auto_reset]
-        if restart:
-            self._restart(group, restart)
-        n = len(group.episodes)
-        actions = torch.zeros(n, dtype=torch.int64)
-        active = torch.zeros(n, dtype=torch.bool)
+        """One partial step of a held group's env for `items` = [(engine, action dict)]."""
+        env = group.env
+        mask = torch.zeros(env.num_envs, dtype=torch.bool)
+        actions = torch.zeros(env.num_envs, dtype=torch.int64)
         for i, a in items:
-            actions[i], active[i] = a["action"], not group.episodes[i].finished
-        transition, _ = group.backend.transition(actions, active, step_size, reset_ended=False)
-        privileged = group.backend.privileged()
-        n_flown = transition.row_flown.sum(dim=1).tolist()
-        answers = [
-            self._step_result(token, group, i, bool(active[i]), transition, n_flown[i], privileged) for i, _ in items
-        ]
+            mask[i], actions[i] = True, a["action"]
+        # Finished engines of a group without auto_reset fly nothing (with it, the env restarts them).
+        frozen = (~env.active).numpy() & (env.autoreset_mode is AutoresetMode.DISABLED)
+        td = _host(env.step(actions, step_size, mask=mask))
+        answers = [self._step_answer(token, group, i, td, bool(frozen[i])) for i, _ in items]
         # reset_if_done: the step and the next episode's start are one exactly-once unit
-        ended = [i for i, a in items if a.get("reset_if_done") and bool(active[i]) and group.episodes[i].finished]
+        ended = [i for i, a in items if a.get("reset_if_done") and td["episode_ended"][i]]
         restarted = self._restart(group, ended) if ended else {}
         for (i, a), answer in zip(items, answers, strict=True):
-            episode = group.episodes[i]
+            replay = group.replays[i]
             if a.get("reset_if_done"):
                 fresh = restarted.get(i)
                 answer["reset"] = None if fresh is None else {"observation": fresh[0], "info": fresh[1]}
                 if fresh is not None:
-                    episode.reset_counter += 1
-                    episode.last_reset = fresh
+                    replay.reset_counter += 1
+                    replay.last_reset = fresh
             if a.get("step_counter") is not None:
-                episode.step_counter = a["step_counter"]
-                episode.last_step = answer | {"request": [a["action"], a["step_size"]]}
+                replay.step_counter = a["step_counter"]
+                replay.last_step = answer | {"request": [a["action"], a["step_size"]]}
         return answers
 
-    def _step_result(
-        self, token: str, group: Group, i: int, active: bool, transition, n_flown: int, privileged
-    ) -> dict[str, Any]:
-        episode = group.episodes[i]
-        if not active:  # a finished episode of a group without auto_reset: nothing flies until a reset
-            return {
-                "rows": [],
-                "reward": 0.0,
-                "terminated": episode.terminated,
-                "truncated": episode.truncated,
-                "info": {
-                    "step": episode.flights,
-                    "episode_id": episode.episode_id,
-                    "total_reward": episode.total_reward,
-                    "message": "episode finished: reset it to continue",
-                },
-            }
-        reward = float(transition.reward[i])
-        terminated, truncated = bool(transition.terminated[i]), bool(transition.truncated[i])
-        failed = bool(transition.failed[i])
-        episode.total_reward += reward
-        episode.flights = int(transition.flights[i])
-        episode.terminated, episode.truncated = terminated, truncated
-        episode.finished = terminated or truncated
-        rows = transition.rows[i, :n_flown]
-        if n_flown:
-            episode.last_row = rows[-1, :NUM_FEATURES].tolist()
-        repairs = int(transition.repairs[i])
-        info = {
-            "step": episode.flights,
-            "episode_id": episode.episode_id,
-            "total_reward": episode.total_reward,
-            "failed": failed,
-            "repairs": repairs,
-        }
+    def _step_answer(self, token: str, group: Group, i: int, td: dict[str, np.ndarray], frozen: bool) -> dict[str, Any]:
+        """Engine i's answer, read from the step's outputs (`_host`)."""
+        info = {"step": int(td["age"][i]), "episode_id": group.replays[i].episode_id}
+        info["total_reward"] = float(td["return_so_far"][i])
+        terminated, truncated = bool(td["terminated"][i]), bool(td["truncated"][i])
+        if frozen:
+            info["message"] = "episode finished: reset it to continue"
+            return {"rows": [], "reward": 0.0, "terminated": terminated, "truncated": truncated, "info": info}
+        k = int(td["new_rows"][i])
+        failed = bool(td["episode_failed"][i])
+        info |= {"failed": failed, "repairs": int(td["repairs"][i])}
         if terminated:
             info["reason"] = "failure" if failed else "sold"
         elif truncated:
             info["reason"] = "time limit"
-        if episode.finished:
-            self._record_finished(token, FinishedEpisode.now(episode.total_reward, repairs, episode.flights, failed))
+        if td["episode_ended"][i]:
+            ended = FinishedEpisode.now(
+                float(td["episode_return"][i]), int(td["episode_repairs"][i]), int(td["episode_length"][i]), failed
+            )
+            self._record_finished(token, ended)
         if self.expose_health:
-            info |= _health_info(privileged, i, rows[:, HEALTH_COLUMN].tolist())
+            info |= _health_info(td, i, k)
+        rows = td["observation"][i, td["observation"].shape[1] - k :] if k else td["observation"][i, :0]
         return {
-            "rows": rows[:, :NUM_FEATURES].tolist(),
-            "reward": reward,
+            "rows": rows.tolist(),
+            "reward": float(td["reward"][i]),
             "terminated": terminated,
             "truncated": truncated,
             "info": info,
         }
 
     def episode_info(self, token: str, episode_id: str) -> dict[str, Any]:
-        """Where an episode stands, read under its group's lock (never half a step)."""
+        """Where an episode stands (`env.current()`), read under its group's lock (never half a step)."""
         ((group, i),) = self._locate(token, [episode_id])
         with self._holding([group]):
-            episode = group.episodes[i]
+            replay = group.replays[i]
+            now = _host(group.env.current())
             return {
                 "episode_id": episode_id,
                 "vectorized_group_id": group.group_id,
-                "step": episode.flights,
-                "terminated": episode.terminated,
-                "truncated": episode.truncated,
-                "total_reward": episode.total_reward,
+                "step": int(now["age"][i]),
+                "terminated": bool(now["terminated"][i]),
+                "truncated": bool(now["truncated"][i]),
+                "total_reward": float(now["return_so_far"][i]),
                 "max_steps_per_episode": group.max_steps_per_episode,
-                "step_counter": episode.step_counter,
-                "reset_counter": episode.reset_counter,
-                "observation": list(episode.last_row),
+                "step_counter": replay.step_counter,
+                "reset_counter": replay.reset_counter,
+                "observation": now["row"][i].tolist(),
             }
+
+
+def _host(td) -> dict[str, np.ndarray]:
+    """A group env's outputs as numpy arrays (its env runs on the CPU): read once per request."""
+    return {key: value.numpy() for key, value in td.items()}
 
 
 def _replay(kind: str, episode_id: str, counter: int | None, last: int, stored: Any, request: Any = None) -> Any:
@@ -484,13 +471,15 @@ def _replay(kind: str, episode_id: str, counter: int | None, last: int, stored: 
     return None
 
 
-def _health_info(privileged: dict[str, torch.Tensor], i: int, health_rows: list[float]) -> dict[str, Any]:
-    """Hidden state, as the challenge server sends it (the client hides it unless prod=False)."""
-    health = float(privileged["health"][i])
+def _health_info(td: dict[str, np.ndarray], i: int, rows: int) -> dict[str, Any]:
+    """Hidden state, as the challenge server sends it (the client hides it unless prod=False):
+    engine i's health now and that of its newest `rows` window rows."""
+    health = float(td["health"][i])
+    window_health = td["window_health"][i]
     return {
         "degradation": 1.0 - health,
         "health": health,
-        "wear_rate": float(privileged["wear_rate"][i]),
-        "repairs": int(privileged["repairs"][i]),
-        "health_rows": health_rows,
+        "wear_rate": float(td["wear_rate"][i]),
+        "repairs": int(td["repairs"][i]),
+        "health_rows": window_health[len(window_health) - rows :].tolist() if rows else [],
     }

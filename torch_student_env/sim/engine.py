@@ -368,7 +368,6 @@ def advance(
         truncated=truncated,
         failed=failed,
         flights=state.flights,
-        repairs=state.repairs,
     )
     return state, transition
 
