@@ -148,3 +148,29 @@ def test_outputs_are_ordinary_tensors_that_models_train_on(env_factory):
     reward = td["reward"].clone()
     td["reward"].add_(1.0)  # in place on an output: allowed, and changes that output only
     assert torch.equal(td["reward"], reward + 1.0)
+
+
+def test_player_counters_follow_the_actions_and_the_flight_counter(env_factory):
+    """age, since_repair and repairs, against a model of them written from the actions alone: a
+    step that does not end its episode flies 10 flights; an ended episode restarts at 0."""
+    n = 16
+    env = env_factory(num_envs=n, seed=3)
+    td = env.reset()
+    assert td["age"].eq(0).all() and td["since_repair"].eq(0).all() and td["repairs"].eq(0).all()
+    age, since, repairs = (torch.zeros(n, dtype=torch.int64) for _ in range(3))
+    gen = torch.Generator().manual_seed(1)
+    seen_end = seen_repair = 0
+    for _ in range(40):
+        actions = torch.multinomial(torch.tensor([0.85, 0.12, 0.03]), n, replacement=True, generator=gen)
+        td = env.step(actions)
+        repaired = actions == Action.REPAIR
+        ended = td["episode_ended"]
+        assert torch.equal(td["episode_repairs"][ended], (repairs + repaired.long())[ended])
+        age = torch.where(ended, 0, age + 10)
+        since = torch.where(ended, 0, torch.where(repaired, 10, since + 10))
+        repairs = torch.where(ended, 0, repairs + repaired.long())
+        assert torch.equal(td["age"], age) and torch.equal(td["since_repair"], since)
+        assert torch.equal(td["repairs"], repairs)
+        seen_end += int(ended.sum())
+        seen_repair += int((repaired & ~ended).sum())
+    assert seen_end > 0 and seen_repair > 0  # both branches of the model were exercised

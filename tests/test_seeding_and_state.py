@@ -57,7 +57,7 @@ def test_reset_with_seed_restarts_episode_counters(env_factory):
 
 def test_state_dict_round_trip(env_factory):
     if env_factory.backend == "remote":
-        pytest.skip("a remote episode cannot be rewound: tested in test_remote.py as a clear error")
+        pytest.skip("a remote episode cannot be rewound: tested in test_remote_backend.py as a clear error")
     env = env_factory(num_envs=6, seed=3, privileged=True)
     env.reset()
     gen = torch.Generator().manual_seed(0)

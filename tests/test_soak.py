@@ -1,0 +1,47 @@
+"""scripts/soak.py: many clients against one server, every step checked against a local twin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="remote tests need the [server] extra")
+pytest.importorskip("uvicorn", reason="remote tests need the [server] extra")
+
+
+@pytest.mark.slow  # soak
+def test_soak_script_checks_every_step_against_a_twin(tmp_path):
+    """scripts/soak.py end to end, shortly: steps happen, and none is lost or differs."""
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "soak.py"
+    out = tmp_path / "soak.json"
+    command = [sys.executable, str(script), "--clients", "2", "--seconds", "1.5", "--envs", "3", "--step-size", "5"]
+    run = subprocess.run([*command, "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert figures["steps"] > 0 and figures["mismatches"] == 0 and figures["lost_steps"] == 0
+    assert figures["errors"] == [] and figures["clients"] == 2
+    latency = figures["latency_ms"]
+    assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+
+
+@pytest.mark.slow  # soak
+def test_soak_fill_token_reaches_the_engine_limit_and_is_refused_past_it():
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "soak.py"
+    run = subprocess.run([sys.executable, str(script), "--fill-token"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    figures = json.loads(run.stdout)
+    from torch_student_env.server import Limits
+
+    assert figures["engines_held"] == Limits().max_envs_per_token
+    assert (
+        figures["refused"].startswith("409: this token would hold") and figures["largest_request_holds_its_group_s"] > 0
+    )
