@@ -148,3 +148,19 @@ def test_run_episodes_counts_only_first_k_per_env():
     assert len(eps) == 12
     # each env's episodes finish in increasing time
     assert (eps.finish_step.view(4, 3).diff(dim=1) > 0).all()
+
+
+@pytest.mark.parametrize("step_size", [10, 7])
+def test_record_episode_holds_every_flight_once_in_order(step_size):
+    """Rows from the reset reading to the end, each flight once: read from `new_rows`, not by
+    matching flight indices; every action at the flight it was taken."""
+    from torch_student_env.evaluate import record_episode
+
+    policy = make_policy("time_based")
+    ep = record_episode(policy, seed=3, step_size=step_size)
+    flights = ep["flight"].tolist()
+    assert flights == list(range(len(flights)))  # 0 (reset), 1, 2, ... with no gap and no repeat
+    assert ep["sensors"].shape == (len(flights), 7) and ep["health"].shape == (len(flights),)
+    assert ep["action_flight"].tolist() == [step_size * k for k in range(len(ep["action"]))]
+    with pytest.raises(ValueError, match="history >= step_size"):
+        record_episode(policy, seed=3, step_size=10, history=5)

@@ -296,21 +296,24 @@ def record_episode(policy: Policy, seed: int = 0, max_env_steps: int = 1000, **e
     from torch_student_env.spec import NUM_SENSORS, PHASE_COLUMN
 
     env = make_env(num_envs=1, seed=seed, privileged=True, autoreset_mode="disabled", **env_kwargs)
+    if env.history < env.step_size:
+        raise ValueError(f"record_episode needs history >= step_size to see every row, got {env.history}")
     td = env.reset()
     rows, health, flights, actions, action_flights = [], [], [], [], []
-    last = -1
+    k = 1  # the reset row
     for _ in range(max_env_steps + 1):
-        new = td["flight"][0] > last  # rows flown since the previous step
-        rows.append(td["observation"][0][new])
-        health.append(td["window_health"][0][new])
-        flights.append(td["flight"][0][new])
-        last = int(td["flight"][0, -1])
+        # the rows this call added are the newest k of the window (a window holds a step's rows)
+        new = slice(env.history - k, None)
+        rows.append(td["observation"][0, new])
+        health.append(td["window_health"][0, new])
+        flights.append(td["flight"][0, new])
         if "done" in td.keys() and bool(td["done"][0]):
             break
         action = policy(td)
         actions.append(int(action[0]))
-        action_flights.append(last)
+        action_flights.append(int(td["flight"][0, -1]))
         td = env.step(action)
+        k = int(td["new_rows"][0])
     obs = torch.cat(rows).cpu().numpy()
     result = {
         "flight": torch.cat(flights).cpu().numpy(),
