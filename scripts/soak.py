@@ -172,13 +172,13 @@ def fill_one_token() -> dict:
     except ServerError as err:
         refused = f"{err.status}: {err.detail}"
     for group in groups:
-        state.reset("t", group.episode_ids, [None] * len(group.episodes), None, None)
+        state.reset("t", group.episode_ids, [None] * len(group.episode_ids), None, None)
     start = time.perf_counter()
     for group in groups:
         actions = [{"episode_id": e, "action": 0, "step_size": limits.max_step_size} for e in group.episode_ids]
         state.step("t", actions)
     return {
-        "engines_held": sum(len(g.episodes) for g in groups),
+        "engines_held": sum(len(g.episode_ids) for g in groups),
         "refused": refused,
         "rss_mib": {"before": _round(before), "after": _round(_rss_mib(os.getpid()))},
         "largest_request_holds_its_group_s": round((time.perf_counter() - start) / max(len(groups), 1), 3),

@@ -1,0 +1,259 @@
+"""The protocol's bodies as pydantic models: requests (bounded by a server's `Limits`), answers,
+and the error answers each route documents."""
+
+# No `from __future__ import annotations`: the request models are built per app from its
+# `Limits` (`request_models`), and pydantic and FastAPI read annotations as objects.
+from typing import Annotated, Any, NamedTuple
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+
+from torch_student_env.config import MAX_ENV_OFFSET, MAX_SEED
+from torch_student_env.server.state import Limits
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema's integers include 41.0: take an integral float as the int it is.
+
+    Everything else goes on to the strict int check, so `"41"`, `true` and 41.5 stay refused.
+    """
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# Every integer is bounded before any state changes: seeds and indices become int64 tensors.
+def _int(low: int, high: int) -> Any:
+    """An int field bounded to [low, high] that also takes an integral float."""
+    # The published bounds are set exactly: derived through the validator they would be floats,
+    # and 2**63 - 1 as a float is 2**63.
+    exact = WithJsonSchema({"type": "integer", "minimum": low, "maximum": high})
+    return Annotated[int, Field(ge=low, le=high), BeforeValidator(_integral), exact]
+
+
+Action = _int(0, 2)
+Seed = _int(0, MAX_SEED)
+EnvIndex = _int(0, MAX_ENV_OFFSET)
+Counter = _int(1, 2**62)
+# Ids are the server's own hex strings; a bounded length keeps a request's size predictable.
+EpisodeId = Annotated[str, Field(max_length=64)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class SingleReset(_Body):
+    episode_id: EpisodeId
+    seed: Seed | None = None
+
+
+class RequestModels(NamedTuple):
+    """The request bodies whose bounds are a server's `Limits`: built once per app."""
+
+    EnvConfigBody: type[BaseModel]
+    VectorizedCreate: type[BaseModel]
+    VectorizedReset: type[BaseModel]
+    EpisodeAction: type[BaseModel]
+    VectorizedStep: type[BaseModel]
+    SingleStep: type[BaseModel]
+
+
+def request_models(limits: Limits) -> RequestModels:
+    """The bodies of `limits`: episodes per request, flights per step and per episode are its own,
+    in validation and in the published schema alike."""
+    StepSize = _int(1, limits.max_step_size)  # noqa: N806 (a type)
+    per_request = limits.max_envs_per_request
+    # The episodes of one request: published here, enforced by `ServerState` (whose message names
+    # the count and the limit); the body-size limit bounds what is parsed before that.
+    batch = {"maxItems": per_request}
+
+    class EnvConfigBody(BaseModel):
+        """The seed client's `env_config`; unknown fields are ignored as the challenge server does."""
+
+        model_config = ConfigDict(strict=True, extra="ignore")
+        env_type: str = "DegradationEnv"
+        max_steps_per_episode: _int(1, limits.max_steps_per_episode) = min(1000, limits.max_steps_per_episode)
+        auto_reset: bool = True
+        step_size: StepSize = min(10, limits.max_step_size)
+
+    class VectorizedCreate(_Body):
+        env_config: EnvConfigBody = EnvConfigBody()
+        num_envs: _int(1, per_request)
+
+    class VectorizedReset(_Body):
+        episode_ids: list[EpisodeId] = Field(min_length=1, json_schema_extra=batch | {"uniqueItems": True})
+        seeds: list[Seed | None] | None = None
+        env_indices: list[EnvIndex] | None = None
+        reset_counters: list[Counter] | None = None
+
+    class EpisodeAction(_Body):
+        episode_id: EpisodeId
+        action: Action
+        step_size: StepSize = min(10, limits.max_step_size)
+        return_all_states: bool = True
+        step_counter: Counter | None = None
+        reset_if_done: bool = False  # start the next episode in this request if this step ends one
+
+    class VectorizedStep(_Body):
+        episode_actions: list[EpisodeAction] = Field(min_length=1, json_schema_extra=batch)
+
+    class SingleStep(_Body):
+        episode_id: EpisodeId
+        action: Action
+        step_size: StepSize = min(10, limits.max_step_size)
+        return_all_states: bool = True
+
+    return RequestModels(EnvConfigBody, VectorizedCreate, VectorizedReset, EpisodeAction, VectorizedStep, SingleStep)
+
+
+class Rejected(BaseModel):
+    """Every error answer: `detail` says what was wrong, naming the value."""
+
+    detail: str
+
+
+class InvalidField(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Invalid(BaseModel):
+    """422: a list naming each field that failed validation, or a string for rules that span
+    fields (list lengths that differ, an episode listed twice)."""
+
+    detail: str | list[InvalidField]
+
+
+_WHY = {
+    400: (Rejected, "a body that is not JSON"),
+    401: (Rejected, "missing or unknown User-Token"),
+    404: (Rejected, "session, episode or user not found (or another token's)"),
+    409: (
+        Rejected,
+        "conflicts with the current state: counter out of sequence, episode never reset, "
+        "session or token at its engine limit",
+    ),  # fmt: skip
+    413: (Rejected, "request body over the size limit"),
+    422: (Invalid, "invalid request"),
+    500: (
+        Rejected,
+        "single-engine step only: the engine failed on the step's first flight (the episode is over; "
+        "the challenge's server answers this case with an error, which its client reports as reward 0, "
+        "terminated)",
+    ),  # fmt: skip
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a route: the error answers it can give, each a JSON body."""
+    return {
+        code: {
+            "description": why,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+        }
+        for code, (model, why) in ((c, _WHY[c]) for c in codes)
+    }
+
+
+# -- answers --------------------------------------------------------------------------------------
+Row = list[float]  # one flight: the 9 features
+Rows = list[Row]
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Version(_Answer):
+    latest_version: str
+    server: str
+    features: list[str]
+
+
+class SessionCreated(_Answer):
+    session_id: str
+
+
+class SessionDeleted(_Answer):
+    session_id: str
+    deleted: bool
+
+
+class GroupCreated(_Answer):
+    episode_ids: list[str]
+    vectorized_group_id: str
+
+
+class Info(BaseModel):
+    """An episode's info: the flight counter, its id and reward so far; a step adds `failed`,
+    `repairs` and, when it ended, `reason`; a server that exposes health adds `health`,
+    `degradation`, `wear_rate`, `repairs` and `health_rows`."""
+
+    model_config = ConfigDict(extra="allow")
+    step: int
+    episode_id: str
+    total_reward: float
+
+
+class EpisodeCreated(_Answer):
+    episode_id: str
+    initial_observation: Row
+    info: Info
+
+
+class Restarted(_Answer):
+    """The first row of an episode, and its info."""
+
+    observation: Row
+    info: Info
+
+
+class VectorizedResetAnswer(_Answer):
+    observations: Rows
+    infos: list[Info]
+
+
+class VectorizedStepAnswer(_Answer):
+    """Per episode, in request order: its rows (`return_all_states`) or newest row, reward, flags,
+    info, the step counter sent, and the next episode's start when `reset_if_done` restarted it."""
+
+    observations: list[Rows | Row]
+    rewards: list[float]
+    terminateds: list[bool]
+    truncateds: list[bool]
+    infos: list[Info]
+    step_counters: list[int | None]
+    resets: list[Restarted | None]
+
+
+class StepAnswer(_Answer):
+    observation: Rows | Row
+    reward: float
+    terminated: bool
+    truncated: bool
+    step: int
+    info: Info
+
+
+class LatestState(_Answer):
+    episode_id: str
+    step: int
+    terminated: bool
+    truncated: bool
+    total_reward: float
+    observation: Row
+
+
+class EpisodeStatus(LatestState):
+    vectorized_group_id: str
+    max_steps_per_episode: int
+    step_counter: int
+    reset_counter: int
+
+
+class Score(_Answer):
+    """The challenge's leaderboard metrics (empty without a finished episode)."""
+
+    metrics: dict[str, Any]
+    limit: int
