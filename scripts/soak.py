@@ -4,6 +4,7 @@ step by step against a local twin.
     python scripts/soak.py --clients 8 --seconds 60
     python scripts/soak.py --clients 32 --seconds 60 --json soak32.json
     python scripts/soak.py --fill-token      # one token at its engine limit: memory, refusal
+    python scripts/soak.py --kill --rounds 3 # kill -9 the server mid-load: nothing acknowledged is lost
 
 The server runs in its own process on 127.0.0.1 (a free port), so its memory is measured alone.
 Each client owns a token and `make_env(backend="remote", seed=S)`, whose engines the server keys
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 
 import requests
+import torch
 
 from torch_student_env.server import server_process
 
@@ -185,6 +187,93 @@ def fill_one_token() -> dict:
     }
 
 
+def _kill_client(k: int, url: str, args: argparse.Namespace, stop, acknowledged: list, outcome: dict) -> None:
+    """One client thread until `stop` or an error: every finished episode whose step answer it
+    received goes to `acknowledged` as (token, return, flights); the error that ended it (the
+    server was killed) goes to `outcome`, by type name."""
+    from torch_student_env import make_env
+    from torch_student_env.backends.remote import RemoteError
+
+    token = f"soak-{k}"
+    try:
+        env = make_env(
+            num_envs=args.envs, step_size=args.step_size, seed=args.seed + k, backend="remote",
+            server_url=url, user_token=token, timeout=args.timeout, max_retries=1,
+        )  # fmt: skip
+        gen = torch.Generator().manual_seed(args.seed + k)
+        probs = torch.tensor([0.8, 0.05, 0.15])  # sales: episodes end every few steps
+        env.reset()
+        while not stop.is_set():
+            td = env.step(torch.multinomial(probs, args.envs, replacement=True, generator=gen))
+            for i in torch.nonzero(td["episode_ended"]).flatten().tolist():
+                acknowledged.append((token, float(td["episode_return"][i]), int(td["episode_length"][i])))
+        outcome[k] = "stopped"
+    except RemoteError as err:  # named: ServerUnavailable when the server is gone
+        outcome[k] = type(err).__name__
+    except Exception as err:  # noqa: BLE001 - reported: anything unnamed fails the check
+        outcome[k] = f"unnamed {type(err).__name__}: {err}"
+
+
+def kill_soak(args: argparse.Namespace) -> dict:
+    """`--rounds` times: K client threads step a server on the `--db` file, the server is killed
+    with SIGKILL mid-load, and restarted on the same file. Then every finished episode a client
+    saw acknowledged must be in the database and on the score endpoint, and the file must pass
+    `PRAGMA integrity_check`."""
+    import signal
+    import tempfile
+    import threading
+    from collections import Counter
+
+    from torch_student_env.server.store import ScoreStore, integrity
+
+    tokens = [f"soak-{k}" for k in range(args.clients)]
+    folder = tempfile.TemporaryDirectory() if args.db is None else None
+    db = str(args.db or Path(folder.name) / "scores.sqlite")
+    acknowledged: list = []
+    outcomes: list[str] = []
+    for _ in range(args.rounds):
+        with server_process(tokens, "--db", db) as server:
+            stop, outcome = threading.Event(), {}
+            threads = [
+                threading.Thread(target=_kill_client, args=(k, server.url, args, stop, acknowledged, outcome))
+                for k in range(args.clients)
+            ]
+            for t in threads:
+                t.start()
+            time.sleep(args.seconds)  # the load runs for this long before the kill (not a timing check)
+            server.process.send_signal(signal.SIGKILL)
+            server.process.wait(timeout=30)
+            for t in threads:
+                t.join(timeout=args.timeout * 4 + 30)
+            stop.set()
+            hung = sum(t.is_alive() for t in threads)
+            outcomes += [outcome.get(k, "no answer") for k in range(args.clients)] + ["hung"] * hung
+    with server_process(tokens, "--db", db) as server:  # restarted once more: what does it serve?
+        served = sum(
+            (requests.get(f"{server.url}/api/v1/user/{t}/score", params={"limit": 1000}, timeout=30).json()["metrics"]
+             or {}).get("total_episodes", 0)
+            for t in tokens
+        )  # fmt: skip
+    store = ScoreStore(db)
+    found = Counter((t, round(e.total_reward, 2), e.flights) for t in tokens for e in store.last(t, 1000))
+    store.close()
+    wanted = Counter((t, round(r, 2), f) for t, r, f in acknowledged)
+    missing = wanted - found
+    check = integrity(db)
+    if folder is not None:
+        folder.cleanup()
+    return {
+        "clients": args.clients,
+        "rounds (kill -9, restart)": args.rounds,
+        "episodes_acknowledged": sum(wanted.values()),
+        "episodes_found": sum(found.values()),
+        "episodes_served_by_the_score_endpoint": served,
+        "acknowledged_but_missing": sum(missing.values()),
+        "integrity_check": check,
+        "client_outcomes": dict(Counter(outcomes)),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=8, help="client processes (K)")
@@ -195,10 +284,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--fill-token", action="store_true", help="instead: fill one token to its limits")
+    parser.add_argument("--kill", action="store_true", help="instead: kill -9 the server mid-load, restart, check")
+    parser.add_argument("--rounds", type=int, default=2, help="with --kill: kills and restarts")
+    parser.add_argument("--db", type=Path, help="with --kill: the database file (default: a temporary one)")
     args = parser.parse_args(argv)
     if args.fill_token:
         print(json.dumps(fill_one_token(), indent=2))
         return 0
+    if args.kill:
+        figures = kill_soak(args)
+        print(json.dumps(figures, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2) + "\n")
+        named = all(o in ("ServerUnavailable", "stopped") for o in figures["client_outcomes"])
+        sound = figures["integrity_check"] == "ok" and not figures["acknowledged_but_missing"]
+        return 0 if named and sound and figures["episodes_acknowledged"] > 0 else 1
     if not 1 <= args.clients <= 256:
         parser.error(f"--clients must be in [1, 256], got {args.clients}")
     if args.seconds <= 0:

@@ -68,8 +68,12 @@ def test_unknown_foreign_unreset_and_expired_episodes_are_refused():
     with pytest.raises(ServerError, match="has not been reset") as err:
         state.step(TOKEN, _act(ids[:1]))
     assert err.value.status == 409
-    with pytest.raises(ServerError, match="appears twice"):
+    with pytest.raises(ServerError, match="appears twice") as err:  # JSON Schema cannot say it: 409
         state.step(TOKEN, _act([ids[0], ids[0]]))
+    assert err.value.status == 409
+    with pytest.raises(ServerError, match="appears twice") as err:  # the schema's uniqueItems: 422
+        state.reset(TOKEN, [ids[0], ids[0]], [None, None], None, None)
+    assert err.value.status == 422
     state.limits.session_ttl_s = -1.0  # every session is now past its TTL
     with pytest.raises(ServerError) as err:
         state.reset(TOKEN, ids, [None, None], None, None)

@@ -75,9 +75,12 @@ def free_port() -> int:
 def server_process(tokens: list[str], *flags: str, port: int = 0, timeout: float = 60.0) -> Iterator[ServerProcess]:
     """`python -m torch_student_env.server` on 127.0.0.1 accepting `tokens`, until the block exits.
 
-    `port=0` picks a free port; `flags` are extra command-line options of the server.
+    `port=0` picks a free port; `flags` are extra command-line options of the server (scores
+    are kept in memory unless they name a `--db` file).
     """
     port = port or free_port()
+    if "--db" not in flags:  # scores in memory unless asked: a test never leaves a file behind
+        flags = (*flags, "--db", ":memory:")
     command = [sys.executable, "-m", "torch_student_env.server", "--host", "127.0.0.1", "--port", str(port), *flags]
     env = dict(os.environ, STUDENT_ENV_TOKENS=",".join(tokens))
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

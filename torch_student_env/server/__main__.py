@@ -18,6 +18,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-sessions-per-token", type=int, default=Limits.max_sessions_per_token)
     parser.add_argument("--session-ttl", type=float, default=Limits.session_ttl_s, help="idle seconds before expiry")
     parser.add_argument("--hide-health", action="store_true", help="never send hidden health in infos")
+    parser.add_argument(
+        "--db",
+        default="scores.sqlite",
+        help="SQLite file of finished episodes and display names (default: ./scores.sqlite; ':memory:' keeps none)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -30,7 +35,12 @@ def main(argv: list[str] | None = None) -> None:
         max_sessions_per_token=args.max_sessions_per_token,
         session_ttl_s=args.session_ttl,
     )
-    app = create_app(load_tokens(args.tokens_file), limits, expose_health=not args.hide_health)
+    from torch_student_env.server.store import StoreError
+
+    try:
+        app = create_app(load_tokens(args.tokens_file), limits, expose_health=not args.hide_health, db=args.db)
+    except StoreError as err:
+        raise SystemExit(f"error: {err}") from None
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel  # noqa: E402
 from torch_student_env.server.models import Invalid, Rejected, SingleReset, request_models  # noqa: E402
 from torch_student_env.server.routes import PROTOCOL_VERSION, episode_routes, score_routes, session_routes  # noqa: E402
 from torch_student_env.server.state import Limits, ServerError, ServerState  # noqa: E402
+from torch_student_env.server.store import ScoreStore  # noqa: E402
 from torch_student_env.sim.params import SimParams  # noqa: E402
 from torch_student_env.spec import DEFAULT_TOKEN  # noqa: E402
 
@@ -154,12 +155,21 @@ def create_app(
     limits: Limits | None = None,
     params: SimParams | None = None,
     expose_health: bool = True,
+    db: str | Path = ":memory:",
 ) -> FastAPI:
-    """A FastAPI app serving the embedded simulator over the challenge protocol."""
-    state = ServerState(limits, params, expose_health)
+    """A FastAPI app serving the embedded simulator over the challenge protocol.
+
+    Finished episodes and display names are kept in the SQLite file `db` (`server.store`);
+    the default, ":memory:", keeps them for the life of the process (tests, notebooks). A file
+    that cannot be written raises `StoreError` here, before the server takes a request.
+    """
+    limits = limits or Limits()
+    store = ScoreStore(db, keep_per_token=limits.scored_episodes_per_token)
+    state = ServerState(limits, params, expose_health, store)
     app = FastAPI(title="torch_student_env reference server", version=PROTOCOL_VERSION)
     app.state.server = state
     app.state.tokens = display_names(tokens) if tokens is not None else load_tokens()
+    store.set_names(app.state.tokens)
 
     m = request_models(state.limits)
     app.include_router(session_routes())

@@ -131,8 +131,9 @@ _WHY = {
     404: (Rejected, "session, episode or user not found (or another token's)"),
     409: (
         Rejected,
-        "conflicts with the current state: counter out of sequence, episode never reset, "
-        "session or token at its engine limit",
+        "conflicts with the current state or across fields: counter out of sequence, episode never "
+        "reset, session or token at its engine limit, an episode listed twice in one step, lists of a "
+        "reset of other lengths than its episode_ids",
     ),  # fmt: skip
     413: (Rejected, "request body over the size limit"),
     422: (Invalid, "invalid request"),
@@ -142,6 +143,11 @@ _WHY = {
         "the challenge's server answers this case with an error, which its client reports as reward 0, "
         "terminated)",
     ),  # fmt: skip
+    503: (
+        Rejected,
+        "the step ended episodes that the score database could not save (disk full or failing): "
+        "they are not acknowledged, and the detail names the cause",
+    ),
 }
 
 

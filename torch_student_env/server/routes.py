@@ -108,13 +108,14 @@ def episode_routes(m: RequestModels) -> APIRouter:
         for name in ("seeds", "env_indices", "reset_counters"):
             value = getattr(body, name)
             if value is not None and len(value) != n:
-                raise ServerError(422, f"{name} has {len(value)} entries for {n} episode_ids")
+                # A rule across fields, which JSON Schema cannot state: documented as a conflict.
+                raise ServerError(409, f"{name} has {len(value)} entries for {n} episode_ids")
         obs, infos = state.reset(
             token, body.episode_ids, body.seeds or [None] * n, body.env_indices, body.reset_counters
         )
         return VectorizedResetAnswer(observations=obs, infos=infos)
 
-    @router.post("/episode/vectorized_step", responses=body_errors)
+    @router.post("/episode/vectorized_step", responses=body_errors | errors(503))
     def vectorized_step(body: m.VectorizedStep, state: State, token: Token) -> VectorizedStepAnswer:
         asked = body.episode_actions
         results = state.step(token, [a.model_dump() for a in asked])
@@ -133,7 +134,7 @@ def episode_routes(m: RequestModels) -> APIRouter:
         obs, infos = state.reset(token, [body.episode_id], [body.seed], None, None)
         return Restarted(observation=obs[0], info=infos[0])
 
-    @router.post("/episode/step", responses=body_errors | errors(500))
+    @router.post("/episode/step", responses=body_errors | errors(500, 503))
     def step_episode(body: m.SingleStep, state: State, token: Token) -> StepAnswer:
         (r,) = state.step(token, [body.model_dump()])
         if r["terminated"] and r["info"].get("failed") and not r["rows"]:
@@ -180,8 +181,8 @@ def score_routes(limits: Limits) -> APIRouter:
     @router.get("/leaderboard", response_class=HTMLResponse, responses=errors(422))
     def leaderboard(request: Request, state: State, limit: Limit = 100) -> str:
         """Every token's score under its display name (never the token), best total first."""
-        names = request.app.state.tokens
-        scores = [(names[t], state.score(t, limit)) for t in state.scored_tokens()]
+        names = state.store.names()  # a token of an earlier tokens file keeps its name
+        scores = [(names.get(t, "player ?"), state.score(t, limit)) for t in state.scored_tokens()]
         return leaderboard_page([(name, m) for name, m in scores if m], limit)
 
     return router

@@ -27,7 +27,6 @@ import contextlib
 import secrets
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +37,7 @@ import torch
 from torch_student_env.env import TorchStudentEnv
 from torch_student_env.leaderboard import FinishedEpisode, score_metrics
 from torch_student_env.make import make_env
+from torch_student_env.server.store import ScoreStore, StoreError
 from torch_student_env.sim.params import SimParams
 from torch_student_env.spec import MAX_STEP_SIZE, AutoresetMode
 
@@ -114,15 +114,20 @@ class ServerState:
     """All sessions of all tokens, safe to call from many request threads at once."""
 
     def __init__(
-        self, limits: Limits | None = None, params: SimParams | None = None, expose_health: bool = True
+        self,
+        limits: Limits | None = None,
+        params: SimParams | None = None,
+        expose_health: bool = True,
+        store: ScoreStore | None = None,
     ) -> None:
         self.limits = limits or Limits()
         self.params = params or SimParams()
         self.expose_health = expose_health
+        # Finished episodes: committed to the store before the answer that reports them leaves.
+        self.store = store if store is not None else ScoreStore(":memory:", self.limits.scored_episodes_per_token)
         self.sessions: dict[str, Session] = {}
         self.episodes: dict[str, tuple[Session, Group, int]] = {}
-        self.finished: dict[str, deque[FinishedEpisode]] = {}  # token -> its finished episodes, newest last
-        self.lock = threading.Lock()  # the registry: sessions, episodes, finished; never held while simulating
+        self.lock = threading.Lock()  # the registry: sessions and episodes; never held while simulating
 
     # -- sessions and episodes ------------------------------------------------------------------
     def create_session(self, token: str) -> str:
@@ -217,15 +222,16 @@ class ServerState:
         session.last_used = time.monotonic()
         return session
 
-    def _locate(self, token: str, episode_ids: list[str]) -> list[tuple[Group, int]]:
-        """(group, index) of each episode: 404 for any unknown or foreign one, 422 for repeats."""
+    def _locate(self, token: str, episode_ids: list[str], repeat_status: int = 422) -> list[tuple[Group, int]]:
+        """(group, index) of each episode: 404 for any unknown or foreign one; `repeat_status` for
+        an episode listed twice (422 where the schema says `uniqueItems`, 409 where it cannot)."""
         if len(episode_ids) > self.limits.max_envs_per_request:
             raise ServerError(
                 422, f"{len(episode_ids)} episodes in one request (limit {self.limits.max_envs_per_request})"
             )
         if len(set(episode_ids)) != len(episode_ids):
             repeated = next(e for e in episode_ids if episode_ids.count(e) > 1)
-            raise ServerError(422, f"episode {repeated} appears twice in one request")
+            raise ServerError(repeat_status, f"episode {repeated} appears twice in one request")
         with self.lock:
             self._expire()
             located = []
@@ -260,19 +266,11 @@ class ServerState:
     # -- leaderboard ----------------------------------------------------------------------------
     def score(self, token: str, limit: int = 100) -> dict[str, Any]:
         """The challenge's leaderboard metrics over the token's last `limit` finished episodes."""
-        with self.lock:
-            kept = list(self.finished.get(token, ()))
-        return score_metrics(kept, limit)
+        return score_metrics(self.store.last(token, limit), limit)
 
     def scored_tokens(self) -> list[str]:
         """The tokens with at least one finished episode."""
-        with self.lock:
-            return list(self.finished)
-
-    def _record_finished(self, token: str, episode: FinishedEpisode) -> None:
-        with self.lock:
-            kept = self.finished.setdefault(token, deque(maxlen=self.limits.scored_episodes_per_token))
-            kept.append(episode)
+        return self.store.tokens()
 
     # -- simulation -----------------------------------------------------------------------------
     def start_episodes(self, group: Group, engines: list[int]) -> dict[int, tuple[list[float], dict]]:
@@ -348,7 +346,8 @@ class ServerState:
         for a in actions:
             if not 1 <= a["step_size"] <= self.limits.max_step_size:
                 raise ServerError(422, f"step_size must be in [1, {self.limits.max_step_size}], got {a['step_size']}")
-        located = self._locate(token, [a["episode_id"] for a in actions])
+        # JSON Schema cannot say "no episode twice" of a list of objects: a repeat is a conflict.
+        located = self._locate(token, [a["episode_id"] for a in actions], repeat_status=409)
         with self._holding(g for g, _ in located):
             results: list[dict | None] = [None] * len(actions)
             batches: dict[tuple[str, int], list[int]] = {}
@@ -381,7 +380,14 @@ class ServerState:
         # Finished engines of a group without auto_reset fly nothing (with it, the env restarts them).
         frozen = (~env.active).numpy() & (env.autoreset_mode is AutoresetMode.DISABLED)
         td = _host(env.step(actions, step_size, mask=mask))
-        answers = [self._step_answer(token, group, i, td, bool(frozen[i])) for i, _ in items]
+        finished: list[FinishedEpisode] = []
+        answers = [self._step_answer(group, i, td, bool(frozen[i]), finished) for i, _ in items]
+        if finished:  # committed before any answer leaves: an acknowledged episode is never lost
+            try:
+                self.store.record(token, finished)
+            except StoreError as err:
+                detail = f"the step ended {len(finished)} episodes that could not be saved: {err}"
+                raise ServerError(503, detail) from err
         # reset_if_done: the step and the next episode's start are one exactly-once unit
         ended = [i for i, a in items if a.get("reset_if_done") and td["episode_ended"][i]]
         restarted = self._restart(group, ended) if ended else {}
@@ -398,8 +404,11 @@ class ServerState:
                 replay.last_step = answer | {"request": [a["action"], a["step_size"]]}
         return answers
 
-    def _step_answer(self, token: str, group: Group, i: int, td: dict[str, np.ndarray], frozen: bool) -> dict[str, Any]:
-        """Engine i's answer, read from the step's outputs (`_host`)."""
+    def _step_answer(
+        self, group: Group, i: int, td: dict[str, np.ndarray], frozen: bool, finished: list[FinishedEpisode]
+    ) -> dict[str, Any]:
+        """Engine i's answer, read from the step's outputs (`_host`); an episode that ended goes
+        to `finished`."""
         info = {"step": int(td["age"][i]), "episode_id": group.replays[i].episode_id}
         info["total_reward"] = float(td["return_so_far"][i])
         terminated, truncated = bool(td["terminated"][i]), bool(td["truncated"][i])
@@ -417,7 +426,7 @@ class ServerState:
             ended = FinishedEpisode.now(
                 float(td["episode_return"][i]), int(td["episode_repairs"][i]), int(td["episode_length"][i]), failed
             )
-            self._record_finished(token, ended)
+            finished.append(ended)
         if self.expose_health:
             info |= _health_info(td, i, k)
         rows = td["observation"][i, td["observation"].shape[1] - k :] if k else td["observation"][i, :0]
