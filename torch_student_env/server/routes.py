@@ -37,11 +37,14 @@ PROTOCOL_VERSION = "0.4"
 FEATURES = ["step_counter", "reset_counter", "env_indices", "step_resets", "session_delete", "score", "leaderboard"]
 
 
-def _state(request: Request) -> ServerState:
+# The dependencies are `async def` although they never await: FastAPI runs a plain `def`
+# dependency in its thread pool, one hop per dependency per request (measured: +0.13 ms a step).
+async def _state(request: Request) -> ServerState:
+    """The app's `ServerState`."""
     return request.app.state.server
 
 
-def _user(request: Request, user_token: Annotated[str | None, Header(alias="User-Token")] = None) -> str:
+async def _user(request: Request, user_token: Annotated[str | None, Header(alias="User-Token")] = None) -> str:
     """The request's token, if the server accepts it (401 otherwise)."""
     if not user_token:
         raise ServerError(401, "missing User-Token header")
