@@ -112,7 +112,9 @@ def _round(value: float | None) -> float | None:
 
 def soak(args: argparse.Namespace) -> dict:
     """Run the soak and return its figures."""
-    with server_process([f"soak-{k}" for k in range(args.clients)]) as server:
+    db = ("--db", str(args.db)) if args.db else ()  # scores in memory unless a file is named
+    db += ("--durable",) if args.durable else ()
+    with server_process([f"soak-{k}" for k in range(args.clients)], *db) as server:
         rss_before = _rss_mib(server.process.pid)
         ctx = mp.get_context("spawn")
         ready, start, results, progress = ctx.Value("l", 0), ctx.Event(), ctx.Queue(), ctx.Value("l", 0)
@@ -232,7 +234,7 @@ def kill_soak(args: argparse.Namespace) -> dict:
     acknowledged: list = []
     outcomes: list[str] = []
     for _ in range(args.rounds):
-        with server_process(tokens, "--db", db) as server:
+        with server_process(tokens, "--db", db, *(("--durable",) if args.durable else ())) as server:
             stop, outcome = threading.Event(), {}
             threads = [
                 threading.Thread(target=_kill_client, args=(k, server.url, args, stop, acknowledged, outcome))
@@ -284,9 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--fill-token", action="store_true", help="instead: fill one token to its limits")
+    parser.add_argument("--durable", action="store_true", help="the server fsyncs every commit (--durable)")
     parser.add_argument("--kill", action="store_true", help="instead: kill -9 the server mid-load, restart, check")
     parser.add_argument("--rounds", type=int, default=2, help="with --kill: kills and restarts")
-    parser.add_argument("--db", type=Path, help="with --kill: the database file (default: a temporary one)")
+    parser.add_argument(
+        "--db", type=Path, help="the server's score database (default: in memory; with --kill, a temporary file)"
+    )
     args = parser.parse_args(argv)
     if args.fill_token:
         print(json.dumps(fill_one_token(), indent=2))

@@ -23,6 +23,11 @@ def main(argv: list[str] | None = None) -> None:
         default="scores.sqlite",
         help="SQLite file of finished episodes and display names (default: ./scores.sqlite; ':memory:' keeps none)",
     )
+    parser.add_argument(
+        "--durable",
+        action="store_true",
+        help="fsync every commit: scores survive a power cut too, not only a crash of the server (slower)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -38,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     from torch_student_env.server.store import StoreError
 
     try:
-        app = create_app(load_tokens(args.tokens_file), limits, expose_health=not args.hide_health, db=args.db)
+        tokens = load_tokens(args.tokens_file)
+        app = create_app(tokens, limits, expose_health=not args.hide_health, db=args.db, durable=args.durable)
     except StoreError as err:
         raise SystemExit(f"error: {err}") from None
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")

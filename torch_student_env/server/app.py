@@ -156,15 +156,17 @@ def create_app(
     params: SimParams | None = None,
     expose_health: bool = True,
     db: str | Path = ":memory:",
+    durable: bool = False,
 ) -> FastAPI:
     """A FastAPI app serving the embedded simulator over the challenge protocol.
 
     Finished episodes and display names are kept in the SQLite file `db` (`server.store`);
     the default, ":memory:", keeps them for the life of the process (tests, notebooks). A file
     that cannot be written raises `StoreError` here, before the server takes a request.
+    `durable` adds an fsync per commit, so that a power cut loses nothing either (`ScoreStore`).
     """
     limits = limits or Limits()
-    store = ScoreStore(db, keep_per_token=limits.scored_episodes_per_token)
+    store = ScoreStore(db, keep_per_token=limits.scored_episodes_per_token, durable=durable)
     state = ServerState(limits, params, expose_health, store)
     app = FastAPI(title="torch_student_env reference server", version=PROTOCOL_VERSION)
     app.state.server = state

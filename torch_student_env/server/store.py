@@ -1,11 +1,16 @@
 """What the reference server must never lose: finished episodes and display names, in SQLite.
 
 Standard-library `sqlite3`, in WAL mode: one writer (a lock; every write is one short
-transaction committed before the answer that acknowledges it leaves the server), readers in
-parallel. `synchronous=FULL` makes a commit durable across a power cut as well as a crash of the
-process (`kill -9` only needs NORMAL; FULL costs one more fsync per commit, measured in
-docs/reliability.md). A finished episode is recorded, and committed, before the step answer that
-reports it is sent; episodes in flight live in memory and are lost with the process.
+transaction committed before the answer that acknowledges it leaves the server). A finished
+episode is recorded, and committed, before the step answer that reports it is sent; episodes in
+flight live in memory and are lost with the process.
+
+Durability: by default `synchronous=NORMAL`, which in WAL mode keeps every committed
+transaction through a crash of the server process (`kill -9`, out of memory, a bug) and never
+corrupts the file, but may roll back the last commits if the whole machine loses power or the
+OS crashes (SQLite's documentation of PRAGMA synchronous). `durable=True` (`--durable`) uses
+`synchronous=FULL`: one fsync per commit, which keeps them through a power cut too, at a cost
+measured in docs/reliability.md.
 
 Start-up refuses, with a `StoreError` naming the file and the cause, any file it cannot keep
 writing to: not a database, corrupt (`PRAGMA quick_check`), read-only, or on a full disk (a
@@ -52,9 +57,10 @@ class ScoreStore:
     once. Every method is one bounded transaction.
     """
 
-    def __init__(self, path: str | Path = ":memory:", keep_per_token: int = 1000) -> None:
+    def __init__(self, path: str | Path = ":memory:", keep_per_token: int = 1000, durable: bool = False) -> None:
         self.path = str(path)
         self.keep_per_token = keep_per_token
+        self.durable = durable
         self._lock = threading.Lock()
         self._db = self._open(self.path)
 
@@ -82,7 +88,7 @@ class ScoreStore:
                 mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 if mode.lower() != "wal":
                     raise StoreError(f"{where} cannot use WAL mode (got {mode!r}): is its folder writable?")
-            db.execute("PRAGMA synchronous=FULL")
+            db.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
             db.executescript(_SCHEMA)
             # The probe write: a read-only file or a full disk is refused now, not at the first
             # finished episode, whose answer would then have to fail.
