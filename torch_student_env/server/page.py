@@ -22,7 +22,7 @@ def leaderboard_page(scores: list[tuple[str, dict[str, Any]]], limit: int) -> st
             f"{m['avg_steps']:.1f}",
             f"{100 * m['failure_rate']:.1f} %",
             m["total_episodes"],
-            html.escape(m["last_episode_date"].replace("T", " ").replace("+00:00", "")),
+            html.escape(m["last_episode_date"].replace("T", " ")[:16]),  # to the minute, UTC
         )
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     # Headers wrap and long names are cut with an ellipsis (full name on hover), so that the whole
@@ -37,14 +37,14 @@ def leaderboard_page(scores: list[tuple[str, dict[str, Any]]], limit: int) -> st
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="refresh" content="{REFRESH_S}">
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }}
+body {{ font-family: system-ui, sans-serif; margin: 1.2rem; color: #222; }}
 h1 {{ margin: 0 0 .3rem; font-size: 1.6rem; }} p {{ margin: 0 0 1rem; color: #555; }}
 table {{ border-collapse: collapse; width: 100%; max-width: 1050px; font-variant-numeric: tabular-nums; }}
-th, td {{ padding: .35rem .55rem; text-align: right; }}
-td {{ white-space: nowrap; }} th {{ border-bottom: 2px solid #444; vertical-align: bottom; font-size: .92rem; }}
+th, td {{ padding: .35rem .45rem; text-align: right; }}
+th, td {{ white-space: nowrap; }} th {{ border-bottom: 2px solid #444; vertical-align: bottom; font-size: .92rem; }}
 tr:nth-child(even) {{ background: #f3f3f3; }}
 td:nth-child(2), th:nth-child(2) {{ text-align: left; }}
-td:nth-child(2) {{ max-width: 14rem; overflow: hidden; text-overflow: ellipsis; }}
+td:nth-child(2) {{ max-width: 12rem; overflow: hidden; text-overflow: ellipsis; }}
 </style></head><body>
 <h1>Leaderboard</h1>
 <p>Ranked by the total reward of each player's last {limit} finished episodes, as the challenge
