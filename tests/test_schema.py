@@ -10,6 +10,7 @@ message. `SCHEMA_EXAMPLES` examples per operation and mode (50 by default).
 from __future__ import annotations
 
 import os
+from collections import Counter
 import zlib
 
 import pytest
@@ -27,6 +28,7 @@ from torch_student_env.server import Limits, running_server  # noqa: E402
 pytestmark = pytest.mark.slow  # schema fuzzing over every operation
 
 EXAMPLES = int(os.environ.get("SCHEMA_EXAMPLES", "50"))
+SEEN: Counter = Counter()  # (mode, status) -> requests, printed at the end (pytest -s) for the docs
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +93,7 @@ def _check(case, live) -> None:
         _reach_real_episodes(case, live)
     headers = {"User-Token": TOKEN_A}
     response = case.call(base_url=live["url"], headers=headers, timeout=30)
+    SEEN[(case.meta.generation.mode.value, response.status_code)] += 1
     assert response.status_code < 500, response.text
     case.validate_response(response, headers=headers)  # every check, positive_data_acceptance too
 
@@ -115,3 +118,4 @@ def test_the_server_answers_as_its_schema_says(live):
                 assert mode == GenerationMode.NEGATIVE, operation.label
             except Exception as err:  # name the operation whose request failed
                 raise AssertionError(f"{operation.label} ({mode.value}): {err}") from err
+    print("schemathesis requests by (mode, status):", dict(sorted(SEEN.items())), "total", sum(SEEN.values()))
