@@ -114,6 +114,7 @@ def _run_without(blocked: str, code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # a subprocess or a browser
 def test_the_gym_extra_works_without_stable_baselines3():
     """`pip install .[gym]` alone: the package, gymnasium.make and the vector env all import;
     asking for the SB3 adapter names the extra that brings it."""

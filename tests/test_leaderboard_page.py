@@ -33,6 +33,7 @@ def _screenshot_module():
     return module
 
 
+@pytest.mark.slow  # a subprocess or a browser
 def test_the_page_fits_a_laptop_window_in_a_real_browser(tmp_path):
     """Chromium lays the page out at 1,100 x 700: no horizontal scrollbar (skipped without it)."""
     module = _screenshot_module()

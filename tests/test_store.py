@@ -86,6 +86,7 @@ def _in_subprocess(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # a subprocess or a browser
 def test_a_read_only_file_is_refused_at_start_up_not_at_the_first_score(tmp_path):
     """The server's user cannot write the file (as root, the check runs as `nobody`, since root
     writes read-only files)."""
@@ -116,6 +117,7 @@ def test_a_read_only_file_is_refused_at_start_up_not_at_the_first_score(tmp_path
     assert str(path) in run.stdout
 
 
+@pytest.mark.slow  # a subprocess or a browser
 def test_a_full_disk_is_refused_at_start_up_and_a_later_full_disk_answers_503(tmp_path):
     """A disk that is full is simulated with a file-size limit (RLIMIT_FSIZE: writes past it fail
     as on a full disk)."""
