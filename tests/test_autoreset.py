@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from helpers import const_actions
 
@@ -48,7 +49,7 @@ def test_sell_ends_episode_with_flat_sale_and_one_row(env_factory):
 
 def test_failure_mid_window_matches_frozen_twin(env_factory):
     """The auto-reset env's final_observation is what an identical autoreset_mode="disabled" env ends with."""
-    n = 64
+    n = 4  # the shape every fast-path test shares: one compile
     auto = env_factory(num_envs=n, seed=11, privileged=True)
     frozen = env_factory(num_envs=n, seed=11, privileged=True, autoreset_mode="disabled")
     frozen.reset()
@@ -73,37 +74,39 @@ def test_failure_mid_window_matches_frozen_twin(env_factory):
 
 
 def test_other_envs_untouched_by_one_envs_actions(env_factory):
-    a = env_factory(num_envs=5, seed=4)
-    b = env_factory(num_envs=5, seed=4)
+    a = env_factory(num_envs=4, seed=4)
+    b = env_factory(num_envs=4, seed=4)
     a.reset(), b.reset()
     for step in range(30):
-        acts_a = torch.tensor([0, 0, 0, 0, 0])
-        acts_b = torch.tensor([0, 0, step % 3, 0, 0])  # env 2 repairs, sells, resets...
+        acts_a = torch.tensor([0, 0, 0, 0])
+        acts_b = torch.tensor([0, 0, step % 3, 0])  # env 2 repairs, sells, resets...
         ta, tb = a.step(acts_a), b.step(acts_b)
-        keep = torch.tensor([0, 1, 3, 4])
+        keep = torch.tensor([0, 1, 3])
         assert torch.equal(ta[keep]["observation"], tb[keep]["observation"])
         assert torch.equal(ta[keep]["reward"], tb[keep]["reward"])
 
 
 def test_auto_reset_false_freezes_then_masked_reset(env_factory):
-    env = env_factory(num_envs=3, seed=0, autoreset_mode="disabled", privileged=True)
+    env = env_factory(num_envs=4, seed=0, autoreset_mode="disabled", privileged=True)
     env.reset()
-    env.step(const_actions(3, Action.DO_NOTHING))
-    td = env.step(torch.tensor([2, 0, 0]))
-    assert td["terminated"].tolist() == [True, False, False]
+    env.step(const_actions(4, Action.DO_NOTHING))
+    td = env.step(torch.tensor([2, 0, 0, 0]))
+    assert td["terminated"].tolist() == [True, False, False, False]
     ended_window = td["observation"][0].clone()
     # stepping a frozen env is a no-op: same window, zero reward, flags repeated
-    td = env.step(torch.tensor([0, 0, 0]))
+    td = env.step(torch.tensor([0, 0, 0, 0]))
     assert td["terminated"][0] and td["reward"][0] == 0 and torch.equal(td["observation"][0], ended_window)
     assert not td["final_valid"][0].any() and td["episode_return"][0] == 0
-    td = env.reset(mask=torch.tensor([True, False, False]))
+    td = env.reset(mask=torch.tensor([True, False, False, False]))
     assert td["flight"][0].tolist() == [-1] * 9 + [0] and td["repairs"][0] == 0
     assert td["flight"][1, -1] == 30  # untouched
-    td = env.step(torch.tensor([0, 0, 0]))
+    td = env.step(torch.tensor([0, 0, 0, 0]))
     assert not td["done"][0] and td["flight"][0, -1] == 10 and td["reward"][0] > 0
 
 
 def test_truncation_at_flight_limit(env_factory):
+    if env_factory.path == "fast":
+        pytest.skip("another compiled shape (~17 s cold): the fast path is held equal to eager in test_fast_path")
     # step 7 does not divide 30: the last step is cut short at the limit, mid-window
     env = env_factory(num_envs=8, step_size=7, seed=2, max_steps_per_episode=30)
     env.reset()

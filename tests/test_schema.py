@@ -10,8 +10,8 @@ message. `SCHEMA_EXAMPLES` examples per operation and mode (50 by default).
 from __future__ import annotations
 
 import os
-from collections import Counter
 import zlib
+from collections import Counter
 
 import pytest
 
