@@ -88,6 +88,8 @@ def test_privileged_keys_only_when_asked(env_factory):
 
 
 def test_sensor_values_are_physical(env_factory):
+    if env_factory.path == "fast":
+        pytest.skip("the model's levels, not the compiled path's: eager and remote suffice")
     env = env_factory(num_envs=64, seed=5)
     env.reset()
     td = env.step(const_actions(64, Action.DO_NOTHING))

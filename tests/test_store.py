@@ -145,8 +145,8 @@ def test_a_full_disk_is_refused_at_start_up_and_a_later_full_disk_answers_503(tm
         size = max(os.path.getsize(p) for p in ({str(later)!r}, {str(later)!r} + "-wal"))
         resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
         try:
-            for k in range(10_000):
-                store.record("t", [FinishedEpisode(1.0, 0, 10, False, "2026-12-04T00:00:00+00:00")])
+            for k in range(10_000):  # 100 a commit: the file grows past the limit within a few
+                store.record("t", [FinishedEpisode(1.0, 0, 10, False, "2026-12-04T00:00:00+00:00")] * 100)
         except StoreError as err:
             print("refused after", k, ":", err)
     """)
