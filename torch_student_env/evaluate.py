@@ -5,12 +5,12 @@
     python -m torch_student_env.evaluate --episodes 2048 --seed 123 --out eval.md
     python -m torch_student_env.evaluate --variants plausible   # each policy on every plausible model
 
-A `--policy` is a baseline name (random, do_nothing, time_based, threshold, oracle) or a checkpoint
+A `--policy` is a baseline name (random, do_nothing, time_based, threshold, belief, oracle) or a checkpoint
 written by examples/ppo_cnn.py or examples/dqn_cnn.py, loaded with `weights_only=True`.
 `--variants` scores every policy on each model of an ensemble (`sim.variants`) and reports its
 worst: a policy that relies on one extrapolation of the data shows it there. The oracle plans on
-each variant's own model (it knows the hidden state, and so the model); every other policy is
-the same on all.
+each variant's own model (it knows the hidden state, and so the model); every other policy,
+`belief` included, plays the fitted model's plan on all.
 
 Episode i of env j is a pure function of (seed, j, i) and the policy, so a fixed seed and env
 count give the same episodes for every policy: comparisons are paired, not just averaged.
@@ -386,9 +386,9 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(str(err))
         factories = {}
         for spec in specs:
-            if spec in BASELINES:  # baselines that read the model (oracle, threshold) get each variant's
+            if spec in BASELINES:  # only the oracle knows the hidden state, and so which model runs
                 factories[spec] = lambda params, spec=spec: make_policy(
-                    spec, seed=args.seed, device=device, params=params
+                    spec, seed=args.seed, device=device, params=params if spec == "oracle" else None
                 )
             else:
                 name, policy = load_policy(spec, device, args.seed)

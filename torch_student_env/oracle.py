@@ -93,11 +93,16 @@ class OraclePolicy:
     def __call__(self, td: TensorDict) -> torch.Tensor:
         if "health" not in td.keys():
             raise KeyError("OraclePolicy needs the hidden health: build the env with privileged=True")
-        table = self._on.setdefault(td.device, self.table.to(td.device))
-        steps = torch.div(td["flight"][:, -1], self.step_size, rounding_mode="floor").clamp(0, table.shape[0] - 1)
-        health = ((td["health"].double() - float(HEALTH_GRID[0])) / float(HEALTH_GRID[1] - HEALTH_GRID[0])).round()
-        rate = ((td["wear_rate"].double() - float(RATE_GRID[0])) / float(RATE_GRID[1] - RATE_GRID[0])).round()
-        h = health.long().clamp(0, table.shape[3] - 1)
-        r = rate.long().clamp(0, table.shape[2] - 1)
-        c = td["repairs"].clamp(0, table.shape[1] - 1)
+        return self.act(td["age"], td["repairs"], td["health"], td["wear_rate"])
+
+    def act(self, age: torch.Tensor, repairs: torch.Tensor, health: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+        """The plan's action (N,) at these (flights flown, repairs, health, wear rate): the true
+        state for the oracle, an estimate of it for `policies.BeliefPolicy`."""
+        table = self._on.setdefault(age.device, self.table.to(age.device))
+        steps = torch.div(age, self.step_size, rounding_mode="floor").clamp(0, table.shape[0] - 1)
+        h = ((health.double() - float(HEALTH_GRID[0])) / float(HEALTH_GRID[1] - HEALTH_GRID[0])).round()
+        r = ((rate.double() - float(RATE_GRID[0])) / float(RATE_GRID[1] - RATE_GRID[0])).round()
+        h = h.long().clamp(0, table.shape[3] - 1)
+        r = r.long().clamp(0, table.shape[2] - 1)
+        c = repairs.clamp(0, table.shape[1] - 1)
         return table[steps, c, r, h].long()

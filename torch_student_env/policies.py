@@ -5,6 +5,8 @@
 - `TimeBasedPolicy`: the airline's rule, repair every K flights, sell at age A;
 - `ThresholdPolicy`: repair, or sell, when the health read from the sensors that show wear
   (HP_Nmech, HPC_Tout, HPC_Pout_st) falls below a threshold;
+- `BeliefPolicy`: the oracle's plan at a state estimated from what a player can know (sensor
+  rows and the player-side counters): the reachable ceiling;
 - `OraclePolicy` (`torch_student_env.oracle`): the best action for the true hidden state, by
   dynamic programming on the model (needs `privileged=True`).
 
@@ -18,6 +20,7 @@ import torch
 from tensordict import TensorDict
 
 from torch_student_env.oracle import OraclePolicy
+from torch_student_env.sim.engine import SimTables, wear_rate_after_repair
 from torch_student_env.sim.params import SimParams
 from torch_student_env.spec import DTAMB_COLUMN, SENSOR_NAMES, Action
 
@@ -65,15 +68,15 @@ class TimeBasedPolicy:
         return torch.where(flight >= self.sell_at, int(Action.SELL), actions)
 
 
-def sensor_health(td: TensorDict, params: SimParams | None = None) -> torch.Tensor:
-    """Health read from the sensors that show wear, averaged over the window's valid rows (N,).
+def sensor_health_rows(td: TensorDict, params: SimParams | None = None) -> tuple[torch.Tensor, float]:
+    """Health read from the wear sensors, per window row (N, W), and its noise (std per row).
 
     Each wear sensor, less its DTAMB term, is turned into health with the model's linear
     response (an operator knows it from the engine's pass-off test), and the three estimates are
-    averaged with inverse-variance weights. Noisy (about 0.05 per row); the window averages it.
+    averaged with inverse-variance weights: about 0.05 of noise per row.
     """
     p = params or SimParams()
-    obs, valid = td["observation"], td["valid"]
+    obs = td["observation"]
     estimate = torch.zeros(obs.shape[:-1], dtype=obs.dtype, device=obs.device)
     total_weight = 0.0
     for name in WEAR_SENSORS:
@@ -84,8 +87,14 @@ def sensor_health(td: TensorDict, params: SimParams | None = None) -> torch.Tens
         weight = (slope / noise) ** 2
         estimate = estimate + weight * (1.0 + level / slope)
         total_weight += weight
-    weights = valid.to(obs.dtype)
-    return (estimate / total_weight * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+    return estimate / total_weight, total_weight**-0.5
+
+
+def sensor_health(td: TensorDict, params: SimParams | None = None) -> torch.Tensor:
+    """`sensor_health_rows` averaged over the window's valid rows (N,): the window averages the noise."""
+    rows, _ = sensor_health_rows(td, params)
+    weights = td["valid"].to(rows.dtype)
+    return (rows * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
 class ThresholdPolicy:
@@ -102,7 +111,54 @@ class ThresholdPolicy:
         return torch.where(worn, torch.where(old, int(Action.SELL), int(Action.REPAIR)), int(Action.DO_NOTHING))
 
 
-BASELINES = ("random", "do_nothing", "time_based", "threshold", "oracle")
+class BeliefPolicy:
+    """The oracle's plan, played at a state estimated from what a player can know: the sensor rows
+    and the player-side counters (`age`, `since_repair`, `repairs`), never the hidden state.
+
+    The estimate is a Bayesian update of the wear rate, the one unknown that matters: a repair
+    at age a draws a rate around the model's `wear_rate_after_repair(a)` (relative spread
+    `wear_spread_repair`), a fresh engine around `wear_rate_new`, and health then falls linearly
+    from 1 (`health_new`) over the `since_repair` flights since. The sensor-read health of the
+    window's rows since the last repair measures that slope; prior and measurement are combined
+    with their variances. Health is then known to the precision of the rate. The gap between
+    the privileged oracle and this policy is the price of information.
+    """
+
+    def __init__(self, params: SimParams | None = None, step_size: int = 10, max_flights: int = 1000) -> None:
+        self.params = params or SimParams()
+        self.oracle = OraclePolicy(self.params, step_size, max_flights)
+        self._tables = SimTables(self.params, torch.device("cpu"))
+
+    def estimate(self, td: TensorDict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(health, wear rate) (N,) estimated from the rows and the player-side counters."""
+        p = self.params
+        age, since, repairs = td["age"], td["since_repair"], td["repairs"]
+        dtype = td["observation"].dtype
+        repaired = repairs > 0
+        start = (age - since).to(dtype)  # the flight of the last repair (0: the episode's start)
+        prior = torch.where(
+            repaired, wear_rate_after_repair(start.cpu(), self._tables).to(td.device), p.wear_rate_new
+        ).to(dtype)
+        spread = torch.where(repaired, p.wear_spread_repair, p.wear_spread_new)
+        start_health = torch.where(repaired, 1.0, p.health_new).to(dtype)
+        rows, row_noise = sensor_health_rows(td, p)  # (N, W), per-row noise std
+        flight = td["flight"].to(dtype)
+        segment = (td["valid"] & (flight > start.unsqueeze(1))).to(dtype)  # rows since the last repair
+        n = segment.sum(1)
+        elapsed = ((flight - start.unsqueeze(1)) * segment).sum(1) / n.clamp(min=1.0)  # mean flights since
+        measured = (start_health - (rows * segment).sum(1) / n.clamp(min=1.0)) / elapsed.clamp(min=1.0)
+        var_measured = row_noise**2 / n.clamp(min=1.0) / elapsed.clamp(min=1.0) ** 2
+        var_prior = (prior * spread) ** 2
+        gain = torch.where(n > 0, var_prior / (var_prior + var_measured), 0.0)
+        rate = (prior + gain * (measured - prior)).clamp(min=1e-4)
+        return start_health - rate * since.to(dtype), rate
+
+    def __call__(self, td: TensorDict) -> torch.Tensor:
+        health, rate = self.estimate(td)
+        return self.oracle.act(td["age"], td["repairs"], health, rate)
+
+
+BASELINES = ("random", "do_nothing", "time_based", "threshold", "belief", "oracle")
 
 
 def make_policy(
@@ -126,6 +182,8 @@ def make_policy(
         return TimeBasedPolicy(step_size=step_size)
     if name == "threshold":
         return ThresholdPolicy(params=params)
+    if name == "belief":
+        return BeliefPolicy(params=params, step_size=step_size, max_flights=max_flights)
     if name == "oracle":
         return OraclePolicy(params=params, step_size=step_size, max_flights=max_flights)
     raise ValueError(f"unknown policy {name!r}; baselines are {BASELINES}")
