@@ -39,6 +39,7 @@ class Args:
     track: bool = arg(False, "also log to Weights & Biases (pip install wandb)")
     resume: bool = arg(False, "continue from <out>/checkpoint.pt")
     step_size: int = arg(10, "flights per env step")
+    player_keys: bool = arg(False, "the CNN's head also reads since_repair and repairs (spec.PLAYER_KEYS)")
     fast: bool = arg(True, "compile the training env's step (torch.compile: one-off ~35 s, cached on disk)")
     num_steps: int = arg(64, "rollout length per env between updates")
     learning_rate: float = arg(5e-4, "Adam learning rate (annealed linearly to 0)")
@@ -122,7 +123,8 @@ def main(args: Args) -> dict | None:
         env_offset=rank * args.num_envs,
         validate_actions=False,  # sampled from the policy's 3 logits: always valid, and no sync on GPU
     )
-    agent = ActorCritic(max_flights=env.config.max_steps_per_episode).to(device)
+    model_config = {"max_flights": env.config.max_steps_per_episode, "player_keys": args.player_keys}
+    agent = ActorCritic(**model_config).to(device)
     # DDP averages gradients across ranks in backward. The normalisation statistics are buffers
     # that every rank updates from all ranks' rows (gather_envs), so they need no broadcast.
     learner = agent if world == 1 else ddp(agent)
@@ -287,7 +289,9 @@ def main(args: Args) -> dict | None:
             log.scalars(global_step, charts_validation_return=stats["mean_return"])
             if stats["mean_return"] > best["mean_return"]:  # validation seeds, never the held-out ones
                 best = {"mean_return": stats["mean_return"], "env_steps": global_step, "update": update}
-                save_checkpoint(best_path, agent=agent.state_dict(), global_step=global_step, best=best)
+                save_checkpoint(
+                    best_path, agent=agent.state_dict(), model=model_config, global_step=global_step, best=best
+                )
             bar.set_postfix(sps=f"{sps:,.0f}", train_return=f"{mean_return:,.0f}", eval=f"{stats['mean_return']:,.0f}")
         if update % args.checkpoint_every == 0 or update == num_updates:
             envs = [env.state_dict()]
@@ -299,6 +303,7 @@ def main(args: Args) -> dict | None:
             save_checkpoint(
                 ckpt_path,
                 agent=agent.state_dict(),
+                model=model_config,
                 optimizer=optimizer.state_dict(),
                 envs=envs,
                 best=best,
@@ -329,7 +334,7 @@ def main(args: Args) -> dict | None:
 
     # EVALUATION: the best checkpoint (by validation return) and the final policy, against every
     # baseline, on held-out seeds (10,000; validation uses 5,000)
-    best_agent = ActorCritic(max_flights=env.config.max_steps_per_episode).to(device)
+    best_agent = ActorCritic(**model_config).to(device)
     best_agent.load_state_dict(torch.load(best_path, map_location=device, weights_only=True)["agent"])
     best_name = f"ppo_cnn (best: {best['env_steps']:,} steps)"
     results = final_report(

@@ -72,7 +72,7 @@ def test_masked_rows_do_not_change_the_output():
     assert not torch.equal(model.get_value(changed), model.get_value(td))
 
 
-def test_phase_norm_statistics_match_direct_computation():
+def test_feature_norm_statistics_match_direct_computation():
     model = ActorCritic()
     _, td = _rollout_td(n=64, steps=5)
     norm = model.trunk.norm
@@ -80,11 +80,21 @@ def test_phase_norm_statistics_match_direct_computation():
     norm.update(td["observation"][:half], td["valid"][:half])
     norm.update(td["observation"][half:], td["valid"][half:])
     rows = td["observation"][td["valid"]]
-    cruise = rows[rows[:, 7] == 0]
-    expected_mean = cruise[:, [0, 1, 2, 3, 4, 5, 6, 8]].double().mean(0)
-    expected_var = cruise[:, [0, 1, 2, 3, 4, 5, 6, 8]].double().var(0, unbiased=False)
-    assert torch.allclose(norm.mean[0].double(), expected_mean, rtol=1e-4)
-    assert torch.allclose(norm.var[0].double(), expected_var, rtol=1e-2)
+    expected_mean = rows[:, [0, 1, 2, 3, 4, 5, 6, 8]].double().mean(0)  # every column but phase_type
+    expected_var = rows[:, [0, 1, 2, 3, 4, 5, 6, 8]].double().var(0, unbiased=False)
+    assert torch.allclose(norm.mean.double(), expected_mean, rtol=1e-4)
+    assert torch.allclose(norm.var.double(), expected_var, rtol=1e-2)
+    assert norm.count == len(rows)
+
+
+def test_player_keys_reach_the_head_only_when_asked():
+    _, td = _rollout_td(n=8, steps=3)
+    plain, keyed = ActorCritic(), ActorCritic(player_keys=True)
+    changed = td.clone()
+    changed["repairs"] = changed["repairs"] + 3
+    changed["since_repair"] = changed["since_repair"] + 50
+    assert torch.equal(plain.get_value(changed), plain.get_value(td))
+    assert not torch.equal(keyed.get_value(changed), keyed.get_value(td))
 
 
 def test_challenge_score_is_the_last_100_of_a_stream():

@@ -1,10 +1,11 @@
 """A 1D-CNN over sensor windows, shared by the PPO and DQN examples and the evaluator.
 
-Sensor levels differ by tens of percent between flight phases while wear moves them by a few
-percent, so `PhaseNorm` standardises every feature with running statistics *per phase*, kept on
-the device and updated from valid rows only. The CNN convolves over time with the features as
-channels; padded rows are zeroed after normalisation and excluded from pooling, so they can never
-change the output.
+`FeatureNorm` standardises the 7 sensors and DTAMB with running statistics kept on the device and
+updated from valid rows only (the challenge's server flies cruise only, so the constant
+`phase_type` column is left out). The CNN convolves over time with the features as channels;
+padded rows are zeroed after normalisation and excluded from pooling, so they can never change
+the output. The head also reads the engine's age and, with `player_keys`, the player-side
+counters `since_repair` and `repairs` (`spec.PLAYER_KEYS`), which any client can track.
 """
 
 from __future__ import annotations
@@ -13,84 +14,86 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
-from torch_student_env.spec import NUM_ACTIONS, NUM_FEATURES, PHASE_COLUMN, Phase
+from torch_student_env.spec import NUM_ACTIONS, NUM_FEATURES, PHASE_COLUMN
 
-_NUM_PHASES = len(Phase)
 _CONTINUOUS = [i for i in range(NUM_FEATURES) if i != PHASE_COLUMN]  # 7 sensors + DTAMB
-IN_CHANNELS = len(_CONTINUOUS) + _NUM_PHASES  # standardised features + phase one-hot
+IN_CHANNELS = len(_CONTINUOUS)
+REPAIRS_SCALE = 10.0  # repairs are read as repairs / 10: an episode rarely has more
 
 
-class PhaseNorm(nn.Module):
-    """Running mean/variance of the continuous features per flight phase (buffers, no grads)."""
+class FeatureNorm(nn.Module):
+    """Running mean/variance of the continuous features (buffers, no grads)."""
 
     def __init__(self) -> None:
         super().__init__()
         n = len(_CONTINUOUS)
         # Start empty: a pseudo-count at mean 0 would bias the variance by mean^2 * count / n.
-        self.register_buffer("count", torch.zeros(_NUM_PHASES, 1))
-        self.register_buffer("mean", torch.zeros(_NUM_PHASES, n))
-        self.register_buffer("var", torch.ones(_NUM_PHASES, n))
+        self.register_buffer("count", torch.zeros(()))
+        self.register_buffer("mean", torch.zeros(n))
+        self.register_buffer("var", torch.ones(n))
 
     @torch.no_grad()
     def update(self, observation: torch.Tensor, valid: torch.Tensor) -> None:
         """Merge the valid rows of a (..., W, 9) batch into the statistics (Chan et al. 1979)."""
         rows = observation[..., _CONTINUOUS].reshape(-1, len(_CONTINUOUS))
-        phase = observation[..., PHASE_COLUMN].reshape(-1).long().clamp(0, _NUM_PHASES - 1)
         weight = valid.reshape(-1, 1).to(rows.dtype)
-        one_hot = nn.functional.one_hot(phase, _NUM_PHASES).to(rows.dtype) * weight  # (R, 3)
-        n = one_hot.sum(0).unsqueeze(1)  # (3, 1)
-        batch_mean = (one_hot.T @ rows) / n.clamp(min=1.0)
+        n = weight.sum()
+        if not bool(n > 0):
+            return
+        batch_mean = (rows * weight).sum(0) / n
         # centre before squaring: E[x^2] - E[x]^2 cancels catastrophically in float32 (x ~ 2e4 rpm)
-        batch_var = (one_hot.T @ (rows - batch_mean[phase]).pow(2)) / n.clamp(min=1.0)
+        batch_var = ((rows - batch_mean).pow(2) * weight).sum(0) / n
         total = self.count + n
-        safe_total = total.clamp(min=1.0)  # phases with no rows so far keep mean 0, var 1
         delta = batch_mean - self.mean
-        self.mean += delta * n / safe_total
-        merged_var = (self.var * self.count + batch_var * n + delta.pow(2) * self.count * n / safe_total) / safe_total
-        self.var.copy_(torch.where(total > 0, merged_var, self.var))
+        self.mean += delta * n / total
+        self.var.copy_((self.var * self.count + batch_var * n + delta.pow(2) * self.count * n / total) / total)
         self.count.copy_(total)
 
     def forward(self, observation: torch.Tensor) -> torch.Tensor:
-        """(..., W, 9) rows -> (..., W, IN_CHANNELS) standardised features + phase one-hot."""
-        phase = observation[..., PHASE_COLUMN].long().clamp(0, _NUM_PHASES - 1)
-        mean, std = self.mean[phase], self.var[phase].clamp(min=1e-8).sqrt()
-        standardised = ((observation[..., _CONTINUOUS] - mean) / std).clamp(-10.0, 10.0)
-        return torch.cat((standardised, nn.functional.one_hot(phase, _NUM_PHASES).to(observation.dtype)), dim=-1)
+        """(..., W, 9) rows -> (..., W, IN_CHANNELS) standardised features."""
+        std = self.var.clamp(min=1e-8).sqrt()
+        return ((observation[..., _CONTINUOUS] - self.mean) / std).clamp(-10.0, 10.0)
 
 
-def window_inputs(td: TensorDict, max_flights: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(observation (N, W, 9), valid (N, W), age (N,)) from an env TensorDict.
+def window_inputs(
+    td: TensorDict, max_flights: int, player_keys: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(observation (N, W, 9), valid (N, W), scalars (N, 1 or 3)) from an env TensorDict.
 
-    Accepts the single-row view too: a td whose `observation` is (N, 9) is a window of one row.
+    The scalars are the age (flights flown / `max_flights`, the newest row's flight index) and,
+    with `player_keys`, `since_repair / max_flights` and `repairs / REPAIRS_SCALE`. Accepts the
+    single-row view too: a td whose `observation` is (N, 9) is a window of one row.
     """
     obs, valid, flight = td["observation"], td["valid"], td["flight"]
     if obs.dim() == 2:
         obs, valid, flight = obs.unsqueeze(1), valid.reshape(-1, 1), flight.reshape(-1, 1)
-    age = flight[:, -1].to(obs.dtype) / max_flights
-    return obs, valid, age
+    scalars = [flight[:, -1].to(obs.dtype) / max_flights]
+    if player_keys:
+        scalars += [td["since_repair"].to(obs.dtype) / max_flights, td["repairs"].to(obs.dtype) / REPAIRS_SCALE]
+    return obs, valid, torch.stack(scalars, dim=-1)
 
 
 class SensorCNN(nn.Module):
-    """Conv1d trunk over time: (N, W, 9) + valid (N, W) + age (N,) -> features (N, hidden)."""
+    """Conv1d trunk over time: (N, W, 9) + valid (N, W) + scalars (N, S) -> features (N, hidden)."""
 
-    def __init__(self, hidden: int = 64, channels: int = 32) -> None:
+    def __init__(self, hidden: int = 64, channels: int = 32, scalars: int = 1) -> None:
         super().__init__()
-        self.norm = PhaseNorm()
+        self.norm = FeatureNorm()
         self.conv = nn.Sequential(
             nn.Conv1d(IN_CHANNELS, channels, kernel_size=3, padding=1),
             nn.ReLU(),
             nn.Conv1d(channels, channels, kernel_size=3, padding=1),
             nn.ReLU(),
         )
-        # pooled mean and max over valid rows, + the newest row's features, + age
-        self.head = nn.Sequential(nn.Linear(2 * channels + IN_CHANNELS + 1, hidden), nn.ReLU())
+        # pooled mean and max over valid rows, + the newest row's features, + age (and counters)
+        self.head = nn.Sequential(nn.Linear(2 * channels + IN_CHANNELS + scalars, hidden), nn.ReLU())
         self.out_features = hidden
 
-    def forward(self, observation: torch.Tensor, valid: torch.Tensor, age: torch.Tensor) -> torch.Tensor:
-        """Any leading batch dims: (*B, W, 9), (*B, W), (*B,) -> (*B, hidden)."""
+    def forward(self, observation: torch.Tensor, valid: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
+        """Any leading batch dims: (*B, W, 9), (*B, W), (*B, S) -> (*B, hidden)."""
         batch = observation.shape[:-2]
         observation = observation.reshape(-1, *observation.shape[-2:])
-        valid, age = valid.reshape(-1, valid.shape[-1]), age.reshape(-1)
+        valid, scalars = valid.reshape(-1, valid.shape[-1]), scalars.reshape(-1, scalars.shape[-1])
         mask = valid.unsqueeze(-1).to(observation.dtype)  # (N, W, 1)
         x = self.norm(observation) * mask  # padding is exactly zero whatever it held
         h = self.conv(x.transpose(1, 2)).transpose(1, 2) * mask  # (N, W, C)
@@ -98,7 +101,7 @@ class SensorCNN(nn.Module):
         mean = h.sum(1) / count
         maxed = h.masked_fill(mask == 0, float("-inf")).amax(1)
         maxed = torch.where(torch.isfinite(maxed), maxed, 0.0)
-        features = self.head(torch.cat((mean, maxed, x[:, -1], age.unsqueeze(-1)), dim=-1))
+        features = self.head(torch.cat((mean, maxed, x[:, -1], scalars), dim=-1))
         return features.reshape(*batch, -1)
 
 
@@ -111,15 +114,15 @@ def _layer_init(layer: nn.Linear, gain: float) -> nn.Linear:
 class ActorCritic(nn.Module):
     """PPO's policy and value heads on one `SensorCNN` trunk."""
 
-    def __init__(self, hidden: int = 64, max_flights: int = 1000) -> None:
+    def __init__(self, hidden: int = 64, max_flights: int = 1000, player_keys: bool = False) -> None:
         super().__init__()
-        self.max_flights = max_flights
-        self.trunk = SensorCNN(hidden)
+        self.max_flights, self.player_keys = max_flights, player_keys
+        self.trunk = SensorCNN(hidden, scalars=3 if player_keys else 1)
         self.actor = _layer_init(nn.Linear(hidden, NUM_ACTIONS), gain=0.01)
         self.critic = _layer_init(nn.Linear(hidden, 1), gain=1.0)
 
     def features(self, td: TensorDict) -> torch.Tensor:
-        return self.trunk(*window_inputs(td, self.max_flights))
+        return self.trunk(*window_inputs(td, self.max_flights, self.player_keys))
 
     def get_value(self, td: TensorDict) -> torch.Tensor:
         return self.critic(self.features(td)).squeeze(-1)
@@ -145,14 +148,14 @@ class ActorCritic(nn.Module):
 class QNetwork(nn.Module):
     """DQN's action values on the same `SensorCNN` trunk."""
 
-    def __init__(self, hidden: int = 64, max_flights: int = 1000) -> None:
+    def __init__(self, hidden: int = 64, max_flights: int = 1000, player_keys: bool = False) -> None:
         super().__init__()
-        self.max_flights = max_flights
-        self.trunk = SensorCNN(hidden)
+        self.max_flights, self.player_keys = max_flights, player_keys
+        self.trunk = SensorCNN(hidden, scalars=3 if player_keys else 1)
         self.q = nn.Linear(hidden, NUM_ACTIONS)
 
     def forward(self, td: TensorDict) -> torch.Tensor:
-        return self.q(self.trunk(*window_inputs(td, self.max_flights)))
+        return self.q(self.trunk(*window_inputs(td, self.max_flights, self.player_keys)))
 
     @torch.no_grad()
     def act(self, td: TensorDict) -> torch.Tensor:
@@ -160,4 +163,4 @@ class QNetwork(nn.Module):
         return self(td).argmax(-1)
 
 
-__all__ = ["ActorCritic", "IN_CHANNELS", "PhaseNorm", "QNetwork", "SensorCNN", "window_inputs"]
+__all__ = ["ActorCritic", "FeatureNorm", "IN_CHANNELS", "QNetwork", "SensorCNN", "window_inputs"]

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from torch_student_env.spec import SENSOR_NAMES, Action, Phase
-
-_PHASE_COLORS = {Phase.CRUISE: "tab:blue", Phase.CLIMB: "tab:orange", Phase.TAKEOFF: "tab:red"}
+from torch_student_env.spec import SENSOR_NAMES, Action
 
 
 def _figure(**kwargs):
@@ -53,22 +51,16 @@ def plot_learning_curve(
 
 
 def plot_episode(trace: dict[str, np.ndarray], path: str | Path, title: str = "one engine's episode") -> Path:
-    """The 7 sensors over flights (coloured by phase), repair/sell markers, and hidden health."""
+    """The 7 sensors over flights, repair/sell markers, and hidden health."""
     has_health = "health" in trace
     rows = len(SENSOR_NAMES) + int(has_health)
     fig = _figure(figsize=(9, 1.55 * rows + 0.8))
     axes = fig.subplots(rows, 1, sharex=True)
-    flight, phase = trace["flight"], trace["phase"]
+    flight = trace["flight"]
     repairs = trace["action_flight"][trace["action"] == Action.REPAIR]
     sells = trace["action_flight"][trace["action"] == Action.SELL]
     for i, (ax, name) in enumerate(zip(axes, SENSOR_NAMES, strict=False)):  # axes has a health row more
-        for p, color in _PHASE_COLORS.items():
-            keep = phase == p
-            if not keep.any():  # the challenge's engine flies cruise only
-                continue
-            ax.scatter(
-                flight[keep], trace["sensors"][keep, i], s=4, color=color, label=p.name.lower() if i == 0 else None
-            )
+        ax.scatter(flight, trace["sensors"][:, i], s=4, color="tab:blue")
         ax.set_ylabel(name, fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)

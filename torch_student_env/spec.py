@@ -16,11 +16,10 @@ class Action(IntEnum):
 
 
 class Phase(IntEnum):
-    """Flight phase of a row (the challenge's `phase_type`; its server flies cruise only)."""
+    """Flight phase of a row (the challenge's `phase_type` column). The challenge's server flies
+    cruise only: every row reads 0."""
 
     CRUISE = 0  # CR
-    CLIMB = 1  # MCL, max climb
-    TAKEOFF = 2  # MTO, max take-off
 
 
 class AutoresetMode(str, Enum):
