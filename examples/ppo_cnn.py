@@ -131,7 +131,7 @@ def main(args: Args) -> dict | None:
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
 
     # ALGO LOGIC: rollout storage, preallocated on the env's device
-    obs_keys = ("observation", "valid", "flight")
+    obs_keys = ("observation", "valid", "flight", "since_repair", "repairs")
     td = env.reset()
     storage = TensorDict(
         {k: torch.zeros((args.num_steps,) + td[k].shape, dtype=td[k].dtype, device=device) for k in obs_keys},
@@ -199,6 +199,8 @@ def main(args: Args) -> dict | None:
             final_storage["observation"][step] = td["final_observation"]
             final_storage["valid"][step] = td["final_valid"]
             final_storage["flight"][step] = td["final_flight"]
+            final_storage["since_repair"][step] = td["final_since_repair"]
+            final_storage["repairs"][step] = td["episode_repairs"]
             truncateds[step] = td["truncated"]
             next_done = td["done"].to(torch.float32)
             return_sum += td["episode_return"].sum()

@@ -143,3 +143,41 @@ def test_sb3vecenv_is_still_found_where_it_was():
     assert adapter.SB3VecEnv is SB3VecEnv
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         adapter.Nope  # noqa: B018
+
+
+def test_player_keys_as_a_dict_observation_for_gymnasium_and_sb3():
+    """`player_keys=True`: a Dict of the window and [age, since_repair, repairs], final values in
+    the final observation, and SB3's MultiInputPolicy trains on it."""
+    env = GymnasiumVectorEnv(num_envs=4, seed=3, player_keys=True)
+    native = make_env(num_envs=4, seed=3)
+    obs, _ = env.reset(seed=3)
+    native.reset(seed=3)
+    assert env.observation_space.contains(obs) and obs["player"].tolist() == [[0.0, 0.0, 0.0]] * 4
+    ended = 0
+    for t in range(40):
+        actions = np.array([0, 1 if t % 6 == 5 else 0, 2 if t == 7 else 0, 0])
+        obs, _, terminated, truncated, info = env.step(actions)
+        td = native.step(torch.as_tensor(actions))
+        expected = torch.stack([td["age"], td["since_repair"], td["repairs"]], dim=-1).float().numpy()
+        np.testing.assert_array_equal(obs["player"], expected)
+        for i in np.flatnonzero(terminated | truncated):
+            final = info["final_obs"][i]
+            np.testing.assert_array_equal(final["observation"], td["final_observation"][i].numpy())
+            assert final["player"].tolist() == [
+                float(td["episode_length"][i]), float(td["final_since_repair"][i]), float(td["episode_repairs"][i])
+            ]  # fmt: skip
+            ended += 1
+    assert ended > 0 and env.observation_space.contains(obs)
+    single = gym.make("TorchStudentEnv-v0", player_keys=True, seed=1)
+    first, _ = single.reset(seed=1)
+    after, *_ = single.step(1)
+    assert single.observation_space.contains(after) and after["player"].tolist() == [10.0, 10.0, 1.0]
+    pytest.importorskip("stable_baselines3", reason="SB3 adapter tests need the [sb3] extra")
+    from stable_baselines3 import PPO
+
+    from torch_student_env.adapters.sb3 import SB3VecEnv
+
+    venv = SB3VecEnv(num_envs=4, seed=0, player_keys=True)
+    model = PPO("MultiInputPolicy", venv, n_steps=32, batch_size=64, n_epochs=1, verbose=0, seed=0)
+    model.learn(256)
+    assert model.num_timesteps >= 256

@@ -174,6 +174,9 @@ def test_player_counters_follow_the_actions_and_the_flight_counter(env_factory):
         repaired = actions == Action.REPAIR
         ended = td["episode_ended"]
         assert torch.equal(td["episode_repairs"][ended], (repairs + repaired.long())[ended])
+        flown = td["episode_length"] - age  # the ending step may fly fewer (a sale, a failure)
+        final_since = torch.where(repaired, 0, since) + flown
+        assert torch.equal(td["final_since_repair"][ended], final_since[ended])
         age = torch.where(ended, 0, age + 10)
         since = torch.where(ended, 0, torch.where(repaired, 10, since + 10))
         repairs = torch.where(ended, 0, repairs + repaired.long())

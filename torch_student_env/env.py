@@ -134,6 +134,7 @@ def window_step(
         out["final_observation"] = torch.where(ended, window[:NUM_FEATURES], 0.0).permute(2, 1, 0)
         out["final_valid"] = (ended & (window_flight >= 0)).T
         out["final_flight"] = torch.where(ended, window_flight, -1).T
+        out["final_since_repair"] = torch.where(ended, since_repair, 0)
     buffers = EpisodeBuffers(
         window=window,
         window_flight=window_flight,
@@ -239,7 +240,9 @@ class TorchStudentEnv:
       (of `final_observation` for an episode that ended and restarted in this call);
       `return_so_far` (N,) float32, the current episode's reward;
       `final_observation` (N, W, F) / `final_valid` / `final_flight` (N, W): the window each
-      finished episode ended with (zeros / False / -1 elsewhere); `episode_ended` (N,) bool, and
+      finished episode ended with (zeros / False / -1 elsewhere), and `final_since_repair` (N,)
+      its last counter (its age and repairs are `episode_length`, `episode_repairs`);
+      `episode_ended` (N,) bool, and
       `episode_return` (N,) float32, `episode_length` (N,) int64 (flights), `episode_repairs`
       (N,) int64 and `episode_failed` (N,) bool: totals of the episodes that ended in this call
       (0 / False elsewhere);

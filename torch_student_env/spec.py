@@ -88,6 +88,7 @@ STEP_KEYS: dict[str, tuple[tuple[str, ...], torch.dtype]] = OBSERVATION_KEYS | {
     "final_observation": (("W", "F"), torch.float32),  # the window an episode ended with
     "final_valid": (("W",), torch.bool),
     "final_flight": (("W",), torch.int64),
+    "final_since_repair": ((), torch.int64),  # with episode_length and episode_repairs: the final counters
     "episode_ended": ((), torch.bool),  # an episode ended in this step; its totals follow
     "episode_return": ((), torch.float32),
     "episode_length": ((), torch.int64),
@@ -95,7 +96,7 @@ STEP_KEYS: dict[str, tuple[tuple[str, ...], torch.dtype]] = OBSERVATION_KEYS | {
     "episode_failed": ((), torch.bool),
 }
 # Left out of `step`'s outputs by `make_env(final_observation=False)`.
-FINAL_KEYS: tuple[str, ...] = ("final_observation", "final_valid", "final_flight")
+FINAL_KEYS: tuple[str, ...] = ("final_observation", "final_valid", "final_flight", "final_since_repair")
 PRIVILEGED_KEYS: dict[str, tuple[tuple[str, ...], torch.dtype]] = {
     "health": ((), torch.float32),
     "wear_rate": ((), torch.float32),

@@ -5,7 +5,9 @@ native env does: a finished env is reset inside the same `step`, whose observati
 new episode's, while `info["final_obs"]` (an object array, None elsewhere, mask
 `info["_final_obs"]`) holds the terminal window. The Stable-Baselines3 `VecEnv` is
 `adapters.sb3.SB3VecEnv` ([sb3] extra). Observations are the (W, 9) window; padding rows are
-zeros (see `info["valid"]`).
+zeros (see `info["valid"]`). With `player_keys=True` they are a `Dict`: `"observation"`, the
+window, and `"player"`, the player-side counters `[age, since_repair, repairs]` as float32 (what
+any client of the real server can track), which SB3 reads with `MultiInputPolicy`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv  # noqa: E402
 
 from torch_student_env.env import TorchStudentEnv  # noqa: E402
 from torch_student_env.make import make_env  # noqa: E402
-from torch_student_env.spec import NUM_ACTIONS, NUM_FEATURES  # noqa: E402
+from torch_student_env.spec import NUM_ACTIONS, NUM_FEATURES, PLAYER_KEYS  # noqa: E402
 from torch_student_env.spec import AutoresetMode as EnvAutoreset  # noqa: E402 (Gymnasium has its own)
 
 
@@ -38,9 +40,29 @@ def _needs_final_observation(env: TorchStudentEnv, name: str) -> None:
         raise ValueError(f"{name} reports final observations: build the env with final_observation=True")
 
 
-def _spaces(env: TorchStudentEnv) -> tuple[gym.spaces.Box, gym.spaces.Discrete]:
+def _spaces(env: TorchStudentEnv, player_keys: bool = False) -> tuple[gym.spaces.Space, gym.spaces.Discrete]:
     window = gym.spaces.Box(-np.inf, np.inf, shape=(env.history, NUM_FEATURES), dtype=np.float32)
+    if player_keys:
+        counters = gym.spaces.Box(0.0, np.inf, shape=(len(PLAYER_KEYS),), dtype=np.float32)
+        window = gym.spaces.Dict({"observation": window, "player": counters})
     return window, gym.spaces.Discrete(NUM_ACTIONS)
+
+
+def _observation(td, player_keys: bool, final: bool = False) -> np.ndarray | dict[str, np.ndarray]:
+    """The window (N, W, 9), with the player-side counters (N, 3) when asked; `final`: those an
+    episode ended with (its age and repairs are `episode_length` and `episode_repairs`)."""
+    window = _numpy(td["final_observation" if final else "observation"])
+    if not player_keys:
+        return window
+    keys = ("episode_length", "final_since_repair", "episode_repairs") if final else PLAYER_KEYS
+    return {"observation": window, "player": np.stack([_numpy(td[k]) for k in keys], axis=-1).astype(np.float32)}
+
+
+def _row(observation: np.ndarray | dict[str, np.ndarray], i: int) -> np.ndarray | dict[str, np.ndarray]:
+    """Env i's entry of a batched observation (array or dict of arrays)."""
+    if isinstance(observation, dict):
+        return {k: v[i] for k, v in observation.items()}
+    return observation[i]
 
 
 def _numpy(x: torch.Tensor) -> np.ndarray:
@@ -52,22 +74,23 @@ class GymnasiumVectorEnv(VectorEnv):
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
-    def __init__(self, env: TorchStudentEnv | None = None, **make_env_kwargs: Any) -> None:
+    def __init__(self, env: TorchStudentEnv | None = None, player_keys: bool = False, **make_env_kwargs: Any) -> None:
         self.env = env if env is not None else _make(make_env_kwargs)
+        self.player_keys = player_keys
         if self.env.autoreset_mode is not EnvAutoreset.SAME_STEP:
             raise ValueError(
                 "GymnasiumVectorEnv implements SAME_STEP autoreset: build the env with autoreset_mode='same_step'"
             )
         _needs_final_observation(self.env, "GymnasiumVectorEnv")
         self.num_envs = self.env.num_envs
-        self.single_observation_space, self.single_action_space = _spaces(self.env)
+        self.single_observation_space, self.single_action_space = _spaces(self.env, player_keys)
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, self.num_envs)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Reset every env (`seed` reseeds them all: env i's episode k depends on seed, i, k)."""
         td = self.env.reset(seed=seed)
-        return _numpy(td["observation"]), self._info(td)
+        return _observation(td, self.player_keys), self._info(td)
 
     def step(self, actions):
         """Step all envs; finished ones are already reset in the returned observation."""
@@ -76,9 +99,9 @@ class GymnasiumVectorEnv(VectorEnv):
         done = _numpy(td["done"])
         if done.any():
             final_obs = np.full(self.num_envs, None, dtype=object)
-            finals = _numpy(td["final_observation"])
+            finals = _observation(td, self.player_keys, final=True)
             for i in np.flatnonzero(done):  # object array by Gymnasium's convention
-                final_obs[i] = finals[i]
+                final_obs[i] = _row(finals, i)
             info["final_obs"], info["_final_obs"] = final_obs, done
             info["final_info"] = {
                 "episode_return": _numpy(td["episode_return"]),
@@ -90,7 +113,7 @@ class GymnasiumVectorEnv(VectorEnv):
             }
             info["_final_info"] = done
         return (
-            _numpy(td["observation"]),
+            _observation(td, self.player_keys),
             _numpy(td["reward"]),
             _numpy(td["terminated"]),
             _numpy(td["truncated"]),
@@ -114,11 +137,12 @@ class GymnasiumEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, **make_env_kwargs: Any) -> None:
+    def __init__(self, player_keys: bool = False, **make_env_kwargs: Any) -> None:
         if make_env_kwargs.pop("num_envs", 1) != 1:
             raise ValueError("GymnasiumEnv is one engine: use gymnasium.make_vec for several")
         self.env = _make({"num_envs": 1, "autoreset_mode": "disabled", **make_env_kwargs})
-        self.observation_space, self.action_space = _spaces(self.env)
+        self.player_keys = player_keys
+        self.observation_space, self.action_space = _spaces(self.env, player_keys)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -126,13 +150,16 @@ class GymnasiumEnv(gym.Env):
             td = self.env.reset(seed=seed)
         else:
             td = self.env.reset(mask=torch.ones(1, dtype=torch.bool, device=self.env.device))
-        return _numpy(td["observation"][0]), {"valid": _numpy(td["valid"][0]), "flight": _numpy(td["flight"][0])}
+        return _row(_observation(td, self.player_keys), 0), {
+            "valid": _numpy(td["valid"][0]),
+            "flight": _numpy(td["flight"][0]),
+        }
 
     def step(self, action):
         td = self.env.step(np.asarray([action]))
         info = {"valid": _numpy(td["valid"][0]), "flight": _numpy(td["flight"][0])}
         reward, terminated, truncated = float(td["reward"][0]), bool(td["terminated"][0]), bool(td["truncated"][0])
-        return _numpy(td["observation"][0]), reward, terminated, truncated, info
+        return _row(_observation(td, self.player_keys), 0), reward, terminated, truncated, info
 
     def close(self) -> None:
         self.env.close()
