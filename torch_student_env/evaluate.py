@@ -268,19 +268,27 @@ def markdown_variant_table(results: dict[str, dict[str, dict[str, float]]]) -> s
     return "\n".join(lines)
 
 
-def markdown_table(results: dict[str, dict[str, float]]) -> str:
-    """A Markdown table of `evaluate_policies` results, best mean return first."""
-    lines = [
-        "| policy | mean return ± 95% CI | challenge score: last 100 (mean) | failure rate | repairs "
-        "| life (flights) | episodes |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
+def markdown_table(
+    results: dict[str, dict[str, float]], worst: dict[str, tuple[str, dict[str, float]]] | None = None
+) -> str:
+    """A Markdown table of `evaluate_policies` results, best mean return first; with `worst`
+    (`worst_variant` of each policy's `evaluate_variants` results), a column of each policy's
+    mean return on its worst plausible model."""
+    head = (
+        "| policy | mean return ± 95% CI | challenge score: last 100 (mean) | failure rate | repairs | life (flights)"
+    )
+    head += " | worst plausible model |" if worst else " |"
+    lines = [head + " episodes |", "|---|---:|---:|---:|---:|---:|" + ("---:|" if worst else "") + "---:|"]
     for name, r in sorted(results.items(), key=lambda kv: -kv[1]["mean_return"]):
         score = f"{r['score_total']:,.0f} ({r['score_mean']:,.0f})" if "score_total" in r else "–"
-        lines.append(
+        row = (
             f"| {name} | {r['mean_return']:,.0f} ± {r['ci95']:,.0f} | {score} | "
-            f"{100 * r['failure_rate']:.1f}% | {r['mean_repairs']:.2f} | {r['mean_life']:.0f} | {r['episodes']} |"
+            f"{100 * r['failure_rate']:.1f}% | {r['mean_repairs']:.2f} | {r['mean_life']:.0f} |"
         )
+        if worst:
+            variant, figures = worst[name]
+            row += f" {figures['mean_return']:,.0f} ({variant}) |"
+        lines.append(row + f" {r['episodes']} |")
     return "\n".join(lines)
 
 
