@@ -32,14 +32,14 @@ from torch_student_env.models import ActorCritic
 @dataclasses.dataclass
 class Args:
     num_envs: int = arg(64, "parallel engines in the training env")
-    total_steps: int = arg(1_200_000, "env steps to train for (one step = step_size flights of one engine)")
+    total_steps: int = arg(3_600_000, "env steps to train for (one step = step_size flights of one engine)")
     device: str = arg("cpu", "torch device for the env, the model and the rollout storage")
     seed: int = arg(1, "seed of the training env and the model")
     out: str = arg("", "output folder (default: runs/TorchStudentEnv-v0__ppo_cnn__<seed>__<time>)")
     track: bool = arg(False, "also log to Weights & Biases (pip install wandb)")
     resume: bool = arg(False, "continue from <out>/checkpoint.pt")
     step_size: int = arg(10, "flights per env step")
-    player_keys: bool = arg(False, "the CNN's head also reads since_repair and repairs (spec.PLAYER_KEYS)")
+    player_keys: bool = arg(True, "the CNN's head also reads since_repair and repairs (spec.PLAYER_KEYS)")
     fast: bool = arg(True, "compile the training env's step (torch.compile: one-off ~35 s, cached on disk)")
     num_steps: int = arg(64, "rollout length per env between updates")
     learning_rate: float = arg(5e-4, "Adam learning rate (annealed linearly to 0)")

@@ -62,7 +62,7 @@ class Head(nn.Module):
         self.trunk, self.linear, self.max_flights = trunk, nn.Linear(trunk.out_features, out), max_flights
 
     def forward(self, observation, valid, flight):
-        return self.linear(self.trunk(observation, valid, flight[..., -1].float() / self.max_flights))
+        return self.linear(self.trunk(observation, valid, (flight[..., -1].float() / self.max_flights).unsqueeze(-1)))
 
 
 def main(args: Args) -> None:

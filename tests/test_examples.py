@@ -33,9 +33,15 @@ def _check_outputs(out: Path, name: str, logged: bool = True) -> dict:
     assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads((out / "eval.json").read_text())
     results = report["results"]
-    baselines = {"random", "do_nothing", "time_based", "threshold", "oracle"}
+    baselines = {"random", "do_nothing", "time_based", "threshold", "belief", "oracle"}
     for r in results.values():
         assert all(math.isfinite(v) for v in r.values())
+    # every policy on every plausible model, and the worst of each in the table
+    from torch_student_env.sim.variants import PLAUSIBLE
+
+    assert set(report["variants"]) == set(results)
+    assert all(set(per) == set(PLAUSIBLE) for per in report["variants"].values())
+    assert "worst plausible model" in (out / "eval.md").read_text()
     assert all(math.isfinite(c["mean_return"]) for c in report["curve"]) and report["curve"]
     if not logged:
         assert set(results) == {name} | baselines and f"| {name} |" in (out / "eval.md").read_text()
