@@ -55,6 +55,7 @@ class Args:
     eval_every: int = arg(20, "updates between greedy evaluations")
     eval_envs: int = arg(256, "episodes per periodic evaluation (validation seed)")
     final_eval_envs: int = arg(1024, "held-out episodes for the final table")
+    variant_eval: bool = arg(True, "the final table also gives each policy's worst plausible model (sim.variants)")
     checkpoint_every: int = arg(20, "updates between checkpoints")
     distributed: bool = arg(
         False, "under torchrun: DDP over the ranks (gloo on CPU, NCCL on CUDA), each stepping its own env shard"
@@ -347,6 +348,7 @@ def main(args: Args) -> dict | None:
         seed=10_000,
         device=device,
         best=best,
+        variants=args.variant_eval,
         extra={
             "train_seconds": wall,
             "env_step_share": steady_share,

@@ -47,10 +47,10 @@ def test_soak_fill_token_reaches_the_engine_limit_and_is_refused_past_it():
     )
 
 
-@pytest.mark.slow  # kills and restarts a server twice
+@pytest.mark.slow  # kills and restarts a server
 def test_kill_9_mid_load_loses_no_acknowledged_episode(tmp_path):
-    """scripts/soak.py --kill: three clients, the server killed with SIGKILL twice mid-load and
-    restarted on the same file. Every episode a client saw finish is stored and served, the file
+    """scripts/soak.py --kill: three clients, the server killed with SIGKILL mid-load and restarted
+    on the same file. Every episode a client saw finish is stored and served, the file
     is sound, and every client got a named error (not a hang)."""
     import json
     import subprocess
@@ -58,7 +58,7 @@ def test_kill_9_mid_load_loses_no_acknowledged_episode(tmp_path):
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "soak.py"
     out, db = tmp_path / "kill.json", tmp_path / "scores.sqlite"
-    command = [sys.executable, str(script), "--kill", "--clients", "3", "--seconds", "2", "--rounds", "2"]
+    command = [sys.executable, str(script), "--kill", "--clients", "3", "--seconds", "2", "--rounds", "1"]
     command += ["--timeout", "5", "--db", str(db), "--json", str(out)]
     run = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
@@ -66,4 +66,4 @@ def test_kill_9_mid_load_loses_no_acknowledged_episode(tmp_path):
     assert figures["episodes_acknowledged"] > 0 and figures["acknowledged_but_missing"] == 0
     assert figures["episodes_found"] >= figures["episodes_acknowledged"]
     assert figures["episodes_served_by_the_score_endpoint"] == figures["episodes_found"]
-    assert figures["integrity_check"] == "ok" and figures["client_outcomes"] == {"ServerUnavailable": 6}
+    assert figures["integrity_check"] == "ok" and figures["client_outcomes"] == {"ServerUnavailable": 3}

@@ -81,7 +81,6 @@ def plot_episode(trace: dict[str, np.ndarray], path: str | Path, title: str = "o
         f" (purple = sale), return {trace['episode_return']:,.0f}",
         fontsize=9,
     )
-    axes[0].legend(fontsize=7, markerscale=3, loc="upper left", ncol=3)
     axes[-1].set_xlabel("flight")
     path = Path(path)
     fig.savefig(path, dpi=120)
