@@ -86,6 +86,22 @@ def _in_subprocess(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
 
 
+def _opening(path: Path, preamble: str) -> subprocess.CompletedProcess:
+    """Open a `ScoreStore` on `path` in a fresh process after `preamble` (which may drop rights or
+    limit file sizes; the store module is imported first); prints "refused: <why>" or "accepted"."""
+    lines = [
+        "from torch_student_env.server.store import ScoreStore, StoreError",
+        *textwrap.dedent(preamble).strip().splitlines(),
+        "try:",
+        f"    ScoreStore({str(path)!r})",
+        "except StoreError as err:",
+        "    print('refused:', err)",
+        "else:",
+        "    print('accepted')",
+    ]
+    return _in_subprocess("\n".join(lines))
+
+
 @pytest.mark.slow  # a subprocess or a browser
 def test_a_read_only_file_is_refused_at_start_up_not_at_the_first_score(tmp_path):
     """The server's user cannot write the file (as root, the check runs as `nobody`, since root
@@ -98,18 +114,14 @@ def test_a_read_only_file_is_refused_at_start_up_not_at_the_first_score(tmp_path
     path.chmod(0o444)
     folder.chmod(0o555)
     try:
-        run = _in_subprocess(f"""
+        run = _opening(
+            path,
+            """
             import os
-            from torch_student_env.server.store import ScoreStore, StoreError  # before: root's files
             if os.geteuid() == 0:
                 os.setgid(65534); os.setuid(65534)
-            try:
-                ScoreStore({str(path)!r})
-            except StoreError as err:
-                print("refused:", err)
-            else:
-                print("accepted")
-        """)
+        """,
+        )
     finally:
         folder.chmod(0o755)
         shutil.rmtree(folder)
@@ -122,18 +134,14 @@ def test_a_full_disk_is_refused_at_start_up_and_a_later_full_disk_answers_503(tm
     """A disk that is full is simulated with a file-size limit (RLIMIT_FSIZE: writes past it fail
     as on a full disk)."""
     path = tmp_path / "full.sqlite"
-    run = _in_subprocess(f"""
+    run = _opening(
+        path,
+        """
         import resource, signal
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
-        from torch_student_env.server.store import ScoreStore, StoreError
-        try:
-            ScoreStore({str(path)!r})
-        except StoreError as err:
-            print("refused:", err)
-        else:
-            print("accepted")
-    """)
+    """,
+    )
     assert run.stdout.startswith("refused:") and "full" in run.stdout, run.stdout + run.stderr
     later = tmp_path / "later.sqlite"
     run = _in_subprocess(f"""
