@@ -17,6 +17,7 @@ pytestmark = pytest.mark.slow  # end to end: two torchrun ranks
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["--distributed", "--no-fast", "--num-envs", "8", "--num-steps", "16", "--eval-every", "2"]
 FLAGS += ["--checkpoint-every", "2", "--eval-envs", "16", "--final-eval-envs", "16", "--seed", "5"]
+FLAGS += ["--no-variant-eval"]  # the plausible models are evaluated once, in test_examples
 
 
 def _torchrun(*args: str) -> str:
