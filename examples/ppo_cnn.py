@@ -40,6 +40,7 @@ class Args:
     resume: bool = arg(False, "continue from <out>/checkpoint.pt")
     step_size: int = arg(10, "flights per env step")
     player_keys: bool = arg(True, "the CNN's head also reads since_repair and repairs (spec.PLAYER_KEYS)")
+    belief_inputs: bool = arg(False, "the head also reads a player's estimate of health and wear rate")
     fast: bool = arg(True, "compile the training env's step (torch.compile: one-off ~35 s, cached on disk)")
     num_steps: int = arg(64, "rollout length per env between updates")
     learning_rate: float = arg(5e-4, "Adam learning rate (annealed linearly to 0)")
@@ -124,7 +125,11 @@ def main(args: Args) -> dict | None:
         env_offset=rank * args.num_envs,
         validate_actions=False,  # sampled from the policy's 3 logits: always valid, and no sync on GPU
     )
-    model_config = {"max_flights": env.config.max_steps_per_episode, "player_keys": args.player_keys}
+    model_config = {
+        "max_flights": env.config.max_steps_per_episode,
+        "player_keys": args.player_keys,
+        "belief_inputs": args.belief_inputs,
+    }
     agent = ActorCritic(**model_config).to(device)
     # DDP averages gradients across ranks in backward. The normalisation statistics are buffers
     # that every rank updates from all ranks' rows (gather_envs), so they need no broadcast.
@@ -132,7 +137,7 @@ def main(args: Args) -> dict | None:
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
 
     # ALGO LOGIC: rollout storage, preallocated on the env's device
-    obs_keys = ("observation", "valid", "flight", "since_repair", "repairs")
+    obs_keys = ("observation", "valid", "flight", "age", "since_repair", "repairs")
     td = env.reset()
     storage = TensorDict(
         {k: torch.zeros((args.num_steps,) + td[k].shape, dtype=td[k].dtype, device=device) for k in obs_keys},
@@ -200,6 +205,7 @@ def main(args: Args) -> dict | None:
             final_storage["observation"][step] = td["final_observation"]
             final_storage["valid"][step] = td["final_valid"]
             final_storage["flight"][step] = td["final_flight"]
+            final_storage["age"][step] = td["episode_length"]
             final_storage["since_repair"][step] = td["final_since_repair"]
             final_storage["repairs"][step] = td["episode_repairs"]
             truncateds[step] = td["truncated"]

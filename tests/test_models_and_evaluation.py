@@ -174,3 +174,14 @@ def test_record_episode_holds_every_flight_once_in_order(step_size):
     assert ep["action_flight"].tolist() == [step_size * k for k in range(len(ep["action"]))]
     with pytest.raises(ValueError, match="history >= step_size"):
         record_episode(policy, seed=3, step_size=10, history=5)
+
+
+def test_belief_inputs_feed_a_players_estimate_to_the_head():
+    _, td = _rollout_td(n=8, steps=3)
+    with pytest.raises(ValueError, match="needs player_keys"):
+        ActorCritic(belief_inputs=True)
+    model = ActorCritic(player_keys=True, belief_inputs=True)
+    assert model.trunk.head[0].in_features == ActorCritic(player_keys=True).trunk.head[0].in_features + 2
+    worn = td.clone()  # the same counters, a younger repair: another wear-rate prior, so another estimate
+    worn["since_repair"] = torch.where(worn["repairs"] > 0, worn["since_repair"] + 30, worn["since_repair"])
+    assert model.get_value(td).shape == (8,) and torch.isfinite(model.get_value(worn)).all()

@@ -350,12 +350,12 @@ def load_policy(spec: str, device: torch.device, seed: int) -> tuple[str, Policy
     if not path.is_file():
         raise SystemExit(f"--policy {spec!r} is neither a baseline {BASELINES} nor a checkpoint file")
     ckpt = torch.load(path, map_location=device, weights_only=True)  # never runs a checkpoint's code
-    config = {k: v for k, v in ckpt.get("model", {}).items() if k in ("max_flights", "player_keys")}
+    config = {k: v for k, v in ckpt.get("model", {}).items() if k in ("max_flights", "player_keys", "belief_inputs")}
     if "agent" in ckpt:
         model = ActorCritic(**config)
         model.load_state_dict(ckpt["agent"])
     elif "q_net" in ckpt:
-        model = QNetwork(**config)
+        model = QNetwork(**{k: v for k, v in config.items() if k != "belief_inputs"})
         model.load_state_dict(ckpt["q_net"])
     else:
         raise SystemExit(f"{spec}: not a checkpoint of examples/ppo_cnn.py or examples/dqn_cnn.py")

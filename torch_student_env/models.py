@@ -112,17 +112,39 @@ def _layer_init(layer: nn.Linear, gain: float) -> nn.Linear:
 
 
 class ActorCritic(nn.Module):
-    """PPO's policy and value heads on one `SensorCNN` trunk."""
+    """PPO's policy and value heads on one `SensorCNN` trunk.
 
-    def __init__(self, hidden: int = 64, max_flights: int = 1000, player_keys: bool = False) -> None:
+    `belief_inputs` (needs `player_keys`) also feeds the head the state a player can estimate
+    (`policies.estimate_state`: health, and the wear rate x 100), as features, not as a plan.
+    """
+
+    def __init__(
+        self, hidden: int = 64, max_flights: int = 1000, player_keys: bool = False, belief_inputs: bool = False
+    ) -> None:
         super().__init__()
-        self.max_flights, self.player_keys = max_flights, player_keys
-        self.trunk = SensorCNN(hidden, scalars=3 if player_keys else 1)
+        if belief_inputs and not player_keys:
+            raise ValueError("belief_inputs needs player_keys: the estimate reads the player-side counters")
+        self.max_flights, self.player_keys, self.belief_inputs = max_flights, player_keys, belief_inputs
+        self.trunk = SensorCNN(hidden, scalars=(3 if player_keys else 1) + (2 if belief_inputs else 0))
+        self._estimator = None
         self.actor = _layer_init(nn.Linear(hidden, NUM_ACTIONS), gain=0.01)
         self.critic = _layer_init(nn.Linear(hidden, 1), gain=1.0)
 
     def features(self, td: TensorDict) -> torch.Tensor:
-        return self.trunk(*window_inputs(td, self.max_flights, self.player_keys))
+        obs, valid, scalars = window_inputs(td, self.max_flights, self.player_keys)
+        if self.belief_inputs:
+            from torch_student_env.policies import estimate_state
+            from torch_student_env.sim.engine import SimTables
+            from torch_student_env.sim.params import SimParams
+
+            if self._estimator is None:  # the fitted model's constants, as a player would use
+                params = SimParams()
+                self._estimator = (params, SimTables(params, torch.device("cpu")))
+            flat = td.reshape(-1) if td.batch_dims > 1 else td
+            health, rate = estimate_state(flat, *self._estimator)
+            extra = torch.stack((health, 100.0 * rate), dim=-1).reshape(*scalars.shape[:-1], 2)
+            scalars = torch.cat((scalars, extra.to(scalars.dtype)), dim=-1)
+        return self.trunk(obs, valid, scalars)
 
     def get_value(self, td: TensorDict) -> torch.Tensor:
         return self.critic(self.features(td)).squeeze(-1)

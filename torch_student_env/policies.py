@@ -111,6 +111,30 @@ class ThresholdPolicy:
         return torch.where(worn, torch.where(old, int(Action.SELL), int(Action.REPAIR)), int(Action.DO_NOTHING))
 
 
+def estimate_state(td: TensorDict, params: SimParams, tables: SimTables) -> tuple[torch.Tensor, torch.Tensor]:
+    """(health, wear rate) (N,) of each engine, from what a player knows: the window's rows and the
+    player-side counters (see `BeliefPolicy`). `tables` are `params`' `SimTables` on the CPU."""
+    p = params
+    age, since, repairs = td["age"], td["since_repair"], td["repairs"]
+    dtype = td["observation"].dtype
+    repaired = repairs > 0
+    start = (age - since).to(dtype)  # the flight of the last repair (0: the episode's start)
+    prior = torch.where(repaired, wear_rate_after_repair(start.cpu(), tables).to(td.device), p.wear_rate_new).to(dtype)
+    spread = torch.where(repaired, p.wear_spread_repair, p.wear_spread_new)
+    start_health = torch.where(repaired, 1.0, p.health_new).to(dtype)
+    rows, row_noise = sensor_health_rows(td, p)  # (N, W), per-row noise std
+    flight = td["flight"].to(dtype)
+    segment = (td["valid"] & (flight > start.unsqueeze(1))).to(dtype)  # rows since the last repair
+    n = segment.sum(1)
+    elapsed = ((flight - start.unsqueeze(1)) * segment).sum(1) / n.clamp(min=1.0)  # mean flights since
+    measured = (start_health - (rows * segment).sum(1) / n.clamp(min=1.0)) / elapsed.clamp(min=1.0)
+    var_measured = row_noise**2 / n.clamp(min=1.0) / elapsed.clamp(min=1.0) ** 2
+    var_prior = (prior * spread) ** 2
+    gain = torch.where(n > 0, var_prior / (var_prior + var_measured), 0.0)
+    rate = (prior + gain * (measured - prior)).clamp(min=1e-4)
+    return start_health - rate * since.to(dtype), rate
+
+
 class BeliefPolicy:
     """The oracle's plan, played at a state estimated from what a player can know: the sensor rows
     and the player-side counters (`age`, `since_repair`, `repairs`), never the hidden state.
@@ -131,27 +155,7 @@ class BeliefPolicy:
 
     def estimate(self, td: TensorDict) -> tuple[torch.Tensor, torch.Tensor]:
         """(health, wear rate) (N,) estimated from the rows and the player-side counters."""
-        p = self.params
-        age, since, repairs = td["age"], td["since_repair"], td["repairs"]
-        dtype = td["observation"].dtype
-        repaired = repairs > 0
-        start = (age - since).to(dtype)  # the flight of the last repair (0: the episode's start)
-        prior = torch.where(
-            repaired, wear_rate_after_repair(start.cpu(), self._tables).to(td.device), p.wear_rate_new
-        ).to(dtype)
-        spread = torch.where(repaired, p.wear_spread_repair, p.wear_spread_new)
-        start_health = torch.where(repaired, 1.0, p.health_new).to(dtype)
-        rows, row_noise = sensor_health_rows(td, p)  # (N, W), per-row noise std
-        flight = td["flight"].to(dtype)
-        segment = (td["valid"] & (flight > start.unsqueeze(1))).to(dtype)  # rows since the last repair
-        n = segment.sum(1)
-        elapsed = ((flight - start.unsqueeze(1)) * segment).sum(1) / n.clamp(min=1.0)  # mean flights since
-        measured = (start_health - (rows * segment).sum(1) / n.clamp(min=1.0)) / elapsed.clamp(min=1.0)
-        var_measured = row_noise**2 / n.clamp(min=1.0) / elapsed.clamp(min=1.0) ** 2
-        var_prior = (prior * spread) ** 2
-        gain = torch.where(n > 0, var_prior / (var_prior + var_measured), 0.0)
-        rate = (prior + gain * (measured - prior)).clamp(min=1e-4)
-        return start_health - rate * since.to(dtype), rate
+        return estimate_state(td, self.params, self._tables)
 
     def __call__(self, td: TensorDict) -> torch.Tensor:
         health, rate = self.estimate(td)
