@@ -460,24 +460,37 @@ class TorchStudentEnv:
             raise ValueError(f"mask must have shape ({self.num_envs},), got {tuple(tensor.shape)}")
         return tensor.to(self.device)
 
-    def _as_ints(self, name: str, values: torch.Tensor | np.ndarray | list, low: int, high: int) -> torch.Tensor:
-        """(N,) integers in [low, high] as an int64 CPU tensor, or an error naming `name` and the value."""
+    def _as_integers(self, name: str, values: torch.Tensor | np.ndarray | list) -> torch.Tensor:
+        """(N,) integers given as a tensor, numpy array or list, as int64 (a tensor stays on its
+        device), or a TypeError / ValueError naming `name` and the value. Ranges are the caller's."""
         if isinstance(values, torch.Tensor):
-            tensor = values.detach().cpu()
-        else:
+            if values.dtype == torch.bool or values.dtype.is_floating_point or values.dtype.is_complex:
+                raise TypeError(f"{name} must be integers, got a tensor of dtype {values.dtype}")
+            tensor = values
+        elif isinstance(values, (np.ndarray, list, tuple)):
             array = np.asarray(values)
-            if array.dtype == object:
-                if not all(isinstance(v, Integral) and not isinstance(v, bool) for v in array.flat):
-                    raise TypeError(f"{name} must be integers, got {values!r}"[:300])
-                if any(not low <= int(v) <= high for v in array.flat):
-                    raise ValueError(f"{name} must be in [{low}, {high}], got {values!r}"[:300])
-                array = array.astype(np.int64)
-            tensor = torch.as_tensor(array)
-        if tensor.dtype == torch.bool or tensor.dtype.is_floating_point or tensor.dtype.is_complex:
-            raise TypeError(f"{name} must be integers, got dtype {tensor.dtype}")
+            if array.dtype.kind not in "iu":
+                if array.dtype != object or not all(
+                    isinstance(v, Integral) and not isinstance(v, bool) for v in array.flat
+                ):
+                    raise TypeError(f"{name} must be integers, got values of dtype {array.dtype}: {values!r}"[:300])
+                try:
+                    array = array.astype(np.int64)
+                except OverflowError:
+                    raise ValueError(f"{name} must fit in int64, got {values!r}"[:300]) from None
+            tensor = torch.as_tensor(array.astype(np.int64, copy=False))
+        else:
+            raise TypeError(
+                f"{name} must be a tensor, numpy array or list of {self.num_envs} ints, got {type(values).__name__}"
+            )
         if tensor.shape != (self.num_envs,):
             raise ValueError(f"{name} must have shape ({self.num_envs},), got {tuple(tensor.shape)}")
-        tensor = tensor.to(torch.int64)
+        return tensor.to(torch.int64)
+
+    def _as_ints(self, name: str, values: torch.Tensor | np.ndarray | list, low: int, high: int) -> torch.Tensor:
+        """`_as_integers` in [low, high], or a ValueError naming the first engine outside (a sync:
+        called by `seed_engines`, never by `step`)."""
+        tensor = self._as_integers(name, values)
         bad = (tensor < low) | (tensor > high)
         if bool(bad.any()):
             i = int(bad.nonzero()[0, 0])
@@ -486,30 +499,11 @@ class TorchStudentEnv:
 
     def _as_actions(self, actions: torch.Tensor | np.ndarray | list) -> torch.Tensor:
         """Validate and convert actions to an int64 tensor on the env's device, or raise."""
-        if isinstance(actions, torch.Tensor):
-            if not same_device(actions.device, self.device):
-                raise ValueError(
-                    f"actions are on {actions.device}, the env is on {self.device}: move them with .to(env.device)"
-                )
-            if actions.dtype == torch.bool or actions.dtype.is_floating_point or actions.dtype.is_complex:
-                raise TypeError(f"actions must be integers, got a tensor of dtype {actions.dtype}")
-            tensor = actions
-        elif isinstance(actions, (np.ndarray, list, tuple)):
-            array = np.asarray(actions)
-            if array.dtype.kind not in "iu":
-                if array.dtype == object and all(
-                    isinstance(a, Integral) and not isinstance(a, bool) for a in array.flat
-                ):
-                    array = array.astype(np.int64)
-                else:
-                    raise TypeError(f"actions must be integers, got values of dtype {array.dtype}: {actions!r}"[:300])
-            tensor = torch.as_tensor(array.astype(np.int64, copy=False))
-        else:
-            raise TypeError(
-                f"actions must be a tensor, numpy array or list of {self.num_envs} ints, got {type(actions).__name__}"
+        if isinstance(actions, torch.Tensor) and not same_device(actions.device, self.device):
+            raise ValueError(
+                f"actions are on {actions.device}, the env is on {self.device}: move them with .to(env.device)"
             )
-        if tensor.shape != (self.num_envs,):
-            raise ValueError(f"actions must have shape ({self.num_envs},), got {tuple(tensor.shape)}")
+        tensor = self._as_integers("actions", actions)
         if self.config.validate_actions:
             # On CUDA this check reads one bool back (a sync); pass validate_actions=False to skip.
             bad = (tensor < 0) | (tensor >= NUM_ACTIONS)

@@ -14,6 +14,9 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
+from torch_student_env.policies import estimate_state
+from torch_student_env.sim.engine import SimTables
+from torch_student_env.sim.params import SimParams
 from torch_student_env.spec import NUM_ACTIONS, NUM_FEATURES, PHASE_COLUMN
 
 _CONTINUOUS = [i for i in range(NUM_FEATURES) if i != PHASE_COLUMN]  # 7 sensors + DTAMB
@@ -133,10 +136,6 @@ class ActorCritic(nn.Module):
     def features(self, td: TensorDict) -> torch.Tensor:
         obs, valid, scalars = window_inputs(td, self.max_flights, self.player_keys)
         if self.belief_inputs:
-            from torch_student_env.policies import estimate_state
-            from torch_student_env.sim.engine import SimTables
-            from torch_student_env.sim.params import SimParams
-
             if self._estimator is None:  # the fitted model's constants, as a player would use
                 params = SimParams()
                 self._estimator = (params, SimTables(params, torch.device("cpu")))

@@ -113,13 +113,14 @@ class ThresholdPolicy:
 
 def estimate_state(td: TensorDict, params: SimParams, tables: SimTables) -> tuple[torch.Tensor, torch.Tensor]:
     """(health, wear rate) (N,) of each engine, from what a player knows: the window's rows and the
-    player-side counters (see `BeliefPolicy`). `tables` are `params`' `SimTables` on the CPU."""
+    player-side counters (see `BeliefPolicy`). `tables` are `params`' `SimTables` (only their
+    plain-float constants are read, so any device's td works, with no host sync)."""
     p = params
     age, since, repairs = td["age"], td["since_repair"], td["repairs"]
     dtype = td["observation"].dtype
     repaired = repairs > 0
     start = (age - since).to(dtype)  # the flight of the last repair (0: the episode's start)
-    prior = torch.where(repaired, wear_rate_after_repair(start.cpu(), tables).to(td.device), p.wear_rate_new).to(dtype)
+    prior = torch.where(repaired, wear_rate_after_repair(start, tables), p.wear_rate_new).to(dtype)  # any device
     spread = torch.where(repaired, p.wear_spread_repair, p.wear_spread_new)
     start_health = torch.where(repaired, 1.0, p.health_new).to(dtype)
     rows, row_noise = sensor_health_rows(td, p)  # (N, W), per-row noise std
