@@ -127,7 +127,7 @@ class StudentGymEnvVectorized:
     @property
     def active_envs(self) -> np.ndarray:
         """(N,) bool: envs in an episode."""
-        return ~self._now("done") if self._env._has_reset else np.zeros(self.num_envs, dtype=bool)
+        return ~self._now("done") if self._env.has_reset else np.zeros(self.num_envs, dtype=bool)
 
     @property
     def total_rewards(self) -> np.ndarray:
@@ -175,7 +175,7 @@ class StudentGymEnvVectorized:
         `observations` is a list of `(rows, 9)` arrays (rows flown this step) when
         `return_all_states`, else an `(N, 9)` array of the newest rows.
         """
-        if not self._env._has_reset:
+        if not self._env.has_reset:
             raise RuntimeError("call reset() before step()")
         all_states = self.return_all_states if return_all_states is None else return_all_states
         td = _numpy(self._env.step(np.asarray(actions), step_size=step_size))
@@ -194,7 +194,7 @@ class StudentGymEnvVectorized:
 
     def get_episode_info(self) -> list[dict]:
         """Per-env step count, total reward and flags."""
-        if not self._env._has_reset:
+        if not self._env.has_reset:
             return []
         return self._infos(_numpy(self._env.current()), range(self.num_envs))
 
@@ -211,7 +211,7 @@ class StudentGymEnvVectorized:
     # -- internals ------------------------------------------------------------------------------
     def _now(self, key: str) -> np.ndarray:
         """One key of `env.current()` (zeros before the first reset)."""
-        if not self._env._has_reset:
+        if not self._env.has_reset:
             dtype = np.float32 if key == "return_so_far" else bool
             return np.zeros(self.num_envs, dtype=dtype)
         return self._env.current()[key].cpu().numpy()

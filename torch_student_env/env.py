@@ -359,6 +359,11 @@ class TorchStudentEnv:
         self.backend.seed_engines(mask, seeds.to(self.device), env_indices.to(self.device))
 
     @property
+    def has_reset(self) -> bool:
+        """Whether `reset()` has been called once (before it there is nothing to step or read)."""
+        return self._has_reset
+
+    @property
     def active(self) -> torch.Tensor:
         """(N,) bool: engines in an episode (False: finished and not restarted yet, which only
         happens when autoreset is not "same_step"). A copy."""

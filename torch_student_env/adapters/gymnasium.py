@@ -146,7 +146,7 @@ class GymnasiumEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        if seed is not None or not self.env._has_reset:
+        if seed is not None or not self.env.has_reset:
             td = self.env.reset(seed=seed)
         else:
             td = self.env.reset(mask=torch.ones(1, dtype=torch.bool, device=self.env.device))

@@ -77,7 +77,7 @@ class TorchRLStudentEnv(EnvBase):
 
     def _reset(self, tensordict: TensorDictBase | None, **kwargs: Any) -> TensorDictBase:
         reset = tensordict.get("_reset", None) if tensordict is not None else None
-        if reset is None or self._pending_seed is not None or not self.env._has_reset:
+        if reset is None or self._pending_seed is not None or not self.env.has_reset:
             td = self.env.reset(seed=self._pending_seed)
             self._pending_seed = None
         else:
