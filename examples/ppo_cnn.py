@@ -25,8 +25,9 @@ from training import RunLogger, arg, final_report, parse_args, run_dir, run_resu
 
 from torch_student_env import make_env
 from torch_student_env.config import normalize_device
-from torch_student_env.evaluate import run_episodes, summarize
+from torch_student_env.evaluate import actor_critic_config, run_episodes, summarize
 from torch_student_env.models import ActorCritic
+from torch_student_env.policies import BASELINES, make_policy
 
 
 @dataclasses.dataclass
@@ -39,8 +40,16 @@ class Args:
     track: bool = arg(False, "also log to Weights & Biases (pip install wandb)")
     resume: bool = arg(False, "continue from <out>/checkpoint.pt")
     step_size: int = arg(10, "flights per env step")
+    history: int = arg(100, "rows in each env's window, the client-side memory; the belief estimate reads them all")
+    cnn_rows: int = arg(10, "the CNN convolves the window's newest rows only (0: all): its cost grows with them")
     player_keys: bool = arg(True, "the CNN's head also reads since_repair and repairs (spec.PLAYER_KEYS)")
     belief_inputs: bool = arg(False, "the head also reads a player's estimate of health and wear rate")
+    plan_inputs: bool = arg(True, "the head also reads the belief plan's action: PPO learns a correction to it")
+    teacher: str = arg(
+        "belief", "kickstart from this baseline (policies.BASELINES; player-knowable ones only), '' for none"
+    )
+    kickstart_coef: float = arg(1.0, "initial weight of the cross-entropy to the teacher's action")
+    kickstart_fraction: float = arg(0.5, "share of the updates over which that weight anneals linearly to 0")
     fast: bool = arg(True, "compile the training env's step (torch.compile: one-off ~35 s, cached on disk)")
     num_steps: int = arg(64, "rollout length per env between updates")
     learning_rate: float = arg(5e-4, "Adam learning rate (annealed linearly to 0)")
@@ -104,6 +113,8 @@ def gather_envs(tensor: torch.Tensor, world: int) -> torch.Tensor:
 
 
 def main(args: Args) -> dict | None:
+    check_inputs(args)
+    check_teacher(args.teacher)
     rank, world, device = setup_distributed(args)
     lead = rank == 0  # evaluation, checkpoints, logs and plots happen on rank 0 only
     if args.resume and not args.out:
@@ -119,6 +130,7 @@ def main(args: Args) -> dict | None:
     env = make_env(
         num_envs=args.num_envs,
         step_size=args.step_size,
+        history=args.history,
         device=device,
         seed=args.seed,
         fast=args.fast,
@@ -129,12 +141,18 @@ def main(args: Args) -> dict | None:
         "max_flights": env.config.max_steps_per_episode,
         "player_keys": args.player_keys,
         "belief_inputs": args.belief_inputs,
+        "plan_inputs": args.plan_inputs,
+        "step_size": args.step_size,
+        "cnn_rows": args.cnn_rows,
+        "history": args.history,  # not the model's: the window it was trained with, for the evaluator
     }
-    agent = ActorCritic(**model_config).to(device)
+    agent = ActorCritic(**actor_critic_config(model_config)).to(device)
     # DDP averages gradients across ranks in backward. The normalisation statistics are buffers
     # that every rank updates from all ranks' rows (gather_envs), so they need no broadcast.
     learner = agent if world == 1 else ddp(agent)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    teacher = make_policy(args.teacher, env) if args.teacher else None
+    kickstart_updates = args.kickstart_fraction * num_updates if teacher is not None else 0.0
 
     # ALGO LOGIC: rollout storage, preallocated on the env's device
     obs_keys = ("observation", "valid", "flight", "age", "since_repair", "repairs")
@@ -148,6 +166,7 @@ def main(args: Args) -> dict | None:
     final_storage = storage.clone()
     truncateds = torch.zeros((args.num_steps, args.num_envs), dtype=torch.bool, device=device)
     actions = torch.zeros((args.num_steps, args.num_envs), dtype=torch.int64, device=device)
+    teacher_actions = torch.zeros_like(actions)  # the teacher's action at each stored state
     logprobs = torch.zeros((args.num_steps, args.num_envs), device=device)
     rewards = torch.zeros_like(logprobs)
     dones = torch.zeros_like(logprobs)
@@ -183,6 +202,10 @@ def main(args: Args) -> dict | None:
 
     for update in range(start_update, num_updates + 1):
         optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - (update - 1.0) / num_updates)
+        # Kickstarting (Schmitt et al. 2018, arXiv:1803.03835): a cross-entropy to the teacher's
+        # action on the student's own states, annealed to 0, so PPO starts from the teacher's plan
+        # with a critic trained alongside, and then improves on it from the reward alone.
+        kick = args.kickstart_coef * max(0.0, 1.0 - (update - 1.0) / kickstart_updates) if kickstart_updates else 0.0
         for step in range(args.num_steps):
             global_step += args.num_envs * world
             storage[step] = td.select(*obs_keys)
@@ -190,6 +213,8 @@ def main(args: Args) -> dict | None:
             with torch.no_grad():
                 agent.trunk.norm.update(gather_envs(td["observation"], world), gather_envs(td["valid"], world))
                 action, logprob, _, value = agent.get_action_and_value(td)
+                if kick > 0:
+                    teacher_actions[step] = teacher(td)
             values[step], actions[step], logprobs[step] = value, action, logprob
             t_env = time.perf_counter()
             td = env.step(action)
@@ -234,14 +259,16 @@ def main(args: Args) -> dict | None:
 
         # ALGO LOGIC: clipped policy and value optimisation
         b_obs = storage.reshape(-1)
-        b_actions, b_logprobs = actions.reshape(-1), logprobs.reshape(-1)
+        b_actions, b_logprobs, b_teacher = actions.reshape(-1), logprobs.reshape(-1), teacher_actions.reshape(-1)
         b_advantages, b_returns, b_values = advantages.reshape(-1), returns.reshape(-1), values.reshape(-1)
         clipfracs = []
         for _ in range(args.update_epochs):
             order = torch.randperm(batch_size, device=device)
             for begin in range(0, batch_size, minibatch_size):
                 mb = order[begin : begin + minibatch_size]
-                _, newlogprob, entropy, newvalue = learner(b_obs[mb], b_actions[mb])
+                newlogprob, entropy, newvalue, teacher_logprob = learner(
+                    b_obs[mb], b_actions[mb], b_teacher[mb] if kick > 0 else None
+                )
                 logratio = newlogprob - b_logprobs[mb]
                 ratio = logratio.exp()
                 with torch.no_grad():  # http://joschu.net/blog/kl-approx.html
@@ -255,7 +282,8 @@ def main(args: Args) -> dict | None:
                 ).mean()
                 v_clipped = b_values[mb] + (newvalue - b_values[mb]).clamp(-args.clip_coef, args.clip_coef)
                 v_loss = 0.5 * torch.max((newvalue - b_returns[mb]) ** 2, (v_clipped - b_returns[mb]) ** 2).mean()
-                loss = pg_loss - args.ent_coef * entropy.mean() + args.vf_coef * v_loss
+                kick_loss = -teacher_logprob.mean()
+                loss = pg_loss - args.ent_coef * entropy.mean() + args.vf_coef * v_loss + kick * kick_loss
                 optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
@@ -289,10 +317,12 @@ def main(args: Args) -> dict | None:
                 losses_clipfrac=torch.stack(clipfracs).mean().item(),
                 losses_explained_variance=explained,
             )
+            if kick > 0:
+                log.scalars(global_step, losses_kickstart=kick_loss.item(), charts_kickstart_coef=kick)
             if episodes_done:
                 log.scalars(global_step, charts_episodic_return=mean_return)
         if lead and (update % args.eval_every == 0 or update == num_updates):
-            env_eval = make_env(num_envs=args.eval_envs, seed=5_000, device=device)
+            env_eval = make_env(num_envs=args.eval_envs, seed=5_000, device=device, history=args.history)
             stats = summarize(run_episodes(env_eval, agent.act, episodes_per_env=1))
             curve.append({"env_steps": global_step, "mean_return": stats["mean_return"], "ci95": stats["ci95"]})
             log.scalars(global_step, charts_validation_return=stats["mean_return"])
@@ -343,7 +373,7 @@ def main(args: Args) -> dict | None:
 
     # EVALUATION: the best checkpoint (by validation return) and the final policy, against every
     # baseline, on held-out seeds (10,000; validation uses 5,000)
-    best_agent = ActorCritic(**model_config).to(device)
+    best_agent = ActorCritic(**actor_critic_config(model_config)).to(device)
     best_agent.load_state_dict(torch.load(best_path, map_location=device, weights_only=True)["agent"])
     best_name = f"ppo_cnn (best: {best['env_steps']:,} steps)"
     results = final_report(
@@ -355,6 +385,7 @@ def main(args: Args) -> dict | None:
         device=device,
         best=best,
         variants=args.variant_eval,
+        history=args.history,
         extra={
             "train_seconds": wall,
             "env_step_share": steady_share,
@@ -373,6 +404,21 @@ def main(args: Args) -> dict | None:
         dist.barrier()
         dist.destroy_process_group()
     return run_results(out, best, curve, results)
+
+
+def check_inputs(args: Args) -> None:
+    """Refuse, before anything is built, inputs that need what the flags turned off."""
+    for flag, on in (("--plan-inputs", args.plan_inputs), ("--belief-inputs", args.belief_inputs)):
+        if on and not args.player_keys:
+            raise SystemExit(f"{flag} reads the player-side counters: drop --no-player-keys, or add --no-{flag[2:]}")
+
+
+def check_teacher(name: str) -> None:
+    """Refuse, before anything is built, a teacher a player cannot have or that does not exist."""
+    if name == "oracle":
+        raise SystemExit("--teacher oracle reads the hidden state, which a player cannot; use belief or a rule")
+    if name and name not in BASELINES:
+        raise SystemExit(f"--teacher: unknown policy {name!r}; baselines are {BASELINES}")
 
 
 def save_first_rollout(out: Path, world: int, rank: int, storage, actions, rewards) -> None:

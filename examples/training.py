@@ -61,25 +61,34 @@ def final_report(
     extra: dict[str, Any] | None = None,
     best: dict[str, float] | None = None,
     variants: bool = False,
+    history: int | None = None,
 ) -> dict[str, dict[str, float]]:
     """Evaluate the `learned` policies (name -> policy; the first is plotted) against every
     baseline on held-out seeds; write eval.md/json and the PNGs. `variants`: also score each on
-    every plausible model (`sim.variants.PLAUSIBLE`) and report its worst."""
+    every plausible model (`sim.variants.PLAUSIBLE`) and report its worst. `history`: every
+    policy plays with that window (the client-side memory the learned ones trained with)."""
     from torch_student_env.plotting import plot_episode, plot_learning_curve
 
     policies = dict(learned)
     for baseline in BASELINES:
         policies[baseline] = make_policy(baseline, seed=seed, device=device)
-    results = evaluate_policies(policies, num_envs=eval_envs, seed=seed, device=device, progress=True)
+    # paired with the belief reference: the learned policies' target, compared on the same engines
+    results = evaluate_policies(
+        policies, num_envs=eval_envs, seed=seed, device=device, progress=True, paired_with="belief", history=history
+    )
     per_variant, worst = {}, None
     if variants:  # every policy on every plausible model: only the oracle plans on each model
         factories = {name: (lambda params, policy=policy: policy) for name, policy in policies.items()}
         factories["oracle"] = lambda params: make_policy("oracle", seed=seed, device=device, params=params)
-        per_variant = evaluate_variants(factories, PLAUSIBLE, num_envs=eval_envs, seed=seed, device=device)
+        per_variant = evaluate_variants(
+            factories, PLAUSIBLE, num_envs=eval_envs, seed=seed, device=device, history=history
+        )
         worst = {name: worst_variant(per) for name, per in per_variant.items()}
-    table = markdown_table(results, worst)
+    table = markdown_table(results, worst, paired_with="belief")
     header = (
-        f"Evaluation on {eval_envs} held-out episodes (seed {seed}, 1 episode per env). The challenge "
+        f"Evaluation on {eval_envs} held-out episodes (seed {seed}, 1 episode per env"
+        + (f", every policy with a window of {history} rows" if history else "")
+        + "). The challenge "
         "score is the total (mean) reward of the last 100 episodes of a stream on 4 envs, as the "
         "challenge ranks; the mean ± CI is over the held-out episodes."
         + (
@@ -88,7 +97,8 @@ def final_report(
             if variants
             else ""
         )
-        + "\n\n"
+        + " The last column is each policy's mean return less `belief`'s, episode by episode on the same"
+        " engines: the precise comparison with the player's reachable ceiling." + "\n\n"
     )
     (out / "eval.md").write_text(header + table + "\n")
     report = {"results": results, "variants": per_variant, "curve": curve, "best": best, **(extra or {})}
@@ -96,7 +106,7 @@ def final_report(
     name, policy = next(iter(learned.items()))
     baselines = {k: v["mean_return"] for k, v in results.items() if k not in learned}
     plot_learning_curve(curve, baselines, out / "learning_curve.png", title=name.split(" ")[0], best=best)
-    trace = record_episode(policy, seed=seed + 1, device=device)
+    trace = record_episode(policy, seed=seed + 1, device=device, history=history)
     plot_episode(trace, out / "episode.png", title=f"{name}, one engine")
     return results
 

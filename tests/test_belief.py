@@ -7,7 +7,7 @@ import torch
 
 from torch_student_env import make_env
 from torch_student_env.evaluate import run_episodes, summarize
-from torch_student_env.policies import BeliefPolicy, make_policy
+from torch_student_env.policies import BeliefPolicy, make_policy, sensor_health
 
 
 def test_the_estimate_follows_the_hidden_state_without_reading_it():
@@ -46,3 +46,43 @@ def test_belief_plays_without_privileged_keys_and_near_the_oracle():
     threshold = summarize(run_episodes(plain, make_policy("threshold", plain), episodes_per_env=1))
     assert belief["mean_return"] > threshold["mean_return"]
     assert belief["mean_return"] == pytest.approx(oracle["mean_return"], rel=0.03)
+
+
+def test_rule_health_reads_only_the_rows_since_the_last_repair():
+    """A window longer than a step holds rows of the engine's life before its last repair: the
+    threshold rule's health reads the rows since the repair when the counters are there."""
+    env = make_env(num_envs=256, seed=8, privileged=True, history=30)
+    fly, repair = torch.zeros(256, dtype=torch.long), torch.ones(256, dtype=torch.long)
+    td = env.reset()
+    for _ in range(8):
+        td = env.step(fly)
+    td = env.step(repair)  # repairs, then flies this step's 10 flights: 20 of the 30 rows are older
+    alive = ~td["done"]
+    counters = ("age", "since_repair", "repairs")
+    public = td.exclude("health", "wear_rate", "window_health")
+    since = sensor_health(public)[alive]
+    mixed = sensor_health(public.exclude(*counters))[alive]
+    truth = td["window_health"][alive][:, -10:].mean(1)  # the health of the flights since the repair
+    assert (since - truth).abs().mean() < 0.03, (since - truth).abs().mean()
+    assert (mixed - truth).mean() < -0.1  # the old, worn rows pull the blind average down
+
+
+def test_rule_health_is_unchanged_where_a_window_holds_one_step():
+    env = make_env(num_envs=128, seed=9)
+    rule = make_policy("threshold", env)
+    td = env.reset()
+    for _ in range(40):
+        assert torch.equal(sensor_health(td), sensor_health(td.exclude("age", "since_repair", "repairs")))
+        td = env.step(rule(td))
+    assert td["repairs"].sum() > 0  # the rollout did repair
+
+
+def test_threshold_rule_plays_the_same_with_any_longer_window():
+    """The rule reads its tuned 10 newest rows: a longer client-side memory changes none of its
+    actions (a blind average over 100 rows would lag the wear and fail engines)."""
+    results = []
+    for history in (10, 100):
+        env = make_env(num_envs=128, seed=12, history=history)
+        results.append(run_episodes(env, make_policy("threshold", env), episodes_per_env=1))
+    assert torch.equal(results[0].returns, results[1].returns)
+    assert torch.equal(results[0].repairs, results[1].repairs) and results[0].repairs.sum() > 0

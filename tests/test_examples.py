@@ -121,6 +121,21 @@ def test_ppo_main_returns_its_results_for_sweeps(tmp_path, monkeypatch):
     assert "time_based" in result["held_out"] and "score_total" in result["held_out"]["time_based"]
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--teacher", "oracle"], "reads the hidden state"),
+        (["--teacher", "expert"], "unknown policy 'expert'"),
+        (["--no-player-keys"], "--plan-inputs reads the player-side counters"),
+    ],
+)
+def test_ppo_refuses_inputs_a_player_cannot_have(tmp_path, flags, message):
+    command = [sys.executable, str(ROOT / "examples/ppo_cnn.py"), *tiny_ppo(128), *flags]
+    proc = subprocess.run(command + ["--out", str(tmp_path / "t")], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0 and message in proc.stderr
+    assert not (tmp_path / "t").exists()  # refused before the run folder is made
+
+
 def test_dqn_cnn_smoke(tmp_path):
     out = tmp_path / "dqn"
     _run(
@@ -148,8 +163,22 @@ def test_dqn_cnn_smoke(tmp_path):
 
 
 def test_evaluate_script_on_checkpoint_and_baselines(tmp_path):
+    """A checkpoint of the plan-input model with kickstarting and a longer window scores through
+    the evaluator, which rebuilds the model and the window from the checkpoint's `model` config."""
     out = tmp_path / "ppo"
-    _run("examples/ppo_cnn.py", *tiny_ppo(384), "--out", str(out))
+    flags = ["--plan-inputs", "--kickstart-fraction", "1", "--history", "20"]
+    _run("examples/ppo_cnn.py", *tiny_ppo(384), *flags, "--out", str(out))
+    assert "every policy with a window of 20 rows" in (out / "eval.md").read_text()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out))
+    events.Reload()
+    # the kickstarting weight anneals linearly from 1 to 0 over the 3 updates: 1, 2/3, 1/3
+    coefs = [(e.step, e.value) for e in events.Scalars("charts/kickstart_coef")]
+    assert [s for s, _ in coefs] == [128, 256, 384]
+    assert [v for _, v in coefs] == pytest.approx([1.0, 2 / 3, 1 / 3], abs=1e-6)
+    assert len(events.Scalars("losses/kickstart")) == 3
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["model"]["plan_inputs"] is True
     table = tmp_path / "table.md"
     stdout = _run(
         "-m torch_student_env.evaluate",
@@ -164,6 +193,7 @@ def test_evaluate_script_on_checkpoint_and_baselines(tmp_path):
     )
     text = table.read_text()
     assert "time_based" in text and "ppo (384 steps)" in text and text.strip() in stdout
+    assert text.startswith("32 episodes per policy, seed 10000, windows of 20 rows")
     assert "challenge score" in text
 
 

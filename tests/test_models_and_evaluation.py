@@ -10,7 +10,9 @@ from torch_student_env import Action, SimParams, make_env
 from torch_student_env.evaluate import (
     Episodes,
     challenge_score,
+    evaluate_policies,
     markdown_table,
+    paired_difference,
     run_episodes,
     run_stream,
     summarize,
@@ -152,6 +154,32 @@ def test_evaluation_is_deterministic_and_paired():
     assert (a.returns[~a.failed] <= 65.0 * a.lengths[~a.failed] - cost[~a.failed] + 150).all()
 
 
+def test_paired_difference_by_hand_and_in_the_table():
+    a = torch.tensor([10.0, 20.0, 30.0, 40.0])
+    b = torch.tensor([8.0, 21.0, 25.0, 40.0])  # differences 2, -1, 5, 0: mean 1.5, sample std 2.6458
+    d = paired_difference(a, b)
+    assert d["paired_diff"] == pytest.approx(1.5)
+    assert d["paired_ci95"] == pytest.approx(1.96 * 2.645751 / 2, rel=1e-5)
+    with pytest.raises(ValueError, match="same episodes"):
+        paired_difference(a, b[:3])
+    results = evaluate_policies(
+        {"fly": make_policy("do_nothing"), "rule": make_policy("time_based")},
+        num_envs=16,
+        seed=5,
+        stream_envs=1,
+        paired_with="rule",
+    )
+    assert results["rule"]["paired_diff"] == 0.0 and results["rule"]["paired_ci95"] == 0.0
+    # the mean of the differences is the difference of the means (same episodes)
+    gap = results["fly"]["mean_return"] - results["rule"]["mean_return"]
+    assert results["fly"]["paired_diff"] == pytest.approx(gap, abs=1e-6)
+    table = markdown_table(results, paired_with="rule")
+    assert "− rule, paired |" in table.splitlines()[0]
+    assert f"| {results['fly']['paired_diff']:+,.0f} ± " in table and table.count(" – |") == 1
+    with pytest.raises(ValueError, match="not one of the policies"):
+        evaluate_policies({"fly": make_policy("do_nothing")}, num_envs=2, paired_with="rule")
+
+
 def test_run_episodes_counts_only_first_k_per_env():
     env = make_env(num_envs=4, seed=1)
     eps = run_episodes(env, make_policy("random", env), episodes_per_env=3)
@@ -185,3 +213,72 @@ def test_belief_inputs_feed_a_players_estimate_to_the_head():
     worn = td.clone()  # the same counters, a younger repair: another wear-rate prior, so another estimate
     worn["since_repair"] = torch.where(worn["repairs"] > 0, worn["since_repair"] + 30, worn["since_repair"])
     assert model.get_value(td).shape == (8,) and torch.isfinite(model.get_value(worn)).all()
+
+
+def _head_scalars(model: ActorCritic, td: TensorDict) -> torch.Tensor:
+    """The scalars the model's trunk is given for `td` (captured at the trunk's call)."""
+    seen = []
+    handle = model.trunk.register_forward_pre_hook(lambda _module, args: seen.append(args[2]))
+    try:
+        model.get_value(td)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def test_plan_inputs_are_the_belief_plans_action_one_hot():
+    env = make_env(num_envs=64, seed=4)
+    td, belief = env.reset(), make_policy("belief", env)
+    for _ in range(12):  # past the first repairs, so the plan's actions differ between engines
+        td = env.step(belief(td))
+    with pytest.raises(ValueError, match="plan_inputs needs player_keys"):
+        ActorCritic(plan_inputs=True)
+    planned = belief(td)
+    assert len(planned.unique()) > 1, "the test needs engines the plan treats differently"
+    model = ActorCritic(player_keys=True, plan_inputs=True)
+    scalars = _head_scalars(model, td)
+    assert scalars.shape == (64, 3 + 3)  # age, since_repair, repairs, then the plan's one-hot
+    assert torch.equal(scalars[:, 3:], torch.nn.functional.one_hot(planned, 3).float())
+    # with both options: the estimate (health, 100 x rate) comes first, then the plan
+    both = _head_scalars(ActorCritic(player_keys=True, belief_inputs=True, plan_inputs=True), td)
+    health, rate = belief.estimate(td)
+    assert torch.allclose(both[:, 3:5], torch.stack((health, 100 * rate), dim=-1))
+    assert torch.equal(both[:, 5:], scalars[:, 3:])
+
+
+def test_update_pass_scores_the_stored_and_the_teachers_actions():
+    torch.manual_seed(0)
+    model = ActorCritic(player_keys=True)
+    _, td = _rollout_td(n=8, steps=3)
+    stored = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    teacher = torch.tensor([1, 1, 0, 2, 2, 0, 0, 1])
+    log_probs = torch.log_softmax(model.actor(model.features(td)), dim=-1)
+    logp, entropy, value, teacher_logp = model(td, stored, teacher)
+    assert torch.allclose(logp, log_probs[torch.arange(8), stored])
+    assert torch.allclose(teacher_logp, log_probs[torch.arange(8), teacher])
+    assert torch.allclose(entropy, -(log_probs.exp() * log_probs).sum(-1))
+    assert torch.allclose(value, model.get_value(td))
+    _, sampled_logp, _, _ = model.get_action_and_value(td, stored)  # the rollout's pass agrees
+    assert torch.allclose(sampled_logp, logp)
+    assert torch.equal(model(td, stored)[3], torch.zeros(8))  # no teacher: no kickstarting term
+
+
+def test_cnn_rows_convolves_the_newest_rows_only():
+    env = make_env(num_envs=8, seed=6, history=30)
+    td = env.reset()
+    for _ in range(4):
+        td = env.step(torch.zeros(8, dtype=torch.long))
+    torch.manual_seed(0)
+    short = ActorCritic(player_keys=True, cnn_rows=10)
+    whole = ActorCritic(player_keys=True)
+    whole.load_state_dict(short.state_dict())
+    newest = td.clone()
+    newest["observation"], newest["valid"], newest["flight"] = (
+        td["observation"][:, -10:],
+        td["valid"][:, -10:],
+        td["flight"][:, -10:],
+    )
+    assert torch.allclose(short.get_value(td), whole.get_value(newest))
+    assert not torch.allclose(whole.get_value(td), whole.get_value(newest))  # the older rows do count there
+    with pytest.raises(ValueError, match="cnn_rows must be >= 0"):
+        ActorCritic(cnn_rows=-1)

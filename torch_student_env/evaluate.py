@@ -4,6 +4,7 @@
     python -m torch_student_env.evaluate --policy runs/ppo_cnn/best.pt --policy time_based
     python -m torch_student_env.evaluate --episodes 2048 --seed 123 --out eval.md
     python -m torch_student_env.evaluate --variants plausible   # each policy on every plausible model
+    python -m torch_student_env.evaluate --policy best.pt --policy belief --paired-with belief
 
 A `--policy` is a baseline name (random, do_nothing, time_based, threshold, belief, oracle) or a checkpoint
 written by examples/ppo_cnn.py or examples/dqn_cnn.py, loaded with `weights_only=True`.
@@ -198,6 +199,7 @@ def evaluate_policies(
     device: torch.device | str = "cpu",
     progress: bool = False,
     stream_envs: int = 4,
+    paired_with: str | None = None,
     **env_kwargs,
 ) -> dict[str, dict[str, float]]:
     """Each policy on the same held-out episodes, two ways:
@@ -207,19 +209,43 @@ def evaluate_policies(
     - `score_total` / `score_mean`: the challenge's metric, the last 100 episodes of a stream on
       `stream_envs` envs (`run_stream`).
 
+    `paired_with` names one of `policies`: each result then also holds `paired_diff` ± `paired_ci95`,
+    its mean return less that policy's, episode by episode on the same engines (`paired_difference`).
+
     The env is built with `privileged=True` so the oracle can run; policies that read only the
     observation keys are unaffected.
     """
     from torch_student_env.make import make_env
 
-    results = {}
+    if paired_with is not None and paired_with not in policies:
+        raise ValueError(f"paired_with={paired_with!r} is not one of the policies {list(policies)}")
+    results, returns = {}, {}
     for name, policy in policies.items():
         env = make_env(num_envs=num_envs, seed=seed, device=device, privileged=True, **env_kwargs)
-        results[name] = summarize(run_episodes(env, policy, episodes_per_env, progress=progress))
+        episodes = run_episodes(env, policy, episodes_per_env, progress=progress)
+        results[name], returns[name] = summarize(episodes), episodes.returns
         env.close()
         stream = run_stream(policy, num_envs=stream_envs, seed=seed + 1, device=device, **env_kwargs)
         results[name] |= challenge_score(stream)
+    if paired_with is not None:
+        for name in policies:
+            results[name] |= paired_difference(returns[name], returns[paired_with])
     return results
+
+
+def paired_difference(returns: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """Mean of `returns - reference` over the same episodes, with a 95 % normal CI: far tighter than
+    the two CIs apart, because the engines' luck is shared (`paired_diff`, `paired_ci95`)."""
+    if returns.shape != reference.shape:
+        raise ValueError(
+            f"paired returns must be the same episodes: shapes {tuple(returns.shape)} and {tuple(reference.shape)}"
+        )
+    diff = returns.double() - reference.double()
+    n = diff.numel()
+    return {
+        "paired_diff": diff.mean().item(),
+        "paired_ci95": 1.96 * diff.std().item() / math.sqrt(n) if n > 1 else 0.0,
+    }
 
 
 def evaluate_variants(
@@ -229,18 +255,22 @@ def evaluate_variants(
     seed: int = 10_000,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    **env_kwargs,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """`results[policy][variant]`: each policy on the same held-out engines of each variant.
 
     A policy is given as a factory of the variant's `SimParams`, so that a policy which knows
-    the model (the oracle) can plan on each; the others ignore it.
+    the model (the oracle) can plan on each; the others ignore it. `env_kwargs` go to `make_env`
+    (a `history`, say), as in `evaluate_policies`.
     """
     from torch_student_env.make import make_env
 
     results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in policies}
     for variant, params in variants.items():
         for name, factory in policies.items():
-            env = make_env(num_envs=num_envs, seed=seed, device=device, privileged=True, sim_params=params)
+            env = make_env(
+                num_envs=num_envs, seed=seed, device=device, privileged=True, sim_params=params, **env_kwargs
+            )
             results[name][variant] = summarize(run_episodes(env, factory(params), progress=progress))
             env.close()
     return results
@@ -269,16 +299,23 @@ def markdown_variant_table(results: dict[str, dict[str, dict[str, float]]]) -> s
 
 
 def markdown_table(
-    results: dict[str, dict[str, float]], worst: dict[str, tuple[str, dict[str, float]]] | None = None
+    results: dict[str, dict[str, float]],
+    worst: dict[str, tuple[str, dict[str, float]]] | None = None,
+    paired_with: str | None = None,
 ) -> str:
     """A Markdown table of `evaluate_policies` results, best mean return first; with `worst`
     (`worst_variant` of each policy's `evaluate_variants` results), a column of each policy's
-    mean return on its worst plausible model."""
+    mean return on its worst plausible model; with `paired_with` (as given to
+    `evaluate_policies`), a column of each policy's paired difference to that one."""
     head = (
         "| policy | mean return ± 95% CI | challenge score: last 100 (mean) | failure rate | repairs | life (flights)"
     )
     head += " | worst plausible model |" if worst else " |"
-    lines = [head + " episodes |", "|---|---:|---:|---:|---:|---:|" + ("---:|" if worst else "") + "---:|"]
+    head += f" − {paired_with}, paired |" if paired_with else ""
+    lines = [
+        head + " episodes |",
+        "|---|---:|---:|---:|---:|---:|" + "---:|" * (bool(worst) + bool(paired_with)) + "---:|",
+    ]
     for name, r in sorted(results.items(), key=lambda kv: -kv[1]["mean_return"]):
         score = f"{r['score_total']:,.0f} ({r['score_mean']:,.0f})" if "score_total" in r else "–"
         row = (
@@ -288,6 +325,8 @@ def markdown_table(
         if worst:
             variant, figures = worst[name]
             row += f" {figures['mean_return']:,.0f} ({variant}) |"
+        if paired_with:
+            row += " – |" if name == paired_with else f" {r['paired_diff']:+,.0f} ± {r['paired_ci95']:,.0f} |"
         lines.append(row + f" {r['episodes']} |")
     return "\n".join(lines)
 
@@ -337,30 +376,42 @@ def record_episode(policy: Policy, seed: int = 0, max_env_steps: int = 1000, **e
     return result
 
 
-def load_policy(spec: str, device: torch.device, seed: int) -> tuple[str, Policy]:
-    """(name, policy): a baseline by name, or the greedy policy of a training checkpoint."""
+MODEL_CONFIG_KEYS = ("max_flights", "player_keys", "belief_inputs", "plan_inputs", "step_size", "cnn_rows")
+
+
+def actor_critic_config(config: dict) -> dict:
+    """The `ActorCritic` arguments in a checkpoint's `model` entry: only the known keys, as plain
+    values (a checkpoint names a configuration, never code); `history` is the env's, not the model's."""
+    return {k: v for k, v in config.items() if k in MODEL_CONFIG_KEYS}
+
+
+def load_policy(spec: str, device: torch.device, seed: int) -> tuple[str, Policy, int | None]:
+    """(name, policy, history): a baseline by name, or the greedy policy of a training checkpoint
+    and the window it was trained with (None: a baseline, or the env's default)."""
     from torch_student_env.models import ActorCritic, QNetwork
     from torch_student_env.policies import BASELINES, make_policy
 
     if spec in BASELINES:
-        return spec, make_policy(spec, seed=seed, device=device)
+        return spec, make_policy(spec, seed=seed, device=device), None
     from pathlib import Path
 
     path = Path(spec)
     if not path.is_file():
         raise SystemExit(f"--policy {spec!r} is neither a baseline {BASELINES} nor a checkpoint file")
     ckpt = torch.load(path, map_location=device, weights_only=True)  # never runs a checkpoint's code
-    config = {k: v for k, v in ckpt.get("model", {}).items() if k in ("max_flights", "player_keys", "belief_inputs")}
+    config = actor_critic_config(ckpt.get("model", {}))
     if "agent" in ckpt:
         model = ActorCritic(**config)
         model.load_state_dict(ckpt["agent"])
     elif "q_net" in ckpt:
-        model = QNetwork(**{k: v for k, v in config.items() if k != "belief_inputs"})
+        model = QNetwork(**{k: v for k, v in config.items() if k in ("max_flights", "player_keys")})
         model.load_state_dict(ckpt["q_net"])
     else:
         raise SystemExit(f"{spec}: not a checkpoint of examples/ppo_cnn.py or examples/dqn_cnn.py")
     model.to(device).eval()
-    return f"{path.parent.name or path.stem} ({ckpt.get('global_step', '?'):,} steps)", model.act
+    history = ckpt.get("model", {}).get("history")
+    history = history if isinstance(history, int) else None
+    return f"{path.parent.name or path.stem} ({ckpt.get('global_step', '?'):,} steps)", model.act, history
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -382,9 +433,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", help="also write the table to this Markdown file")
     parser.add_argument("--variants", help="score on each model of this ensemble (sim.variants), e.g. plausible")
+    parser.add_argument(
+        "--history",
+        type=int,
+        help="rows in each env's window for every policy (default: the window the checkpoints trained with)",
+    )
+    parser.add_argument(
+        "--paired-with", help="a baseline among the policies: add each one's paired difference to it (e.g. belief)"
+    )
     args = parser.parse_args(argv)
     device = normalize_device(args.device)  # "cuda" -> "cuda:0", "cpu:0" -> "cpu"
     specs = args.policy or BASELINES
+    if args.paired_with is not None and args.paired_with not in [s for s in specs if s in BASELINES]:
+        parser.error(f"--paired-with {args.paired_with!r} is not a baseline among the policies {list(specs)}")
+    if args.paired_with is not None and args.variants:
+        parser.error("--paired-with applies to the single-model table, not to --variants")
+    loaded = {spec: load_policy(spec, device, args.seed) for spec in specs if spec not in BASELINES}
+    trained = {history for _, _, history in loaded.values() if history is not None}
+    if args.history is None and len(trained) > 1:
+        parser.error(f"the checkpoints trained with windows {sorted(trained)}: choose one with --history")
+    history = args.history if args.history is not None else next(iter(trained), None)
+    window = f", windows of {history} rows" if history is not None else ""
     if args.variants:
         from torch_student_env.policies import make_policy
         from torch_student_env.sim.variants import resolve
@@ -400,15 +469,28 @@ def main(argv: list[str] | None = None) -> None:
                     spec, seed=args.seed, device=device, params=params if spec == "oracle" else None
                 )
             else:
-                name, policy = load_policy(spec, device, args.seed)
+                name, policy, _ = loaded[spec]
                 factories[name] = lambda params, policy=policy: policy
-        results = evaluate_variants(factories, variants, num_envs=args.episodes, seed=args.seed, device=device)
-        table = f"{args.episodes} episodes per policy and variant, seed {args.seed}: "
+        results = evaluate_variants(
+            factories, variants, num_envs=args.episodes, seed=args.seed, device=device, history=history
+        )
+        table = f"{args.episodes} episodes per policy and variant, seed {args.seed}{window}: "
         table += "mean return ± 95% CI (failure rate)\n\n" + markdown_variant_table(results)
     else:
-        policies = dict(load_policy(spec, device, args.seed) for spec in specs)
-        results = evaluate_policies(policies, num_envs=args.episodes, seed=args.seed, device=device, progress=True)
-        table = f"{args.episodes} episodes per policy, seed {args.seed}\n\n" + markdown_table(results)
+        policies = dict(
+            (loaded[spec] if spec in loaded else load_policy(spec, device, args.seed))[:2] for spec in specs
+        )
+        results = evaluate_policies(
+            policies,
+            num_envs=args.episodes,
+            seed=args.seed,
+            device=device,
+            progress=True,
+            paired_with=args.paired_with,
+            history=history,
+        )
+        table = f"{args.episodes} episodes per policy, seed {args.seed}{window}\n\n"
+        table += markdown_table(results, paired_with=args.paired_with)
     print(table)
     if args.out:
         Path(args.out).write_text(table + "\n")

@@ -14,8 +14,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
-from torch_student_env.policies import estimate_state
-from torch_student_env.sim.engine import SimTables
+from torch_student_env.policies import BeliefPolicy
 from torch_student_env.sim.params import SimParams
 from torch_student_env.spec import NUM_ACTIONS, NUM_FEATURES, PHASE_COLUMN
 
@@ -117,32 +116,66 @@ def _layer_init(layer: nn.Linear, gain: float) -> nn.Linear:
 class ActorCritic(nn.Module):
     """PPO's policy and value heads on one `SensorCNN` trunk.
 
-    `belief_inputs` (needs `player_keys`) also feeds the head the state a player can estimate
-    (`policies.estimate_state`: health, and the wear rate x 100), as features, not as a plan.
+    Both options need `player_keys` (they read the player-side counters) and use the fitted
+    model's constants (`SimParams()`), which a player has as well as the simulator:
+
+    - `belief_inputs` also feeds the head the state a player can estimate
+      (`policies.estimate_state`: health, and the wear rate x 100), as features, not as a plan;
+    - `plan_inputs` feeds it the `policies.BeliefPolicy` plan's action at that estimate (one-hot,
+      planned for `step_size` flights a step): the network learns a correction to the plan
+      (residual policy learning, Silver et al. 2018, arXiv:1812.06298).
+
+    `cnn_rows` (0: all) convolves only the window's newest rows, so a long `history` can feed the
+    estimate without multiplying the network's cost.
     """
 
     def __init__(
-        self, hidden: int = 64, max_flights: int = 1000, player_keys: bool = False, belief_inputs: bool = False
+        self,
+        hidden: int = 64,
+        max_flights: int = 1000,
+        player_keys: bool = False,
+        belief_inputs: bool = False,
+        plan_inputs: bool = False,
+        step_size: int = 10,
+        cnn_rows: int = 0,
     ) -> None:
         super().__init__()
-        if belief_inputs and not player_keys:
-            raise ValueError("belief_inputs needs player_keys: the estimate reads the player-side counters")
-        self.max_flights, self.player_keys, self.belief_inputs = max_flights, player_keys, belief_inputs
-        self.trunk = SensorCNN(hidden, scalars=(3 if player_keys else 1) + (2 if belief_inputs else 0))
-        self._estimator = None
+        for name, on in (("belief_inputs", belief_inputs), ("plan_inputs", plan_inputs)):
+            if on and not player_keys:
+                raise ValueError(f"{name} needs player_keys: the estimate reads the player-side counters")
+        self.max_flights, self.player_keys = max_flights, player_keys
+        self.belief_inputs, self.plan_inputs, self.step_size = belief_inputs, plan_inputs, step_size
+        if cnn_rows < 0:
+            raise ValueError(f"cnn_rows must be >= 0 (0: the whole window), got {cnn_rows}")
+        self.cnn_rows = cnn_rows
+        extra = (2 if belief_inputs else 0) + (NUM_ACTIONS if plan_inputs else 0)
+        self.trunk = SensorCNN(hidden, scalars=(3 if player_keys else 1) + extra)
+        self._belief: BeliefPolicy | None = None  # built on first use: planning takes ~0.6 s
         self.actor = _layer_init(nn.Linear(hidden, NUM_ACTIONS), gain=0.01)
         self.critic = _layer_init(nn.Linear(hidden, 1), gain=1.0)
 
+    @property
+    def belief(self) -> BeliefPolicy:
+        """The estimator and plan a player can build from the fitted model (`SimParams()`)."""
+        if self._belief is None:
+            self._belief = BeliefPolicy(SimParams(), self.step_size, self.max_flights)
+        return self._belief
+
     def features(self, td: TensorDict) -> torch.Tensor:
         obs, valid, scalars = window_inputs(td, self.max_flights, self.player_keys)
-        if self.belief_inputs:
-            if self._estimator is None:  # the fitted model's constants, as a player would use
-                params = SimParams()
-                self._estimator = (params, SimTables(params, torch.device("cpu")))
+        if self.cnn_rows:  # the convolution's cost grows with the rows; the estimate reads them all
+            obs, valid = obs[..., -self.cnn_rows :, :], valid[..., -self.cnn_rows :]
+        if self.belief_inputs or self.plan_inputs:
             flat = td.reshape(-1) if td.batch_dims > 1 else td
-            health, rate = estimate_state(flat, *self._estimator)
-            extra = torch.stack((health, 100.0 * rate), dim=-1).reshape(*scalars.shape[:-1], 2)
-            scalars = torch.cat((scalars, extra.to(scalars.dtype)), dim=-1)
+            health, rate = self.belief.estimate(flat)
+            extra = []
+            if self.belief_inputs:
+                extra.append(torch.stack((health, 100.0 * rate), dim=-1))
+            if self.plan_inputs:
+                planned = self.belief.oracle.act(flat["age"], flat["repairs"], health, rate)
+                extra.append(nn.functional.one_hot(planned, NUM_ACTIONS))
+            extra = torch.cat(extra, dim=-1).to(scalars.dtype).reshape(*scalars.shape[:-1], -1)
+            scalars = torch.cat((scalars, extra), dim=-1)
         return self.trunk(obs, valid, scalars)
 
     def get_value(self, td: TensorDict) -> torch.Tensor:
@@ -156,9 +189,20 @@ class ActorCritic(nn.Module):
             action = dist.sample()
         return action, dist.log_prob(action), dist.entropy(), self.critic(h).squeeze(-1)
 
-    def forward(self, td: TensorDict, action: torch.Tensor | None = None):
-        """`get_action_and_value`: what a `DistributedDataParallel` wrapper calls."""
-        return self.get_action_and_value(td, action)
+    def forward(self, td: TensorDict, action: torch.Tensor, teacher_action: torch.Tensor | None = None):
+        """PPO's update pass, what a `DistributedDataParallel` wrapper calls: (log_prob of `action`,
+        entropy, value, log_prob of `teacher_action`) in one pass over the trunk. The last is
+        the kickstarting term's (zeros without a teacher)."""
+        h = self.features(td)
+        log_probs = torch.log_softmax(self.actor(h), dim=-1)
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        teacher = log_probs.gather(-1, teacher_action.unsqueeze(-1)).squeeze(-1) if teacher_action is not None else None
+        return (
+            log_probs.gather(-1, action.unsqueeze(-1)).squeeze(-1),
+            entropy,
+            self.critic(h).squeeze(-1),
+            teacher if teacher is not None else torch.zeros_like(entropy),
+        )
 
     @torch.no_grad()
     def act(self, td: TensorDict) -> torch.Tensor:

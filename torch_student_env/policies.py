@@ -90,23 +90,41 @@ def sensor_health_rows(td: TensorDict, params: SimParams | None = None) -> tuple
     return estimate / total_weight, total_weight**-0.5
 
 
-def sensor_health(td: TensorDict, params: SimParams | None = None) -> torch.Tensor:
-    """`sensor_health_rows` averaged over the window's valid rows (N,): the window averages the noise."""
-    rows, _ = sensor_health_rows(td, params)
-    weights = td["valid"].to(rows.dtype)
-    return (rows * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+def sensor_health(td: TensorDict, params: SimParams | None = None, rows: int | None = None) -> torch.Tensor:
+    """`sensor_health_rows` averaged over the window's valid rows (N,): the window averages the noise.
+
+    `rows` reads only the window's newest rows (None: all). With the player-side counters in
+    `td`, a repaired engine's rows from before its last repair are left out: a window longer than
+    a step would otherwise average two engine lives.
+    """
+    health, _ = sensor_health_rows(td, params)
+    valid, flight = td["valid"], td["flight"]
+    if rows is not None:
+        health, valid, flight = health[:, -rows:], valid[:, -rows:], flight[:, -rows:]
+    weights = valid
+    if "since_repair" in td.keys():
+        repaired_at = (td["age"] - td["since_repair"]).unsqueeze(1)
+        weights = weights & ((td["repairs"] == 0).unsqueeze(1) | (flight > repaired_at))
+    weights = weights.to(health.dtype)
+    return (health * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
 class ThresholdPolicy:
     """Repair when the sensor-read health falls below `repair_below`; past `sell_after` flights,
-    when a repair would no longer pay back, sell at that point instead."""
+    when a repair would no longer pay back, sell at that point instead.
 
-    def __init__(self, repair_below: float = 0.35, sell_after: int = 300, params: SimParams | None = None) -> None:
-        self.repair_below, self.sell_after = repair_below, sell_after
+    Health is the average of the window's newest `rows` rows (the default window it was tuned
+    on): over a longer window the average would lag the engine's wear.
+    """
+
+    def __init__(
+        self, repair_below: float = 0.35, sell_after: int = 300, params: SimParams | None = None, rows: int = 10
+    ) -> None:
+        self.repair_below, self.sell_after, self.rows = repair_below, sell_after, rows
         self.params = params or SimParams()
 
     def __call__(self, td: TensorDict) -> torch.Tensor:
-        worn = sensor_health(td, self.params) < self.repair_below
+        worn = sensor_health(td, self.params, self.rows) < self.repair_below
         old = td["flight"][:, -1] >= self.sell_after
         return torch.where(worn, torch.where(old, int(Action.SELL), int(Action.REPAIR)), int(Action.DO_NOTHING))
 
