@@ -5,6 +5,11 @@
     python examples/ppo_cnn.py --resume              # continue from <out>/checkpoint.pt
     torchrun --nproc-per-node 2 examples/ppo_cnn.py --distributed   # DDP, one env shard per rank
 
+By default each env keeps a 100-row window (--history), the CNN convolves its newest 10 rows,
+the head also reads the player-side counters and the `belief` plan's action at the state they
+and the rows estimate (--plan-inputs), and the first half of training is kickstarted from the
+`belief` policy (--teacher): README, "Ablation", measures each choice.
+
 Writes to --out: checkpoint.pt, eval.md (trained policy vs every baseline on held-out seeds),
 eval.json, learning_curve.png and episode.png. CleanRL's ppo.py layout: Args, agent, one flat loop.
 """
