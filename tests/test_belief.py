@@ -86,3 +86,36 @@ def test_threshold_rule_plays_the_same_with_any_longer_window():
         results.append(run_episodes(env, make_policy("threshold", env), episodes_per_env=1))
     assert torch.equal(results[0].returns, results[1].returns)
     assert torch.equal(results[0].repairs, results[1].repairs) and results[0].repairs.sum() > 0
+
+
+def test_plan_values_are_the_plan_and_the_estimate_gives_its_spread():
+    from torch_student_env.oracle import plan, plan_values
+    from torch_student_env.policies import estimate_state
+    from torch_student_env.sim.engine import SimTables
+    from torch_student_env.sim.params import SimParams
+
+    params = SimParams()
+    values = plan_values(params, 10, 200)  # a short horizon: the same code, a smaller table
+    assert torch.equal(values.argmax(1).to(torch.int8), plan(params, 10, 200))
+    assert (values[-1, 2] == params.sale_reward).all() and torch.isinf(values[-1, :2]).all()
+    env = make_env(num_envs=64, seed=3, history=50)
+    td, belief = env.reset(), make_policy("belief", env)
+    for _ in range(15):
+        td = env.step(belief(td))
+    tables = SimTables(params, torch.device("cpu"))
+    health, rate, rate_std = estimate_state(td, params, tables, with_spread=True)
+    assert torch.equal(health, estimate_state(td, params, tables)[0]) and torch.equal(rate, belief.estimate(td)[1])
+    # the rows narrow the prior's spread, never widen it
+    prior_std = torch.where(td["repairs"] > 0, params.wear_spread_repair, params.wear_spread_new)
+    assert (rate_std > 0).all() and (rate_std <= prior_std * 0.04).all()  # 0.04: above any wear rate
+
+
+def test_averaging_the_plan_over_no_spread_is_the_belief_policy():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "belief_uncertainty.py"
+    command = [sys.executable, str(script), "--episodes", "64", "--history", "30", "--widen", "1e-6"]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    assert "| QMDP, spread × 1e-06 |" in out and out.rstrip().endswith("| +0.0 ± 0.0 |")

@@ -47,6 +47,20 @@ def plan(params: SimParams, step_size: int, max_flights: int) -> torch.Tensor:
     `t` counts steps of `step_size` flights from the episode start; the repair class is the
     repair count, capped at `repair_classes(params) - 1`: (T + 1, C, R, H).
     """
+    return _backward_induction(params, step_size, max_flights)[0]
+
+
+def plan_values(params: SimParams, step_size: int, max_flights: int) -> torch.Tensor:
+    """The action values behind `plan` (float32, in `Action` order): (T + 1, 3, C, R, H), 53 MB
+    for the fitted model. At the last step only selling is allowed (-inf otherwise)."""
+    return _backward_induction(params, step_size, max_flights, keep_values=True)[1]
+
+
+def _backward_induction(
+    params: SimParams, step_size: int, max_flights: int, keep_values: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(best actions, action values if `keep_values`): the values are kept in float32 only on
+    request, and the best actions come from the float64 values either way."""
     p = params
     tables = SimTables(p, torch.device("cpu"))
     d = tables.dynamics(torch.zeros((), dtype=torch.long))  # one model: its constants as floats
@@ -61,6 +75,7 @@ def plan(params: SimParams, step_size: int, max_flights: int) -> torch.Tensor:
     steps = math.ceil(max_flights / step_size)
     value = torch.zeros(classes, len(RATE_GRID), len(HEALTH_GRID), dtype=torch.float64)
     best = torch.zeros(steps + 1, classes, len(RATE_GRID), len(HEALTH_GRID), dtype=torch.int8)
+    values = torch.full((steps + 1, 3) + best.shape[1:], -math.inf) if keep_values else None
     after_repair = (c.view(-1) + 1).clamp(max=classes - 1)
     for t in range(steps - 1, -1, -1):
         age = t * step_size
@@ -78,8 +93,12 @@ def plan(params: SimParams, step_size: int, max_flights: int) -> torch.Tensor:
         sell = torch.full_like(fly, p.sale_reward)
         q = torch.stack([fly, repair, sell])  # Action order
         value, best[t] = q.max(0).values, q.argmax(0).to(torch.int8)
+        if values is not None:
+            values[t] = q
     best[steps] = int(Action.SELL)
-    return best
+    if values is not None:
+        values[steps, int(Action.SELL)] = p.sale_reward
+    return best, values
 
 
 class OraclePolicy:

@@ -129,10 +129,13 @@ class ThresholdPolicy:
         return torch.where(worn, torch.where(old, int(Action.SELL), int(Action.REPAIR)), int(Action.DO_NOTHING))
 
 
-def estimate_state(td: TensorDict, params: SimParams, tables: SimTables) -> tuple[torch.Tensor, torch.Tensor]:
+def estimate_state(
+    td: TensorDict, params: SimParams, tables: SimTables, with_spread: bool = False
+) -> tuple[torch.Tensor, ...]:
     """(health, wear rate) (N,) of each engine, from what a player knows: the window's rows and the
     player-side counters (see `BeliefPolicy`). `tables` are `params`' `SimTables` (only their
-    plain-float constants are read, so any device's td works, with no host sync)."""
+    plain-float constants are read, so any device's td works, with no host sync). With `with_spread`,
+    also the wear rate's posterior standard deviation (health follows it: 1 - rate x since)."""
     p = params
     age, since, repairs = td["age"], td["since_repair"], td["repairs"]
     dtype = td["observation"].dtype
@@ -151,7 +154,8 @@ def estimate_state(td: TensorDict, params: SimParams, tables: SimTables) -> tupl
     var_prior = (prior * spread) ** 2
     gain = torch.where(n > 0, var_prior / (var_prior + var_measured), 0.0)
     rate = (prior + gain * (measured - prior)).clamp(min=1e-4)
-    return start_health - rate * since.to(dtype), rate
+    health = start_health - rate * since.to(dtype)
+    return (health, rate, ((1 - gain) * var_prior).sqrt()) if with_spread else (health, rate)
 
 
 class BeliefPolicy:
