@@ -282,3 +282,24 @@ def test_cnn_rows_convolves_the_newest_rows_only():
     assert not torch.allclose(whole.get_value(td), whole.get_value(newest))  # the older rows do count there
     with pytest.raises(ValueError, match="cnn_rows must be >= 0"):
         ActorCritic(cnn_rows=-1)
+
+
+def test_evaluator_plays_the_checkpoints_window_and_refuses_two(tmp_path, capsys):
+    """Checkpoints record the window they trained with: the CLI plays every policy with it, or
+    refuses checkpoints of different windows unless --history chooses."""
+    from torch_student_env.evaluate import load_policy, main
+
+    paths = []
+    for history in (20, 30):
+        model = ActorCritic(player_keys=True, plan_inputs=True, cnn_rows=10)
+        config = {"player_keys": True, "plan_inputs": True, "cnn_rows": 10, "history": history, "hidden": 999}
+        torch.save({"agent": model.state_dict(), "model": config, "global_step": 1}, tmp_path / f"h{history}.pt")
+        paths.append(str(tmp_path / f"h{history}.pt"))
+    name, policy, history = load_policy(paths[0], torch.device("cpu"), seed=0)
+    assert history == 20 and policy.__self__.cnn_rows == 10 and policy.__self__.plan_inputs
+    assert policy.__self__.trunk.head[0].out_features == 64  # an unknown key ("hidden") is not applied
+    with pytest.raises(SystemExit):
+        main(["--policy", paths[0], "--policy", paths[1], "--episodes", "4"])
+    assert "trained with windows [20, 30]: choose one with --history" in capsys.readouterr().err
+    main(["--policy", paths[0], "--policy", paths[1], "--episodes", "4", "--history", "40"])
+    assert capsys.readouterr().out.startswith("4 episodes per policy, seed 10000, windows of 40 rows")
