@@ -92,6 +92,7 @@ def test_seed_engines_replays_another_seeds_engine_and_checks_first(env_factory)
         ([0, 42], None, ValueError, "seeds must have shape"),
         ([0, -1, 0], None, ValueError, "seeds must be in"),
         ([0.5, 1.0, 0.0], None, TypeError, "seeds must be integers"),
+        ([0, True, 0], None, TypeError, "seeds must be integers, got a bool"),
         ([0, 42, 0], [0, 2**31, 0], ValueError, "env_indices must be in"),
     )
     for seeds, indices, error, message in bad:

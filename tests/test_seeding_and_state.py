@@ -94,6 +94,8 @@ BAD_ACTIONS = [
     (["0", "1", "0", "0"], TypeError, "integers"),
     ([0, 1, 0.5, 0], TypeError, "integers"),
     (torch.tensor([True, False, True, False]), TypeError, "torch.bool"),
+    ([True, 1, 0, 2], TypeError, "got a bool"),  # NumPy would read it as int64
+    ((0, 1, np.True_, 0), TypeError, "got a bool"),
     ("0120", TypeError, "got str"),
     (None, TypeError, "got NoneType"),
 ]

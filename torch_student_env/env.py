@@ -473,6 +473,9 @@ class TorchStudentEnv:
                 raise TypeError(f"{name} must be integers, got a tensor of dtype {values.dtype}")
             tensor = values
         elif isinstance(values, (np.ndarray, list, tuple)):
+            # NumPy turns [True, 1, 0] into int64 silently: a bool among ints is not an integer here
+            if isinstance(values, (list, tuple)) and any(isinstance(v, (bool, np.bool_)) for v in values):
+                raise TypeError(f"{name} must be integers, got a bool in {values!r}"[:300])
             array = np.asarray(values)
             if array.dtype.kind not in "iu":
                 if array.dtype != object or not all(
