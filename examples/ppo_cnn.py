@@ -31,7 +31,7 @@ from training import RunLogger, arg, final_report, parse_args, run_dir, run_resu
 from torch_student_env import make_env
 from torch_student_env.config import normalize_device
 from torch_student_env.evaluate import actor_critic_config, run_episodes, summarize
-from torch_student_env.models import ActorCritic
+from torch_student_env.models import EXTRA_INPUTS_KEY, ActorCritic
 from torch_student_env.policies import BASELINES, make_policy
 
 
@@ -162,13 +162,15 @@ def main(args: Args) -> dict | None:
     # ALGO LOGIC: rollout storage, preallocated on the env's device
     obs_keys = ("observation", "valid", "flight", "age", "since_repair", "repairs")
     td = env.reset()
-    storage = TensorDict(
-        {k: torch.zeros((args.num_steps,) + td[k].shape, dtype=td[k].dtype, device=device) for k in obs_keys},
-        batch_size=[args.num_steps, args.num_envs],
-        device=device,
-    )
     # terminal windows, read only where an episode was truncated (see GAE below)
-    final_storage = storage.clone()
+    final_storage = rollout_buffer(td, obs_keys, args.num_steps)
+    # The head's belief and plan inputs are a pure function of a stored state: computed once per
+    # state in the rollout and stored, not again in each of the update epochs.
+    cache_extra = agent.extra_inputs(td) is not None
+    if cache_extra:
+        obs_keys += (EXTRA_INPUTS_KEY,)
+        td[EXTRA_INPUTS_KEY] = agent.extra_inputs(td)
+    storage = rollout_buffer(td, obs_keys, args.num_steps)
     truncateds = torch.zeros((args.num_steps, args.num_envs), dtype=torch.bool, device=device)
     actions = torch.zeros((args.num_steps, args.num_envs), dtype=torch.int64, device=device)
     teacher_actions = torch.zeros_like(actions)  # the teacher's action at each stored state
@@ -213,6 +215,8 @@ def main(args: Args) -> dict | None:
         kick = args.kickstart_coef * max(0.0, 1.0 - (update - 1.0) / kickstart_updates) if kickstart_updates else 0.0
         for step in range(args.num_steps):
             global_step += args.num_envs * world
+            if cache_extra:
+                td[EXTRA_INPUTS_KEY] = agent.extra_inputs(td)
             storage[step] = td.select(*obs_keys)
             dones[step] = next_done
             with torch.no_grad():
@@ -409,6 +413,15 @@ def main(args: Args) -> dict | None:
         dist.barrier()
         dist.destroy_process_group()
     return run_results(out, best, curve, results)
+
+
+def rollout_buffer(td: TensorDict, keys: tuple[str, ...], num_steps: int) -> TensorDict:
+    """Zeros for `num_steps` of `td`'s `keys`, on its device: (num_steps, N, ...) per key."""
+    return TensorDict(
+        {k: torch.zeros((num_steps,) + td[k].shape, dtype=td[k].dtype, device=td.device) for k in keys},
+        batch_size=[num_steps, *td.batch_size],
+        device=td.device,
+    )
 
 
 def check_inputs(args: Args) -> None:

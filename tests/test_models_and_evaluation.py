@@ -303,3 +303,22 @@ def test_evaluator_plays_the_checkpoints_window_and_refuses_two(tmp_path, capsys
     assert "trained with windows [20, 30]: choose one with --history" in capsys.readouterr().err
     main(["--policy", paths[0], "--policy", paths[1], "--episodes", "4", "--history", "40"])
     assert capsys.readouterr().out.startswith("4 episodes per policy, seed 10000, windows of 40 rows")
+
+
+def test_stored_extra_inputs_are_read_instead_of_estimated_again():
+    from torch_student_env.models import EXTRA_INPUTS_KEY
+
+    env = make_env(num_envs=16, seed=4)
+    td, belief = env.reset(), make_policy("belief", env)
+    for _ in range(12):
+        td = env.step(belief(td))
+    model = ActorCritic(player_keys=True, belief_inputs=True, plan_inputs=True)
+    assert ActorCritic(player_keys=True).extra_inputs(td) is None
+    extra = model.extra_inputs(td)
+    assert extra.shape == (16, 2 + 3)
+    cached = td.clone().set(EXTRA_INPUTS_KEY, extra)
+    assert torch.equal(model.get_value(cached), model.get_value(td))
+    flat = torch.stack([cached, cached]).reshape(-1)  # a rollout's (T, N) storage, flattened as the update does
+    assert torch.equal(model.get_value(flat)[16:], model.get_value(td))
+    other = cached.clone().set(EXTRA_INPUTS_KEY, torch.zeros_like(extra))  # read, not recomputed
+    assert not torch.equal(model.get_value(other), model.get_value(td))

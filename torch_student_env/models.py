@@ -21,6 +21,7 @@ from torch_student_env.spec import NUM_ACTIONS, NUM_FEATURES, PHASE_COLUMN
 _CONTINUOUS = [i for i in range(NUM_FEATURES) if i != PHASE_COLUMN]  # 7 sensors + DTAMB
 IN_CHANNELS = len(_CONTINUOUS)
 REPAIRS_SCALE = 10.0  # repairs are read as repairs / 10: an episode rarely has more
+EXTRA_INPUTS_KEY = "extra_inputs"  # where a rollout caches `ActorCritic.extra_inputs`
 
 
 class FeatureNorm(nn.Module):
@@ -161,21 +162,29 @@ class ActorCritic(nn.Module):
             self._belief = BeliefPolicy(SimParams(), self.step_size, self.max_flights)
         return self._belief
 
+    def extra_inputs(self, td: TensorDict) -> torch.Tensor | None:
+        """The head's belief and plan inputs (*B, E) for `td`, or None without them. A rollout can
+        store them under `EXTRA_INPUTS_KEY`: `features` then reads them instead of estimating the
+        state again in every update epoch."""
+        if not (self.belief_inputs or self.plan_inputs):
+            return None
+        flat = td.reshape(-1) if td.batch_dims > 1 else td
+        health, rate = self.belief.estimate(flat)
+        extra = []
+        if self.belief_inputs:
+            extra.append(torch.stack((health, 100.0 * rate), dim=-1))
+        if self.plan_inputs:
+            planned = self.belief.oracle.act(flat["age"], flat["repairs"], health, rate)
+            extra.append(nn.functional.one_hot(planned, NUM_ACTIONS))
+        return torch.cat(extra, dim=-1).to(flat["observation"].dtype).reshape(*td.batch_size, -1)
+
     def features(self, td: TensorDict) -> torch.Tensor:
         obs, valid, scalars = window_inputs(td, self.max_flights, self.player_keys)
         if self.cnn_rows:  # the convolution's cost grows with the rows; the estimate reads them all
             obs, valid = obs[..., -self.cnn_rows :, :], valid[..., -self.cnn_rows :]
-        if self.belief_inputs or self.plan_inputs:
-            flat = td.reshape(-1) if td.batch_dims > 1 else td
-            health, rate = self.belief.estimate(flat)
-            extra = []
-            if self.belief_inputs:
-                extra.append(torch.stack((health, 100.0 * rate), dim=-1))
-            if self.plan_inputs:
-                planned = self.belief.oracle.act(flat["age"], flat["repairs"], health, rate)
-                extra.append(nn.functional.one_hot(planned, NUM_ACTIONS))
-            extra = torch.cat(extra, dim=-1).to(scalars.dtype).reshape(*scalars.shape[:-1], -1)
-            scalars = torch.cat((scalars, extra), dim=-1)
+        extra = td.get(EXTRA_INPUTS_KEY) if EXTRA_INPUTS_KEY in td.keys() else self.extra_inputs(td)
+        if extra is not None:
+            scalars = torch.cat((scalars, extra.to(scalars.dtype)), dim=-1)
         return self.trunk(obs, valid, scalars)
 
     def get_value(self, td: TensorDict) -> torch.Tensor:
@@ -228,4 +237,4 @@ class QNetwork(nn.Module):
         return self(td).argmax(-1)
 
 
-__all__ = ["ActorCritic", "FeatureNorm", "IN_CHANNELS", "QNetwork", "SensorCNN", "window_inputs"]
+__all__ = ["EXTRA_INPUTS_KEY", "ActorCritic", "FeatureNorm", "IN_CHANNELS", "QNetwork", "SensorCNN", "window_inputs"]
