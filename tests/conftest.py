@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from helpers import TOKEN_A, TOKEN_B
 
 from torch_student_env import make_env
+
+# Envs the tests make without fast= step eagerly: each compiled configuration is a one-off
+# compile of ~30 s on a cold cache. The tests that run the compiled step ask for it (fast=True,
+# the "fast" path below), and test_fast_path holds it equal to eager; the default itself is
+# tested there with this variable unset. Subprocesses (examples, servers) inherit it.
+os.environ.setdefault("TORCH_STUDENT_ENV_FAST", "0")
 
 # the contract suite runs over the three ways a step is computed: the embedded simulator eager
 # and compiled (one torch.compile graph), and the remote backend against the reference server
@@ -35,7 +43,7 @@ def server_url():
 
 def pytest_generate_tests(metafunc):
     """The contract modules (`CONTRACT = True`) run over every path; the others over eager and
-    remote, since each fast configuration is a one-off compile of ~20 s on a cold cache."""
+    remote, since each fast configuration is a one-off compile of ~30 s on a cold cache."""
     if "env_factory" in metafunc.fixturenames:
         paths = PATHS if getattr(metafunc.module, "CONTRACT", False) else ["eager", "remote"]
         metafunc.parametrize("env_factory", paths, indirect=True)

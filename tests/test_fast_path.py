@@ -1,45 +1,55 @@
-"""The compiled fast path equals eager (one graph, no recompiles) and is chosen for large batches only."""
+"""The compiled fast path: equal to eager, one library per configuration whatever the number of
+engines, on by default on the CPU, and an eager fallback with one warning where compiling fails."""
 
 from __future__ import annotations
 
+import warnings
+
+import pytest
 import torch
 
-from torch_student_env import make_env
+from torch_student_env import compiled, make_env
+from torch_student_env.config import FAST_ENV_VAR
 
 
-def test_fast_path_matches_eager():
-    from torch._dynamo.utils import counters
-
-    graphs_before = counters["stats"]["unique_graphs"]
-    eager = make_env(num_envs=48, seed=12, fast=False, privileged=True)
-    fast = make_env(num_envs=48, seed=12, fast=True, privileged=True)
-    assert fast.config.fast and not eager.config.fast
-    a, b = eager.reset(), fast.reset()
-    assert torch.allclose(a["observation"], b["observation"], rtol=1e-6)
-    gen = torch.Generator().manual_seed(0)
+def _play_both(eager, fast, steps: int, n: int, gen: torch.Generator) -> tuple[int, int]:
     ended = quiet = 0
-    for _ in range(40):
+    for _ in range(steps):
         # few sales: a new engine fails now and then at any health, so steps where no episode
-        # ends need most of the 48 engines to keep flying
-        actions = torch.multinomial(torch.tensor([0.84, 0.15, 0.01]), 48, replacement=True, generator=gen)
+        # ends need most of the engines to keep flying
+        actions = torch.multinomial(torch.tensor([0.84, 0.15, 0.01]), n, replacement=True, generator=gen)
         a, b = eager.step(actions), fast.step(actions)
+        assert set(a.keys()) == set(b.keys())
         assert torch.equal(a["done"], b["done"]) and torch.equal(a["flight"], b["flight"])
+        assert torch.equal(a["new_rows"], b["new_rows"]) and torch.equal(a["final_flight"], b["final_flight"])
         assert torch.allclose(a["observation"], b["observation"], rtol=1e-5, atol=1e-3)
+        assert torch.allclose(a["final_observation"], b["final_observation"], rtol=1e-5, atol=1e-3)
         assert torch.allclose(a["reward"], b["reward"], rtol=1e-5, atol=1e-2)
         assert torch.allclose(a["health"], b["health"], atol=1e-5)
         ended += int(a["done"].sum())
         quiet += int(not a["done"].any())
+    return ended, quiet
+
+
+@pytest.mark.parametrize("n", [48, 1, 5])
+def test_fast_path_matches_eager_at_any_number_of_engines(n):
+    before = len(compiled._loaded)
+    eager = make_env(num_envs=n, seed=12, fast=False, privileged=True)
+    fast = make_env(num_envs=n, seed=12, fast=True, privileged=True)
+    assert fast.config.fast and not eager.config.fast
+    a, b = eager.reset(), fast.reset()
+    assert torch.allclose(a["observation"], b["observation"], rtol=1e-6)
+    ended, quiet = _play_both(eager, fast, 40, n, torch.Generator().manual_seed(n))
     # Both kinds of step: with auto-resets, and without, where eager on CPU skips building fresh
     # engines (sim_step) while the compiled step builds them for all N and selects none.
     assert ended > 0 and quiet > 0
-    # one graph for the whole life of the env: nothing about a reset (e.g. aliased state fields)
-    # or an action may trigger a recompile
-    assert counters["stats"]["unique_graphs"] - graphs_before == 1
-    # and another env of the same configuration (another seed) reuses it: no compile per env
-    other = make_env(num_envs=48, seed=99, fast=True)
+    # one library per configuration, whatever the number of engines: 48, 1 and 5 engines (and
+    # another seed) share the one loaded by the first of these tests
+    other = make_env(num_envs=n + 3, seed=99, fast=True)
     other.reset()
-    other.step(torch.zeros(48, dtype=torch.int64))
-    assert counters["stats"]["unique_graphs"] - graphs_before == 1
+    other.step(torch.zeros(n + 3, dtype=torch.int64))
+    assert len(compiled._loaded) - before <= 1
+    assert compiled.stats.failed == 0
 
 
 def test_fast_path_windows_match_eager_across_frozen_engines_and_partial_resets():
@@ -64,12 +74,70 @@ def test_fast_path_windows_match_eager_across_frozen_engines_and_partial_resets(
     assert frozen_steps > 0  # some engines sat frozen with their final window
 
 
-def test_fast_path_is_automatic_only_for_large_batches():
-    assert not make_env(num_envs=4).config.fast
-    assert make_env(num_envs=8192).config.fast
-    # room for many configurations in one process before dynamo would fall back to eager
-    import torch._dynamo.config as dynamo_config
+def test_fast_path_is_the_default_on_cpu_at_every_size(monkeypatch):
+    monkeypatch.delenv(FAST_ENV_VAR, raising=False)
+    for n in (1, 4, 64, 8192):
+        assert make_env(num_envs=n).config.fast, n
+    assert not make_env(num_envs=4, fast=False).config.fast
+    monkeypatch.setenv(FAST_ENV_VAR, "0")
+    assert not make_env(num_envs=4).config.fast and make_env(num_envs=4, fast=True).config.fast
 
-    from torch_student_env.env import FAST_PATH_GRAPHS
 
-    assert dynamo_config.recompile_limit >= FAST_PATH_GRAPHS > 8
+def test_a_machine_that_cannot_compile_steps_eagerly_after_one_warning(monkeypatch, tmp_path):
+    """No C++ compiler, no inductor: the compile raises, the env warns once (saying why) and
+    plays exactly the eager episodes; nothing raises."""
+
+    def no_compiler(*args, **kwargs):
+        raise OSError("no C++ compiler found (simulated)")
+
+    monkeypatch.setenv(compiled.CACHE_ENV_VAR, str(tmp_path))  # nothing cached: it must compile
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compiler)
+    monkeypatch.setattr(compiled, "_loaded", {})
+    from torch_student_env import env as env_module
+
+    monkeypatch.setattr(env_module, "_warned", set())
+    eager = make_env(num_envs=6, seed=3, fast=False, history=7)
+    fast = make_env(num_envs=6, seed=3, fast=True, history=7)
+    eager.reset(), fast.reset()
+    with pytest.warns(RuntimeWarning, match="could not compile the env step .*no C\\+\\+ compiler") as caught:
+        for _ in range(3):
+            actions = torch.tensor([0, 1, 2, 0, 1, 0])
+            a, b = eager.step(actions), fast.step(actions)
+            assert torch.equal(a["observation"], b["observation"]) and torch.equal(a["reward"], b["reward"])
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+    # another env of the same process: the same reason is not repeated
+    again = make_env(num_envs=2, seed=3, fast=True, history=7)
+    again.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again.step(torch.zeros(2, dtype=torch.int64))
+    assert not list(tmp_path.glob("*.pt2"))  # nothing half-written is left to load later
+
+
+def test_a_corrupt_cached_library_is_compiled_again(monkeypatch, tmp_path):
+    """A truncated file where the library should be is replaced, not trusted."""
+    monkeypatch.setenv(compiled.CACHE_ENV_VAR, str(tmp_path))
+    monkeypatch.setattr(compiled, "_loaded", {})
+    calls = []
+
+    def fake_compile(key, step, example, path):
+        calls.append(path)
+        raise compiled.CompileUnavailable("simulated: compiling is refused here")
+
+    env = make_env(num_envs=3, seed=0, fast=True, history=7)
+    env.reset()
+    key_path = None
+
+    def capture(key):
+        nonlocal key_path
+        key_path = original(key)
+        key_path.parent.mkdir(parents=True, exist_ok=True)
+        key_path.write_bytes(b"not a library")
+        return key_path
+
+    original = compiled._library_path
+    monkeypatch.setattr(compiled, "_library_path", capture)
+    monkeypatch.setattr(compiled, "_compile", fake_compile)
+    with pytest.warns(RuntimeWarning, match="simulated: compiling is refused"):
+        env.step(torch.zeros(3, dtype=torch.int64))
+    assert calls == [key_path] and not key_path.exists()  # the bad file was removed, then recompiled

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from dataclasses import dataclass, field
 
@@ -96,7 +97,19 @@ def normalize_device(device: torch.device | str | int) -> torch.device:
     return device
 
 
+# Without a fast=, envs on the CPU step compiled (ahead of time, any number of engines: see
+# `compiled`); on accelerators, where each shape is its own just-in-time graph, from this many engines.
 FAST_PATH_MIN_ENVS = 8192
+# "0" makes eager the default everywhere (fast= still chooses per env): for runs that make many
+# short-lived configurations, such as this project's test suite, where each would compile once.
+FAST_ENV_VAR = "TORCH_STUDENT_ENV_FAST"
+
+
+def default_fast(device: torch.device, num_envs: int) -> bool:
+    """Whether an env compiles its step when `fast=None` (see `EnvConfig`)."""
+    if os.environ.get(FAST_ENV_VAR, "1").strip() == "0":
+        return False
+    return device.type == "cpu" or num_envs >= FAST_PATH_MIN_ENVS
 # Engine indices are folded into the counter-based RNG as 32-bit words: global indices (offset +
 # i) must stay below 2**31 to remain distinct.
 MAX_ENV_OFFSET = 2**31 - 1
@@ -109,11 +122,15 @@ class EnvConfig:
     `history` is the window length W (default: `step_size`). `max_steps_per_episode` counts
     flights, as the challenge's server does. `seed=None` draws one from the OS and records it.
     `fast` compiles the whole step (the simulator's kernel and the env's window update) into one
-    `torch.compile` graph; None (default) turns it on from `FAST_PATH_MIN_ENVS` engines, where
-    the one-off compile (seconds) pays for itself. It applies to the embedded simulator only.
-    A fast env raises `torch._dynamo.config.recompile_limit`, a process-wide setting, to at least
-    `env.FAST_PATH_GRAPHS` (64): every configuration of env is one graph of one shared compiled
-    function, and PyTorch's default of 8 would run the ninth configuration eager. It never lowers it.
+    graph. It applies to the embedded simulator only. On the CPU the graph is compiled ahead of
+    time for any number of engines and kept on disk (`compiled`): the first env of a
+    configuration compiles for about 30 s (one log line says so), later ones and later processes
+    load it in under a second, and a machine that cannot compile steps eagerly after one
+    warning. None (default) turns it on for CPU envs, and on accelerators from
+    `FAST_PATH_MIN_ENVS` engines (there `torch.compile` makes one graph per shape); the
+    environment variable `TORCH_STUDENT_ENV_FAST=0` makes eager the default. A fast accelerator
+    env raises `torch._dynamo.config.recompile_limit`, a process-wide setting, to at least
+    `env.FAST_PATH_GRAPHS` (64); it never lowers it.
     `env_offset` makes this env's engine i the engine `env_offset + i` of one big env with the
     same seed: shards of a run on several processes or devices reproduce one large env.
     `device` is normalised (`normalize_device`): "cuda" becomes "cuda:<current>", "cpu:0" "cpu".
@@ -166,7 +183,7 @@ class EnvConfig:
             names = ", ".join(repr(m.value) for m in AutoresetMode)
             raise ValueError(f"autoreset_mode must be one of {names}, got {self.autoreset_mode!r}") from None
         if self.fast is None:
-            object.__setattr__(self, "fast", self.num_envs >= FAST_PATH_MIN_ENVS)
+            object.__setattr__(self, "fast", default_fast(self.device, self.num_envs))
         if not isinstance(self.final_observation, bool):
             raise TypeError(f"final_observation must be a bool, got {self.final_observation!r}")
         if not isinstance(self.sim_params, SimParams):

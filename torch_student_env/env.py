@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
+import functools
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from numbers import Integral
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
+from torch_student_env import compiled
 from torch_student_env.backends.base import Backend
 from torch_student_env.config import (
     MAX_ENV_OFFSET,
@@ -162,30 +164,33 @@ def _pure_step(kernel, constants, sim, buffers, actions, mask, step_size, reset_
     return (sim, *window_step(buffers, transition, actions, stepped, first_rows, final_observation))
 
 
-def _pure_step_cpu(*args):
-    """`_pure_step` under its own name, so that the CPU build below has its own compile cache."""
-    return _pure_step(*args)
+# The JIT path for accelerators: one compiled function for every fast env; envs of the same shapes
+# and constants share its graph (dynamo guards on the kernel, the shapes and the constants'
+# values, not on the env). CPU envs use the ahead-of-time library of `compiled` instead.
+@functools.cache
+def _jit_step() -> Callable:
+    """`torch.compile(_pure_step)`, made on first use (importing the compiler costs a second)."""
+    return torch.compile(_pure_step, dynamic=False)
 
 
-# One compiled function for every fast env: envs of the same shapes and constants share its graph
-# (dynamo guards on the kernel, the shapes and the constants' values, not on the env). On CPU the
-# graph is called through a C++ wrapper instead of inductor's Python one: 93 -> 79 us per step at
-# N = 4, for the same compile time (measured cold: 22.5 s against 23.7 s).
-_compiled_step = torch.compile(_pure_step, dynamic=False)
-_compiled_step_cpu = torch.compile(_pure_step_cpu, dynamic=False, options={"cpp_wrapper": True})
 # Each distinct (num_envs, step_size, history, device, params, options) is one graph; dynamo's default of 8
 # per function would silently fall back to eager after 8 configurations in one process.
 FAST_PATH_GRAPHS = 64
+_warned: set[str] = set()  # compile failures already reported in this process
 
 
-def compose_step(backend: Backend, reset_ended: bool, fast: bool, final_observation: bool = True) -> StepFn:
+def compose_step(
+    backend: Backend, reset_ended: bool, fast: bool, final_observation: bool = True, step_size: int = 10
+) -> StepFn:
     """The whole step, `(buffers, actions, mask, step_size) -> (buffers, outputs)`: the backend's
     transition of the engines in an episode and in `mask` (with the restart of ended engines when
     `reset_ended`), then `window_step`.
 
     A backend with a pure kernel (the embedded simulator) is composed as one pure function of
-    tensors, compiled into one graph when `fast`: the simulator's state goes in and out
-    explicitly. Others (the remote backend) run their transition eagerly.
+    tensors: the simulator's state goes in and out explicitly. When `fast`, that function is
+    compiled: on CPU ahead of time for any number of engines (`compiled`, for the configured
+    `step_size`; other per-call step sizes run eagerly), elsewhere by `torch.compile`. Others
+    (the remote backend) run their transition eagerly.
     """
     kernel = backend.kernel
     if kernel is None:
@@ -198,21 +203,83 @@ def compose_step(backend: Backend, reset_ended: bool, fast: bool, final_observat
 
         return eager_step
 
-    if fast:
+    constants = backend.kernel_constants()
+
+    def eager(buffers, actions, mask, step_size):
+        with below_autograd():
+            backend.sim, buffers, out = _pure_step(
+                kernel, constants, backend.sim, buffers, actions, mask, step_size, reset_ended, final_observation
+            )
+        return buffers, out
+
+    if not fast:
+        return eager
+    if backend.device.type != "cpu":
         import torch._dynamo.config as dynamo_config
 
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, FAST_PATH_GRAPHS)
-    graph = (_compiled_step_cpu if backend.device.type == "cpu" else _compiled_step) if fast else _pure_step
-    constants = backend.kernel_constants()
-    dispatch = contextlib.nullcontext if fast else below_autograd  # one compiled call has no per-op cost
 
-    def kernel_step(buffers, actions, mask, step_size):
-        args = (kernel, constants, backend.sim, buffers, actions, mask, step_size, reset_ended, final_observation)
-        with dispatch():
-            backend.sim, buffers, out = graph(*args)
-        return buffers, out
+        def jit_step(buffers, actions, mask, step_size):
+            args = (kernel, constants, backend.sim, buffers, actions, mask, step_size, reset_ended, final_observation)
+            backend.sim, buffers, out = _jit_step()(*args)
+            return buffers, out
 
-    return kernel_step
+        return jit_step
+
+    runner: dict[str, Any] = {}  # loaded on the first step, when the state's layout exists
+
+    def aot_step(buffers, actions, mask, k):
+        if k != step_size or runner.get("failed"):
+            return eager(buffers, actions, mask, k)
+        if "run" not in runner:
+            try:
+                runner["run"], runner["names"] = _load_compiled(backend, reset_ended, final_observation, step_size, buffers)
+            except compiled.CompileUnavailable as err:
+                runner["failed"] = True
+                reason = str(err)
+                if reason not in _warned:
+                    _warned.add(reason)
+                    warnings.warn(
+                        f"torch_student_env could not compile the env step ({reason}); stepping eagerly, "
+                        "which is several times slower at small batches. make_env(fast=False) asks for that "
+                        "without this warning.",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+                return eager(buffers, actions, mask, k)
+        flat = runner["run"]([*compiled.flatten(backend.sim), *compiled.flatten(buffers), actions, mask])
+        backend.sim, start = compiled.unflatten(backend.sim, flat)
+        buffers, start = compiled.unflatten(buffers, flat, start)
+        return buffers, dict(zip(runner["names"][start:], flat[start:]))
+
+    return aot_step
+
+
+def _load_compiled(backend, reset_ended: bool, final_observation: bool, step_size: int, buffers: EpisodeBuffers):
+    """The compiled step of this configuration (`compiled.load_or_compile`) and its output names."""
+    kernel, constants = backend.kernel, backend.kernel_constants()
+    sim_like = backend.sim
+
+    def flat_step(flat):
+        sim, start = compiled.unflatten(sim_like, flat)
+        state, start = compiled.unflatten(buffers, flat, start)
+        actions, mask = flat[start], flat[start + 1]
+        sim, state, out = _pure_step(kernel, constants, sim, state, actions, mask, step_size, reset_ended, final_observation)
+        carried = [*compiled.flatten(sim), *compiled.flatten(state)]
+        return {f"state.{i}": t for i, t in enumerate(carried)} | out
+
+    key = compiled.StepKey(
+        step_size=step_size,
+        history=buffers.window.shape[1],
+        reset_ended=reset_ended,
+        final_observation=final_observation,
+        parallel=backend.num_envs >= compiled.PARALLEL_MIN_ENVS,
+        device_type=backend.device.type,
+        constants=repr((constants[0], constants[1].variants)),
+    )
+    actions = torch.zeros(backend.num_envs, dtype=torch.int64, device=backend.device)
+    example = [*compiled.flatten(sim_like), *compiled.flatten(buffers), actions, actions >= 0]
+    return compiled.load_or_compile(key, flat_step, example)
 
 
 def _features(window: torch.Tensor) -> torch.Tensor:
@@ -275,7 +342,7 @@ class TorchStudentEnv:
         self._buffers = empty_buffers(self.num_envs, self.history, self.device)
         self.autoreset_mode = AutoresetMode(config.autoreset_mode)
         reset_ended = self.autoreset_mode is AutoresetMode.SAME_STEP
-        self._step = compose_step(backend, reset_ended, config.fast, config.final_observation)
+        self._step = compose_step(backend, reset_ended, config.fast, config.final_observation, config.step_size)
         self._everyone = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
         self._batch_size = torch.Size([self.num_envs])
         self._seed = config.seed

@@ -205,7 +205,6 @@ class ServerState:
             privileged=self.expose_health,
             max_steps_per_episode=max_steps_per_episode,
             final_observation=False,
-            fast=False,
             sim_params=self.params,
         )
         env.reset()  # every engine ready; a client's reset starts the engine's next episode
