@@ -140,7 +140,7 @@ def load_or_compile(
     """`(run, names)` for `key`, from this process, from disk, or compiled: `run(flat inputs)`
     returns the values of `step`'s output dict, in the order of `names`.
 
-    `step(flat) -> dict` is the step on a flat list of tensors whose last dimension is the
+    `step(flat) -> dict` is the step on a flat list of tensors whose first dimension is the
     engines; `example` are such inputs for any engine count (only their shapes past the engine
     dimension and their dtypes matter). Raises `CompileUnavailable` when this machine cannot
     compile.
@@ -174,7 +174,7 @@ def _compile(key: StepKey, step: Callable, example: list[torch.Tensor], path: Pa
     )
     start = time.perf_counter()
     try:
-        example = [t.new_zeros((*t.shape[:-1], n)) for t in example]
+        example = [t.new_zeros((n, *t.shape[1:])) for t in example]
         engines = torch.export.Dim("N", min=1)
         names: list[str] = []  # of the outputs, known once traced (a local: export restores module attributes)
 
@@ -187,7 +187,7 @@ def _compile(key: StepKey, step: Callable, example: list[torch.Tensor], path: Pa
         with warnings.catch_warnings():  # torch's own deprecation notices from inside export
             warnings.simplefilter("ignore", FutureWarning)
             program = torch.export.export(
-                module, (example,), dynamic_shapes=([{t.dim() - 1: engines} for t in example],)
+                module, (example,), dynamic_shapes=([{0: engines} for _ in example],)
             )
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_name(f"{path.stem}.partial-{os.getpid()}.pt2")

@@ -37,12 +37,13 @@ _REPAIR = int(Action.REPAIR)  # a plain int: compiled code compares IntEnums as 
 class EpisodeBuffers:
     """What the env keeps per engine between steps (the backend keeps the engines themselves).
 
-    Engines are the last dimension, as in the simulator (see `EngineState`): the window is
-    (10, W, N), and the (N, W, 9) observation handed out is a permuted view of it.
+    Engines are the first dimension of the window (the simulator keeps them last): each engine's
+    window is one contiguous (W, 10) block, so shifting rows in is a contiguous copy per engine,
+    and the (N, W, 9) observation handed out is a view of it (`window.push_rows`).
     """
 
-    window: torch.Tensor  # (10, W, N) float32: the 9 features + hidden health of the last W rows
-    window_flight: torch.Tensor  # (W, N) int64: flight index of each row, -1 = padding; oldest first
+    window: torch.Tensor  # (N, W, 10) float32: the 9 features + hidden health of the last W rows
+    window_flight: torch.Tensor  # (N, W) int64: flight index of each row, -1 = padding; oldest first
     active: torch.Tensor  # (N,) bool: in an episode (False: finished, awaiting its restart)
     last_terminated: torch.Tensor  # (N,) bool: flags that engines not flown repeat
     last_truncated: torch.Tensor  # (N,) bool
@@ -57,8 +58,8 @@ def empty_buffers(num_envs: int, history: int, device: torch.device) -> EpisodeB
     flags = torch.zeros(num_envs, dtype=torch.bool, device=device)
     counts = torch.zeros(num_envs, dtype=torch.int64, device=device)
     return EpisodeBuffers(
-        window=torch.zeros(ROW_WIDTH, history, num_envs, device=device),
-        window_flight=torch.full((history, num_envs), -1, dtype=torch.int64, device=device),
+        window=torch.zeros(num_envs, history, ROW_WIDTH, device=device),
+        window_flight=torch.full((num_envs, history), -1, dtype=torch.int64, device=device),
         active=flags,
         last_terminated=flags,
         last_truncated=flags,
@@ -76,11 +77,11 @@ def restart_episodes(buffers: EpisodeBuffers, mask: torch.Tensor, first_rows: to
     """
     window, window_flight = buffers.window, buffers.window_flight
     # Selects on the slot index rather than a concatenated fresh window: nothing extra to allocate.
-    newest = torch.arange(window.shape[1], device=window.device).unsqueeze(1) == window.shape[1] - 1  # (W, 1)
-    fresh = torch.where(newest, first_rows.T.unsqueeze(1), 0.0)  # (10, W, N)
+    newest = torch.arange(window.shape[1], device=window.device) == window.shape[1] - 1  # (W,)
+    fresh = torch.where(newest.unsqueeze(1), first_rows.unsqueeze(1), 0.0)  # (N, W, 10)
     return EpisodeBuffers(
-        window=torch.where(mask, fresh, window),
-        window_flight=torch.where(mask, torch.where(newest, 0, -1), window_flight),
+        window=torch.where(mask.view(-1, 1, 1), fresh, window),
+        window_flight=torch.where(mask.unsqueeze(1), torch.where(newest, 0, -1), window_flight),
         active=buffers.active | mask,
         last_terminated=buffers.last_terminated & ~mask,
         last_truncated=buffers.last_truncated & ~mask,
@@ -109,8 +110,9 @@ def window_step(
     `FINAL_KEYS`. A pure function of tensors, so the fast path compiles it whole.
     """
     n_new = transition.row_flown.sum(1)  # 0 for engines that did not fly
-    window = push_rows(buffers.window, transition.rows.permute(2, 1, 0), n_new)
-    window_flight = push_rows(buffers.window_flight.unsqueeze(0), transition.row_flight.T.unsqueeze(0), n_new)[0]
+    # the simulator's rows are a view of engines-last memory: one copy of K rows makes the W-row shift contiguous
+    window = push_rows(buffers.window, transition.rows.contiguous(), n_new)
+    window_flight = push_rows(buffers.window_flight, transition.row_flight, n_new)
     terminated = torch.where(stepped, transition.terminated, buffers.last_terminated)
     truncated = torch.where(stepped, transition.truncated, buffers.last_truncated)
     reward = torch.where(stepped, transition.reward, 0.0)
@@ -133,9 +135,9 @@ def window_step(
         "episode_failed": ended & transition.failed,
     }
     if final_observation:  # by far the largest outputs: (N, W, 9) written every step, mostly zeros
-        out["final_observation"] = torch.where(ended, window[:NUM_FEATURES], 0.0).permute(2, 1, 0)
-        out["final_valid"] = (ended & (window_flight >= 0)).T
-        out["final_flight"] = torch.where(ended, window_flight, -1).T
+        out["final_observation"] = torch.where(ended.view(-1, 1, 1), window[..., :NUM_FEATURES], 0.0)
+        out["final_valid"] = ended.unsqueeze(1) & (window_flight >= 0)
+        out["final_flight"] = torch.where(ended.unsqueeze(1), window_flight, -1)
         out["final_since_repair"] = torch.where(ended, since_repair, 0)
     buffers = EpisodeBuffers(
         window=window,
@@ -283,8 +285,8 @@ def _load_compiled(backend, reset_ended: bool, final_observation: bool, step_siz
 
 
 def _features(window: torch.Tensor) -> torch.Tensor:
-    """The (N, W, 9) feature view of a (10, W, N) window buffer."""
-    return window[:NUM_FEATURES].permute(2, 1, 0)
+    """The (N, W, 9) feature view of an (N, W, 10) window buffer."""
+    return window[..., :NUM_FEATURES]
 
 
 class TorchStudentEnv:
@@ -325,11 +327,12 @@ class TorchStudentEnv:
     then a no-op that repeats its final flags with reward 0). `step(actions, mask=...)` flies
     only the masked engines; the others earn 0 and repeat their last flags.
 
-    Memory layout: engines are the innermost dimension of every buffer (that is what vectorises
-    the simulator), so the per-window outputs are permuted views, not contiguous (N, W, F)
-    tensors. Indexing, arithmetic, `copy_` and TensorDict ops take them as they are; call
-    `.contiguous()` before `.view()`. Outputs are never written in place: a returned tensor keeps
-    its values after later steps.
+    Memory layout: the window buffer is (N, W, 10), the 9 features and the hidden health of each
+    row, so `observation` (N, W, 9) is a view of it with a row stride of 10, not a contiguous
+    tensor: indexing, arithmetic, `copy_`, `reshape` and TensorDict ops take it as it is; call
+    `.contiguous()` before `.view()`. The simulator keeps engines innermost (that is what
+    vectorises it), so the per-engine outputs of a step are plain (N,) tensors. Outputs are never
+    written in place: a returned tensor keeps its values after later steps.
     """
 
     def __init__(self, config: EnvConfig, backend: Backend) -> None:
@@ -504,16 +507,16 @@ class TorchStudentEnv:
         valid = window_flight >= 0
         data = {
             "observation": _features(window),
-            "row": window[:NUM_FEATURES, -1].T,
-            "flight": window_flight.T,
-            "valid": valid.T,
+            "row": window[:, -1, :NUM_FEATURES],
+            "flight": window_flight,
+            "valid": valid,
             "age": self._buffers.age,
             "since_repair": self._buffers.since_repair,
             "repairs": self._buffers.repairs,
         }
         if self.config.privileged:
             data.update(self.backend.privileged())
-            data["window_health"] = torch.where(valid, window[HEALTH_COLUMN], 0.0).T
+            data["window_health"] = torch.where(valid, window[..., HEALTH_COLUMN], 0.0)
         data.update(step_outputs or {})
         # Every tensor here was made by the env on its device with the batch dimension first, so
         # the constructor's checks (about 12 us a call, a tenth of a small step) are skipped.
