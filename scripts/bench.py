@@ -5,12 +5,16 @@
     python scripts/bench.py --device cuda       # adds 1,048,576 envs
 
 Rows (step_size 10, uniform random actions, median of --repeats after warm-up): this env eager
-and with its compiled fast path, eager again with a policy's action mix below 8,192 envs;
-gymnasium SyncVectorEnv over a single-engine NumPy env of the same model
-(scripts/reference_gym_env.py); the TorchRL adapter, and TorchRL's SerialEnv/ParallelEnv over the
-single-engine env; the remote backend against the reference server (a subprocess on 127.0.0.1) and
-the seed client's request pattern; the memory-write floor. Also: adapter overheads against the
-native env, memory per env. Writes JSON (--out). The server under many clients is
+and with its compiled fast path (the default on the CPU), eager again with a policy's action mix
+below 8,192 envs; this model's floor (one compiled kernel drawing a step's random numbers and
+writing the window outputs a step must write) and the memory-write floor; a naive NumPy env (a
+Python loop over single engines of the same model, scripts/reference_gym_env.py) and gymnasium's
+SyncVectorEnv over the same engines; the TorchRL adapter, and TorchRL's SerialEnv/ParallelEnv;
+the remote backend against the reference server (a subprocess on 127.0.0.1) and the seed
+client's request pattern; history=10 against history=100 at 4,096 engines. Also: adapter
+overheads against the native env, memory per env, first use (import, make_env(4), reset, one
+step) in fresh processes with cold and warm compile caches, and the ratios the targets name,
+each between two rows of the same run. Writes JSON (--out). The server under many clients is
 `scripts/soak.py`.
 
     python scripts/bench.py --sizes 65536 --native-only   # one line's worth: this env at one N
@@ -73,11 +77,11 @@ def actions_for(n: int, device, generator, mix: tuple[float, ...] | None = None)
     return torch.multinomial(torch.tensor(mix), n, replacement=True, generator=generator).to(device)
 
 
-def native(n: int, device: str, fast: bool, args, final_observation: bool = True, mix=None) -> dict:
+def native(n: int, device: str, fast: bool, args, final_observation: bool = True, mix=None, history=None) -> dict:
     start = time.perf_counter()
     env = make_env(
         num_envs=n, step_size=STEP, device=device, seed=0, fast=fast, validate_actions=False,
-        final_observation=final_observation,
+        final_observation=final_observation, history=history,
     )  # fmt: skip
     env.reset()
     gen = torch.Generator().manual_seed(0)
@@ -197,6 +201,86 @@ def seed_pattern(n: int, url: str, args) -> dict:
     return {"seconds_per_step": per}
 
 
+def naive_numpy(n: int, args) -> dict:
+    """What a student would write first: a plain Python loop over n single-engine NumPy envs
+    (10 flights a step, 9 normals a row, one hazard draw a flight), resets by hand."""
+    from reference_gym_env import SingleEngineEnv
+
+    engines = [SingleEngineEnv() for _ in range(n)]
+    for i, engine in enumerate(engines):
+        engine.reset(seed=i)
+    rng = np.random.default_rng(0)
+
+    def step():
+        for engine, action in zip(engines, rng.integers(0, 3, n), strict=True):
+            _, _, terminated, truncated, _ = engine.step(int(action))
+            if terminated or truncated:
+                engine.reset()
+
+    return {"seconds_per_step": timed(step, args.repeats, args.min_seconds)}
+
+
+def model_floor(n: int, device: str, args, history: int = STEP) -> dict:
+    """This model's floor: one compiled kernel that draws what a step of n engines draws (the 6
+    hashes of each of the 10 rows: 9 Box-Muller normals, a profit normal, a hazard uniform) and
+    writes the outputs a step must write: the rows into a fresh (n, history, 9) window, and a
+    fresh (n, history, 9) terminal window of zeros. Nothing of the model's arithmetic: a bound."""
+    from torch_student_env.sim import rng
+
+    def draw(key, flight, window):
+        j = torch.arange(1, STEP + 1, device=key.device).unsqueeze(1)
+        bits = rng.stream_bits(rng.fold(key, flight + j), 6)  # (6, K, N)
+        normals = torch.cat(rng.normal_pair(bits[:5]), dim=0)  # (10, K, N)
+        uniform = rng.uniform24(bits[5])
+        rows = (normals[:9] + normals[9] * uniform).permute(2, 1, 0)  # (N, K, 9)
+        return torch.cat((window[:, STEP:], rows), dim=1), torch.zeros_like(window)
+
+    compiled = torch.compile(draw, dynamic=False)
+    key = torch.arange(n, dtype=torch.int32, device=device)
+    flight = torch.zeros(n, dtype=torch.int64, device=device)
+    window = torch.zeros(n, history, 9, device=device)
+    sync = torch.cuda.synchronize if window.device.type == "cuda" else (lambda: None)
+
+    def step():
+        nonlocal window
+        window, _ = compiled(key, flight, window)
+
+    return {"seconds_per_step": timed(step, args.repeats, args.min_seconds, sync=sync)}
+
+
+FIRST_USE = """
+import sys, time
+start = time.perf_counter()
+import torch
+imported = time.perf_counter()
+from torch_student_env import make_env
+env = make_env(num_envs=4, seed=0)
+env.reset()
+env.step(torch.zeros(4, dtype=torch.int64))
+done = time.perf_counter()
+print(imported - start, done - imported)
+"""
+
+
+def first_use(args) -> dict:
+    """Import, `make_env(4)`, reset and one step in a fresh process: with empty compile caches
+    (cold), then again (warm). Seconds of `import torch`, and of the rest."""
+    import subprocess
+    import tempfile
+
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        environ = {k: v for k, v in os.environ.items() if k not in ("TORCH_STUDENT_ENV_CACHE_DIR", "TORCH_STUDENT_ENV_FAST")}
+        environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+        for case in ("cold", "warm"):
+            done = subprocess.run([sys.executable, "-c", FIRST_USE], env=environ, capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(done.stderr)
+            torch_s, rest_s = map(float, done.stdout.split())
+            out[case] = {"import torch": torch_s, "beyond import torch": rest_s}
+    return out
+
+
 def floor(n: int, device: str, args) -> dict:
     """Writing the same float32 rows to memory: the bound no env can beat."""
     buf = torch.empty(n, STEP, 9, device=device)
@@ -256,6 +340,8 @@ def main() -> None:
     parser.add_argument("--min-seconds", type=float, default=0.3, help="minimum length of one timed block")
     parser.add_argument("--skip", nargs="*", default=[], help="row groups to skip: sync torchrl remote adapters")
     parser.add_argument("--native-only", action="store_true", help="only this env and the floor (= --skip all)")
+    parser.add_argument("--no-history", action="store_true", help="skip the history=10/100 rows at 4,096 engines")
+    parser.add_argument("--no-first-use", action="store_true", help="skip timing first use in fresh processes")
     parser.add_argument("--out", default="runs/bench.json")
     args = parser.parse_args()
     if args.native_only:
@@ -267,9 +353,12 @@ def main() -> None:
         jobs += [
             ("this env, eager", n, lambda n=n: native(n, args.device, False, args)),
             ("this env, fast path", n, lambda n=n: native(n, args.device, True, args)),
+            ("this model's floor", n, lambda n=n: model_floor(n, args.device, args)),
             ("memory-write floor", n, lambda n=n: floor(n, args.device, args)),
         ]
-        if n < FAST_PATH_MIN_ENVS:  # where eager is the default
+        if n <= 64 and "sync" not in args.skip:
+            jobs.append(("naive NumPy env (a loop over single engines)", n, lambda n=n: naive_numpy(n, args)))
+        if n < FAST_PATH_MIN_ENVS:  # where the eager step skips what no engine needs
             mixed = f"this env, eager, {'/'.join(f'{100 * p:.0f}' for p in POLICY_MIX)} % actions"
             jobs.append((mixed, n, lambda n=n: native(n, args.device, False, args, mix=POLICY_MIX)))
         if n >= 16384:  # where the terminal windows' memory shows
@@ -279,6 +368,16 @@ def main() -> None:
             jobs.append(("TorchRL adapter", n, lambda n=n: torchrl_adapter(n, args.device, args)))
         if "sync" not in args.skip and n <= 65536:
             jobs.append(("gymnasium SyncVectorEnv (NumPy single engine)", n, lambda n=n: sync_vector(n, args)))
+    if not args.no_history:  # the 100-row memory against the default window, at 4,096 engines
+        for history in (10, 100):
+            jobs += [
+                (f"this env, fast path, history={history}", 4096,
+                 lambda h=history: native(4096, args.device, True, args, history=h)),
+                (f"this env, eager, history={history}", 4096,
+                 lambda h=history: native(4096, args.device, False, args, history=h)),
+                (f"this model's floor, history={history}", 4096,
+                 lambda h=history: model_floor(4096, args.device, args, history=h)),
+            ]  # fmt: skip
     if "torchrl" not in args.skip:
         jobs += [
             ("TorchRL SerialEnv (NumPy single engine)", n, lambda n=n: torchrl_batched(n, False, args)) for n in (4, 64)
@@ -313,6 +412,8 @@ def main() -> None:
     if "adapters" not in args.skip:
         results["extra"]["adapter_seconds_per_step"] = {n: adapter_overheads(n, args) for n in (64, 4096)}
         results["extra"]["policy_loop_seconds_per_step"] = policy_loop(64, args)
+    if not args.no_first_use:
+        results["extra"]["first_use_seconds"] = first_use(args)
     results["extra"]["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -328,6 +429,30 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
         "|---|" + "---:|" * (len(header) - 1),
         *("| " + " | ".join(row) + " |" for row in rows),
     ]
+
+
+def _ratios(cell: dict, sizes: list[int]) -> list[list[str]]:
+    """The targets' ratios, each between two rows of the same run."""
+
+    def sec(name, n):
+        return cell[name, n]["seconds_per_step"] if (name, n) in cell else None
+
+    out = []
+    fast, naive = sec("this env, fast path", 4), sec("naive NumPy env (a loop over single engines)", 4)
+    if fast and naive:
+        out.append(["N=4: speed of the fast path (the default) / the naive NumPy env", f"{naive / fast:.2f}x"])
+    for n in sizes:
+        fast, floor_ = sec("this env, fast path", n), sec("this model's floor", n)
+        if fast and floor_:
+            out.append([f"N={n:,}: fast path step time / this model's floor", f"{fast / floor_:.2f}x"])
+    for path in ("fast path", "eager"):
+        h10, h100 = sec(f"this env, {path}, history=10", 4096), sec(f"this env, {path}, history=100", 4096)
+        if h10 and h100:
+            out.append([f"N=4,096, {path}: history=100 / history=10 step time", f"{h100 / h10:.2f}x"])
+    h10, h100 = sec("this model's floor, history=10", 4096), sec("this model's floor, history=100", 4096)
+    if h10 and h100:
+        out.append(["N=4,096, this model's floor: history=100 / history=10", f"{h100 / h10:.2f}x"])
+    return out
 
 
 def markdown(results: dict) -> str:
@@ -368,6 +493,11 @@ def markdown(results: dict) -> str:
         loop = extra["policy_loop_seconds_per_step"]
         lines += ["", *_table(["the main job's step (N=64, fast path)", "us/step"],
                               [[mode, f"{1e6 * v:.0f}"] for mode, v in loop.items()])]  # fmt: skip
+    lines += ["", *_table(["ratio, same run", "value"], _ratios(cell, sizes))]
+    if "first_use_seconds" in extra:
+        lines += ["", *_table(["first use in a fresh process (import, make_env(4), reset, 1 step)", "import torch", "beyond it"],
+                              [[case, f"{v['import torch']:.1f} s", f"{v['beyond import torch']:.1f} s"]
+                               for case, v in extra["first_use_seconds"].items()])]  # fmt: skip
     lines += ["", f"Peak host memory of the benchmark process: {extra['peak_rss_mb']:,.0f} MB."]
     return "\n".join(lines)
 
