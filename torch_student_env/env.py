@@ -78,7 +78,8 @@ def restart_episodes(buffers: EpisodeBuffers, mask: torch.Tensor, first_rows: to
     window, window_flight = buffers.window, buffers.window_flight
     # Selects on the slot index rather than a concatenated fresh window: nothing extra to allocate.
     newest = torch.arange(window.shape[1], device=window.device) == window.shape[1] - 1  # (W,)
-    fresh = torch.where(newest.unsqueeze(1), first_rows.unsqueeze(1), 0.0)  # (N, W, 10)
+    # contiguous rows: the backend's are a view of engines-last memory, which `where` would copy
+    fresh = torch.where(newest.unsqueeze(1), first_rows.contiguous().unsqueeze(1), 0.0)  # (N, W, 10)
     return EpisodeBuffers(
         window=torch.where(mask.view(-1, 1, 1), fresh, window),
         window_flight=torch.where(mask.unsqueeze(1), torch.where(newest, 0, -1), window_flight),
@@ -249,7 +250,11 @@ def compose_step(
                         stacklevel=3,
                     )
                 return eager(buffers, actions, mask, k)
-        flat = runner["run"]([*compiled.flatten(backend.sim), *compiled.flatten(buffers), actions, mask])
+        # The library was compiled for contiguous inputs and does not check strides: a state
+        # tensor laid out otherwise (a restart's window follows the simulator's engines-last
+        # rows) would be read wrongly. `contiguous` returns a contiguous tensor as it is.
+        inputs = [t.contiguous() for t in (*compiled.flatten(backend.sim), *compiled.flatten(buffers))]
+        flat = runner["run"]([*inputs, actions.contiguous(), mask.contiguous()])
         backend.sim, start = compiled.unflatten(backend.sim, flat)
         buffers, start = compiled.unflatten(buffers, flat, start)
         return buffers, dict(zip(runner["names"][start:], flat[start:]))

@@ -28,8 +28,19 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="fsync every commit: scores survive a power cut too, not only a crash of the server (slower)",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: a 4-engine step has nothing to split, and requests run in parallel)",
+    )
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    import torch
+
+    torch.set_num_threads(args.threads)
 
     import uvicorn
 
@@ -47,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         app = create_app(tokens, limits, expose_health=not args.hide_health, db=args.db, durable=args.durable)
     except StoreError as err:
         raise SystemExit(f"error: {err}") from None
+    app.state.server.warm_up()  # the compiled step, before the port opens
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 

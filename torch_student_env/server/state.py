@@ -195,6 +195,13 @@ class ServerState:
                 self.episodes[replay.episode_id] = (session, group, i)
         return group
 
+    def warm_up(self) -> None:
+        """Compile (or load) the step of the groups most requests make (the client's default
+        flight limit and step size) before serving: a first request would otherwise wait for it.
+        Groups with or without auto-reset share that step."""
+        env = self._make_group_env(4, 1000, auto_reset=True)
+        env.step([0, 0, 0, 0])
+
     def _make_group_env(self, num_envs: int, max_steps_per_episode: int, auto_reset: bool) -> TorchStudentEnv:
         """The env of a new group: its window holds a whole step's rows (what a step answers)."""
         env = make_env(
