@@ -55,7 +55,9 @@ class Args:
     )
     kickstart_coef: float = arg(1.0, "initial weight of the cross-entropy to the teacher's action")
     kickstart_fraction: float = arg(0.5, "share of the updates over which that weight anneals linearly to 0")
-    fast: bool = arg(True, "compile the training env's step (torch.compile: one-off ~35 s, cached on disk)")
+    fast: bool | None = arg(
+        None, "compile the training env's step (default: make_env's, on for CPU; one-off ~30 s, then cached on disk)"
+    )
     num_steps: int = arg(64, "rollout length per env between updates")
     learning_rate: float = arg(5e-4, "Adam learning rate (annealed linearly to 0)")
     gamma: float = arg(0.99, "discount per env step")

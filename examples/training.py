@@ -29,7 +29,7 @@ def parse_args(cls: type[T], description: str, argv: list[str] | None = None) ->
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "")
-        if f.type in (bool, "bool"):
+        if f.type in (bool, "bool", "bool | None"):  # None: leave the choice to the library
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
         else:
             kind = {"int": int, "float": float, "str": str}.get(
