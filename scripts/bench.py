@@ -235,6 +235,9 @@ def model_floor(n: int, device: str, args, history: int = STEP) -> dict:
         rows = (normals[:9] + normals[9] * uniform).permute(2, 1, 0)  # (N, K, 9)
         return torch.cat((window[:, STEP:], rows), dim=1), torch.zeros_like(window)
 
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)  # one graph per (n, history)
     compiled = torch.compile(draw, dynamic=False)
     key = torch.arange(n, dtype=torch.int32, device=device)
     flight = torch.zeros(n, dtype=torch.int64, device=device)

@@ -2,17 +2,20 @@
 kept on disk so that a new process loads it instead of compiling again.
 
 The step (`env._pure_step`: the simulator's kernel, then the env's window update) is exported
-with `torch.export` with the engine dimension dynamic (`Dim("N", min=1)`), compiled by
-AOTInductor into a shared library, and called through the library's runner with flat lists of
-tensors. That call costs about a tenth of a `torch.compile` call at 4 engines: no guards, no
-Python wrappers around it (measured in docs/benchmarks.md). The engine count is a symbol of the
-graph, so 1, 4, 63 or 10,000 engines share one library; what fixes the graph is the rest of the
-configuration (`StepKey`).
+with `torch.export`, compiled by AOTInductor into a shared library, and called through the
+library's runner with flat lists of tensors: no guards, no Python wrappers around the call,
+which at 4 engines makes a step 0.13 ms instead of 0.27 ms through `torch.compile`
+(docs/benchmarks.md). What fixes a library is the configuration (`StepKey`).
 
-Two builds exist per configuration, chosen by the number of engines: inductor decides at
-compile time whether a loop runs on several threads, from the size it is shown. A build traced
-at 4 engines runs every loop on one thread (no OpenMP fork per loop, which small batches would
-pay on every step); a build traced at 65,536 engines splits its loops over the threads.
+Below `STATIC_MIN_ENVS` engines one library serves every engine count; from there on each
+engine count gets its own. Measured here (docs/benchmarks.md): with the engine count a symbol,
+inductor's loops over flattened (flights x engines) ranges divide and take the remainder by that
+symbol for every element, and it decides at compile time, from the size it is traced at, whether
+a loop runs on several threads. Traced at 4 engines, the shared library runs every loop on one
+thread, which suits small batches (no OpenMP fork per loop on every step), and its per-element
+index arithmetic costs little there; at thousands of engines a library compiled for that
+count is 2-4x faster (constant index arithmetic, loops split over the threads). A user at scale
+picks one size, and pays one compile for it, once per machine.
 
 Where compiling is not possible (no C++ compiler, a torch build without inductor, an
 unsupported platform), `load_or_compile` raises `CompileUnavailable` and the env steps eagerly
@@ -37,9 +40,10 @@ import torch
 
 log = logging.getLogger("torch_student_env")
 
-# From this many engines on, the build whose loops run on all threads (see the module docstring).
-PARALLEL_MIN_ENVS = 2048
-_TRACE_ENVS = {False: 4, True: 65536}  # the engine count each build is traced (and tuned) at
+# Below this many engines one library serves every engine count; from it on, each engine count
+# gets its own (see the module docstring).
+STATIC_MIN_ENVS = 256
+_DYNAMIC_TRACE_ENVS = 4  # the engine count the shared library is traced (and tuned) at
 # Store an intermediate buffer once it is 8 ops deep instead of recomputing it in every consumer
 # (inductor's default is 30): compiles in 23 s instead of 30 s and runs 1.3-1.6x faster here.
 _INDUCTOR_OPTIONS = {"realize_opcount_threshold": 8}
@@ -60,7 +64,7 @@ class StepKey:
     history: int
     reset_ended: bool
     final_observation: bool
-    parallel: bool
+    num_envs: int | None  # None: any number of engines (below STATIC_MIN_ENVS)
     device_type: str
     constants: str  # the kernel's constants (flight limit, model tables) as text
 
@@ -164,7 +168,6 @@ def load_or_compile(
 
 
 def _compile(key: StepKey, step: Callable, example: list[torch.Tensor], path: Path) -> None:
-    n = _TRACE_ENVS[key.parallel]
     log.warning(
         "torch_student_env: compiling the env step for step_size=%d, history=%d (once per configuration, "
         "about 30 s; later processes load it from %s)",
@@ -174,8 +177,11 @@ def _compile(key: StepKey, step: Callable, example: list[torch.Tensor], path: Pa
     )
     start = time.perf_counter()
     try:
-        example = [t.new_zeros((n, *t.shape[1:])) for t in example]
-        engines = torch.export.Dim("N", min=1)
+        dynamic = None
+        if key.num_envs is None:
+            example = [t.new_zeros((_DYNAMIC_TRACE_ENVS, *t.shape[1:])) for t in example]
+            engines = torch.export.Dim("N", min=1)
+            dynamic = ([{0: engines} for _ in example],)
         names: list[str] = []  # of the outputs, known once traced (a local: export restores module attributes)
 
         def traced(flat: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -186,9 +192,7 @@ def _compile(key: StepKey, step: Callable, example: list[torch.Tensor], path: Pa
         module = _FlatStep(traced)
         with warnings.catch_warnings():  # torch's own deprecation notices from inside export
             warnings.simplefilter("ignore", FutureWarning)
-            program = torch.export.export(
-                module, (example,), dynamic_shapes=([{0: engines} for _ in example],)
-            )
+            program = torch.export.export(module, (example,), dynamic_shapes=dynamic)
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_name(f"{path.stem}.partial-{os.getpid()}.pt2")
             options = _INDUCTOR_OPTIONS | {"aot_inductor.metadata": {"names": ",".join(names)}}

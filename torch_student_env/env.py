@@ -280,7 +280,7 @@ def _load_compiled(backend, reset_ended: bool, final_observation: bool, step_siz
         history=buffers.window.shape[1],
         reset_ended=reset_ended,
         final_observation=final_observation,
-        parallel=backend.num_envs >= compiled.PARALLEL_MIN_ENVS,
+        num_envs=backend.num_envs if backend.num_envs >= compiled.STATIC_MIN_ENVS else None,
         device_type=backend.device.type,
         constants=repr((constants[0], constants[1].variants)),
     )

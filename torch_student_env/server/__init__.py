@@ -72,11 +72,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server_process(tokens: list[str], *flags: str, port: int = 0, timeout: float = 60.0) -> Iterator[ServerProcess]:
+def server_process(tokens: list[str], *flags: str, port: int = 0, timeout: float = 240.0) -> Iterator[ServerProcess]:
     """`python -m torch_student_env.server` on 127.0.0.1 accepting `tokens`, until the block exits.
 
     `port=0` picks a free port; `flags` are extra command-line options of the server (scores
-    are kept in memory unless they name a `--db` file).
+    are kept in memory unless they name a `--db` file). `timeout` covers a cold start, where the
+    server compiles its groups' step (about 30 s, once per machine) before it opens its port.
     """
     port = port or free_port()
     if "--db" not in flags:  # scores in memory unless asked: a test never leaves a file behind
