@@ -31,7 +31,7 @@ def _play_both(eager, fast, steps: int, n: int, gen: torch.Generator) -> tuple[i
     return ended, quiet
 
 
-@pytest.mark.parametrize("n", [48, 1, 5])
+@pytest.mark.parametrize("n", [48, 1, 5, 257])  # 257: a library of its own (from compiled.STATIC_MIN_ENVS)
 def test_fast_path_matches_eager_at_any_number_of_engines(n):
     before = len(compiled._loaded)
     eager = make_env(num_envs=n, seed=12, fast=False, privileged=True)
@@ -42,12 +42,13 @@ def test_fast_path_matches_eager_at_any_number_of_engines(n):
     ended, quiet = _play_both(eager, fast, 40, n, torch.Generator().manual_seed(n))
     # Both kinds of step: with auto-resets, and without, where eager on CPU skips building fresh
     # engines (sim_step) while the compiled step builds them for all N and selects none.
-    assert ended > 0 and quiet > 0
-    # one library per configuration, whatever the number of engines: 48, 1 and 5 engines (and
-    # another seed) share the one loaded by the first of these tests
-    other = make_env(num_envs=n + 3, seed=99, fast=True)
-    other.reset()
-    other.step(torch.zeros(n + 3, dtype=torch.int64))
+    assert ended > 0 and (quiet > 0 or n > 100)  # hundreds of engines: some episode ends every step
+    # one library per configuration below STATIC_MIN_ENVS, whatever the number of engines: 48, 1
+    # and 5 engines (and another seed) share the one loaded by the first of these tests
+    if n < compiled.STATIC_MIN_ENVS:
+        other = make_env(num_envs=n + 3, seed=99, fast=True)
+        other.reset()
+        other.step(torch.zeros(n + 3, dtype=torch.int64))
     assert len(compiled._loaded) - before <= 1
     assert compiled.stats.failed == 0
 

@@ -100,9 +100,14 @@ def _source_hash() -> str:
     return digest.hexdigest()
 
 
+# Read once, when the package is imported: the code this process runs, even if the files change
+# on disk while it runs (a library compiled later is keyed by what it was compiled from).
+_SOURCE_HASH = _source_hash()
+
+
 def _library_path(key: StepKey) -> Path:
     text = "|".join(
-        (repr(key), torch.__version__, sys.version, platform.machine(), repr(_INDUCTOR_OPTIONS), _source_hash())
+        (repr(key), torch.__version__, sys.version, platform.machine(), repr(_INDUCTOR_OPTIONS), _SOURCE_HASH)
     )
     return cache_dir() / f"step-{hashlib.sha256(text.encode()).hexdigest()[:24]}.pt2"
 

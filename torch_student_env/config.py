@@ -123,9 +123,9 @@ class EnvConfig:
     flights, as the challenge's server does. `seed=None` draws one from the OS and records it.
     `fast` compiles the whole step (the simulator's kernel and the env's window update) into one
     graph. It applies to the embedded simulator only. On the CPU the graph is compiled ahead of
-    time for any number of engines and kept on disk (`compiled`): the first env of a
-    configuration compiles for about 30 s (one log line says so), later ones and later processes
-    load it in under a second, and a machine that cannot compile steps eagerly after one
+    time and kept on disk (`compiled`: one library for every count below 256 engines, one per
+    count from there): the first env of a configuration compiles for about 30 s (one log line
+    says so), later ones and later processes load it in under a second, and a machine that cannot compile steps eagerly after one
     warning. None (default) turns it on for CPU envs, and on accelerators from
     `FAST_PATH_MIN_ENVS` engines (there `torch.compile` makes one graph per shape); the
     environment variable `TORCH_STUDENT_ENV_FAST=0` makes eager the default. A fast accelerator

@@ -285,7 +285,9 @@ def _load_compiled(backend, reset_ended: bool, final_observation: bool, step_siz
         constants=repr((constants[0], constants[1].variants)),
     )
     actions = torch.zeros(backend.num_envs, dtype=torch.int64, device=backend.device)
-    example = [*compiled.flatten(sim_like), *compiled.flatten(buffers), actions, actions >= 0]
+    # contiguous, as every call's inputs are (a library compiled for one engine count is traced on these)
+    example = [t.contiguous() for t in (*compiled.flatten(sim_like), *compiled.flatten(buffers))]
+    example += [actions, actions >= 0]
     return compiled.load_or_compile(key, flat_step, example)
 
 
