@@ -77,7 +77,9 @@ def actions_for(n: int, device, generator, mix: tuple[float, ...] | None = None)
     return torch.multinomial(torch.tensor(mix), n, replacement=True, generator=generator).to(device)
 
 
-def native(n: int, device: str, fast: bool | None, args, final_observation: bool = True, mix=None, history=None) -> dict:
+def native(
+    n: int, device: str, fast: bool | None, args, final_observation: bool = True, mix=None, history=None
+) -> dict:
     start = time.perf_counter()
     env = make_env(
         num_envs=n, step_size=STEP, device=device, seed=0, fast=fast, validate_actions=False,
@@ -273,7 +275,8 @@ def first_use(args) -> dict:
 
     out = {}
     with tempfile.TemporaryDirectory() as cache:
-        environ = {k: v for k, v in os.environ.items() if k not in ("TORCH_STUDENT_ENV_CACHE_DIR", "TORCH_STUDENT_ENV_FAST")}
+        unset = ("TORCH_STUDENT_ENV_CACHE_DIR", "TORCH_STUDENT_ENV_FAST")
+        environ = {k: v for k, v in os.environ.items() if k not in unset}
         environ["TORCHINDUCTOR_CACHE_DIR"] = cache
         for case in ("cold", "warm"):
             done = subprocess.run([sys.executable, "-c", FIRST_USE], env=environ, capture_output=True, text=True)
@@ -498,7 +501,8 @@ def markdown(results: dict) -> str:
                               [[mode, f"{1e6 * v:.0f}"] for mode, v in loop.items()])]  # fmt: skip
     lines += ["", *_table(["ratio, same run", "value"], _ratios(cell, sizes))]
     if "first_use_seconds" in extra:
-        lines += ["", *_table(["first use in a fresh process (import, make_env(4), reset, 1 step)", "import torch", "beyond it"],
+        header = ["first use in a fresh process (import, make_env(4), reset, 1 step)", "import torch", "beyond it"]
+        lines += ["", *_table(header,
                               [[case, f"{v['import torch']:.1f} s", f"{v['beyond import torch']:.1f} s"]
                                for case, v in extra["first_use_seconds"].items()])]  # fmt: skip
     lines += ["", f"Peak host memory of the benchmark process: {extra['peak_rss_mb']:,.0f} MB."]

@@ -79,7 +79,8 @@ class Stats:
 
 
 stats = Stats()
-_loaded: dict[StepKey, Callable] = {}  # one runner per configuration, shared by every env of it
+Runner = Callable[[list[torch.Tensor]], list[torch.Tensor]]
+_loaded: dict[StepKey, tuple[Runner, list[str]]] = {}  # per configuration, shared by every env of it
 
 
 def cache_dir() -> Path:
@@ -145,7 +146,7 @@ def unflatten(like, flat: list[torch.Tensor], start: int = 0):
 
 def load_or_compile(
     key: StepKey, step: Callable[[list[torch.Tensor]], dict[str, torch.Tensor]], example: list[torch.Tensor]
-) -> tuple[Callable[[list[torch.Tensor]], list[torch.Tensor]], list[str]]:
+) -> tuple[Runner, list[str]]:
     """`(run, names)` for `key`, from this process, from disk, or compiled: `run(flat inputs)`
     returns the values of `step`'s output dict, in the order of `names`.
 
@@ -208,7 +209,8 @@ def _compile(key: StepKey, step: Callable, example: list[torch.Tensor], path: Pa
                 partial.unlink(missing_ok=True)
     except Exception as err:
         stats.failed += 1
-        raise CompileUnavailable(f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}") from err
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CompileUnavailable(f"{type(err).__name__}: {first_line}") from err
     stats.compiled += 1
     log.info("torch_student_env: compiled the env step in %.1f s", time.perf_counter() - start)
 

@@ -125,8 +125,8 @@ class EnvConfig:
     graph. It applies to the embedded simulator only. On the CPU the graph is compiled ahead of
     time and kept on disk (`compiled`: one library for every count below 256 engines, one per
     count from there): the first env of a configuration compiles for about 30 s (one log line
-    says so), later ones and later processes load it in under a second, and a machine that cannot compile steps eagerly after one
-    warning. None (default) turns it on for CPU envs, and on accelerators from
+    says so), later ones and later processes load it in under a second, and a machine that
+    cannot compile steps eagerly after one warning. None (default) turns it on for CPU envs, and on accelerators from
     `FAST_PATH_MIN_ENVS` engines (there `torch.compile` makes one graph per shape); the
     environment variable `TORCH_STUDENT_ENV_FAST=0` makes eager the default. A fast accelerator
     env raises `torch._dynamo.config.recompile_limit`, a process-wide setting, to at least

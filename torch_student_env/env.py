@@ -236,7 +236,8 @@ def compose_step(
             return eager(buffers, actions, mask, k)
         if "run" not in runner:
             try:
-                runner["run"], runner["names"] = _load_compiled(backend, reset_ended, final_observation, step_size, buffers)
+                loaded = _load_compiled(backend, reset_ended, final_observation, step_size, buffers)
+                runner["run"], runner["names"] = loaded
             except compiled.CompileUnavailable as err:
                 runner["failed"] = True
                 reason = str(err)
@@ -257,7 +258,7 @@ def compose_step(
         flat = runner["run"]([*inputs, actions.contiguous(), mask.contiguous()])
         backend.sim, start = compiled.unflatten(backend.sim, flat)
         buffers, start = compiled.unflatten(buffers, flat, start)
-        return buffers, dict(zip(runner["names"][start:], flat[start:]))
+        return buffers, dict(zip(runner["names"][start:], flat[start:], strict=True))
 
     return aot_step
 
@@ -271,7 +272,8 @@ def _load_compiled(backend, reset_ended: bool, final_observation: bool, step_siz
         sim, start = compiled.unflatten(sim_like, flat)
         state, start = compiled.unflatten(buffers, flat, start)
         actions, mask = flat[start], flat[start + 1]
-        sim, state, out = _pure_step(kernel, constants, sim, state, actions, mask, step_size, reset_ended, final_observation)
+        args = (sim, state, actions, mask, step_size, reset_ended, final_observation)
+        sim, state, out = _pure_step(kernel, constants, *args)
         carried = [*compiled.flatten(sim), *compiled.flatten(state)]
         return {f"state.{i}": t for i, t in enumerate(carried)} | out
 
