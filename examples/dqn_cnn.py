@@ -20,7 +20,7 @@ from training import RunLogger, arg, final_report, parse_args, run_dir, run_resu
 
 from torch_student_env import make_env
 from torch_student_env.config import normalize_device
-from torch_student_env.evaluate import run_episodes, summarize
+from torch_student_env.evaluation import run_episodes, summarize
 from torch_student_env.models import QNetwork
 
 OBS_KEYS = ("observation", "valid", "flight")

@@ -30,9 +30,10 @@ from training import RunLogger, arg, final_report, parse_args, run_dir, run_resu
 
 from torch_student_env import make_env
 from torch_student_env.config import normalize_device
-from torch_student_env.evaluate import actor_critic_config, run_episodes, summarize
-from torch_student_env.models import EXTRA_INPUTS_KEY, ActorCritic
+from torch_student_env.evaluation import run_episodes, summarize
+from torch_student_env.models import EXTRA_INPUTS_KEY, ActorCritic, model_from_checkpoint
 from torch_student_env.policies import BASELINES, make_policy
+from torch_student_env.spec import FINAL_PLAYER_KEYS
 
 
 @dataclasses.dataclass
@@ -144,16 +145,17 @@ def main(args: Args) -> dict | None:
         env_offset=rank * args.num_envs,
         validate_actions=False,  # sampled from the policy's 3 logits: always valid, and no sync on GPU
     )
-    model_config = {
-        "max_flights": env.config.max_steps_per_episode,
-        "player_keys": args.player_keys,
-        "belief_inputs": args.belief_inputs,
-        "plan_inputs": args.plan_inputs,
-        "step_size": args.step_size,
-        "cnn_rows": args.cnn_rows,
-        "history": args.history,  # not the model's: the window it was trained with, for the evaluator
-    }
-    agent = ActorCritic(**actor_critic_config(model_config)).to(device)
+    agent = ActorCritic(
+        max_flights=env.config.max_steps_per_episode,
+        player_keys=args.player_keys,
+        belief_inputs=args.belief_inputs,
+        plan_inputs=args.plan_inputs,
+        step_size=args.step_size,
+        cnn_rows=args.cnn_rows,
+    ).to(device)
+    # a checkpoint's "model" entry: the model's config, and the window it was trained with (the
+    # env's, not the model's), which the evaluator plays it with
+    model_config = agent.config() | {"history": args.history}
     # DDP averages gradients across ranks in backward. The normalisation statistics are buffers
     # that every rank updates from all ranks' rows (gather_envs), so they need no broadcast.
     learner = agent if world == 1 else ddp(agent)
@@ -241,9 +243,8 @@ def main(args: Args) -> dict | None:
             final_storage["observation"][step] = td["final_observation"]
             final_storage["valid"][step] = td["final_valid"]
             final_storage["flight"][step] = td["final_flight"]
-            final_storage["age"][step] = td["episode_length"]
-            final_storage["since_repair"][step] = td["final_since_repair"]
-            final_storage["repairs"][step] = td["episode_repairs"]
+            for key, final_key in FINAL_PLAYER_KEYS.items():  # the counters it ended with
+                final_storage[key][step] = td[final_key]
             truncateds[step] = td["truncated"]
             next_done = td["done"].to(torch.float32)
             return_sum += td["episode_return"].sum()
@@ -384,8 +385,7 @@ def main(args: Args) -> dict | None:
 
     # EVALUATION: the best checkpoint (by validation return) and the final policy, against every
     # baseline, on held-out seeds (10,000; validation uses 5,000)
-    best_agent = ActorCritic(**actor_critic_config(model_config)).to(device)
-    best_agent.load_state_dict(torch.load(best_path, map_location=device, weights_only=True)["agent"])
+    best_agent = model_from_checkpoint(torch.load(best_path, map_location=device, weights_only=True)).to(device)
     best_name = f"ppo_cnn (best: {best['env_steps']:,} steps)"
     results = final_report(
         {best_name: best_agent.act, "ppo_cnn (final)": agent.act},
@@ -435,10 +435,10 @@ def check_inputs(args: Args) -> None:
 
 def check_teacher(name: str) -> None:
     """Refuse, before anything is built, a teacher a player cannot have or that does not exist."""
-    if name == "oracle":
-        raise SystemExit("--teacher oracle reads the hidden state, which a player cannot; use belief or a rule")
     if name and name not in BASELINES:
-        raise SystemExit(f"--teacher: unknown policy {name!r}; baselines are {BASELINES}")
+        raise SystemExit(f"--teacher: unknown policy {name!r}; baselines are {list(BASELINES)}")
+    if name and BASELINES[name].reads_hidden_state:
+        raise SystemExit(f"--teacher {name} reads the hidden state, which a player cannot; use belief or a rule")
 
 
 def save_first_rollout(out: Path, world: int, rank: int, storage, actions, rewards) -> None:

@@ -26,7 +26,7 @@ from training import arg, final_report, parse_args, save_checkpoint
 
 from torch_student_env.adapters.torchrl import TorchRLStudentEnv
 from torch_student_env.config import normalize_device
-from torch_student_env.evaluate import run_episodes, summarize
+from torch_student_env.evaluation import run_episodes, summarize
 from torch_student_env.make import make_env
 from torch_student_env.models import SensorCNN
 from torch_student_env.spec import NUM_ACTIONS

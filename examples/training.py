@@ -10,14 +10,14 @@ from typing import Any, TypeVar
 
 import torch
 
-from torch_student_env.evaluate import (
+from torch_student_env.evaluation import (
     evaluate_policies,
     evaluate_variants,
     markdown_table,
     record_episode,
     worst_variant,
 )
-from torch_student_env.policies import BASELINES, make_policy
+from torch_student_env.policies import BASELINES, for_model, make_policy
 from torch_student_env.sim.variants import PLAUSIBLE
 
 T = TypeVar("T")
@@ -79,7 +79,7 @@ def final_report(
     per_variant, worst = {}, None
     if variants:  # every policy on every plausible model: only the oracle plans on each model
         factories = {name: (lambda params, policy=policy: policy) for name, policy in policies.items()}
-        factories["oracle"] = lambda params: make_policy("oracle", seed=seed, device=device, params=params)
+        factories |= {name: for_model(name, seed, device) for name in BASELINES if BASELINES[name].reads_hidden_state}
         per_variant = evaluate_variants(
             factories, PLAUSIBLE, num_envs=eval_envs, seed=seed, device=device, history=history
         )

@@ -20,7 +20,7 @@ import torch
 from tensordict import TensorDict
 
 from torch_student_env import make_env
-from torch_student_env.evaluate import paired_difference, run_episodes, summarize
+from torch_student_env.evaluation import paired_difference, run_episodes, summarize
 from torch_student_env.oracle import HEALTH_GRID, RATE_GRID, plan_values
 from torch_student_env.policies import estimate_state, make_policy
 from torch_student_env.sim.engine import SimTables

@@ -12,7 +12,7 @@ import argparse
 import itertools
 
 from torch_student_env import make_env
-from torch_student_env.evaluate import run_episodes, summarize
+from torch_student_env.evaluation import run_episodes, summarize
 from torch_student_env.policies import ThresholdPolicy, TimeBasedPolicy
 
 GRIDS = {

@@ -15,6 +15,13 @@ from torch_student_env import make_env
 # tested there with this variable unset. Subprocesses (examples, servers) inherit it.
 os.environ.setdefault("TORCH_STUDENT_ENV_FAST", "0")
 
+# Under pytest-xdist (the README's command: one worker per core), each worker is a process of its
+# own: one intra-op thread each, or the workers' threads would fight over the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
+    torch.set_num_threads(1)
+
 # the contract suite runs over the three ways a step is computed: the embedded simulator eager
 # and compiled (one torch.compile graph), and the remote backend against the reference server
 PATHS = ["eager", "fast", "remote"]
@@ -47,6 +54,16 @@ def pytest_generate_tests(metafunc):
     if "env_factory" in metafunc.fixturenames:
         paths = PATHS if getattr(metafunc.module, "CONTRACT", False) else ["eager", "remote"]
         metafunc.parametrize("env_factory", paths, indirect=True)
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that compile a step run on one xdist worker (`--dist loadgroup`): each compiled
+    configuration is then compiled once, on a cold cache, instead of once per worker."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        fast = callspec is not None and (callspec.params.get("env_factory") == "fast" or callspec.params.get("fast"))
+        if fast or item.get_closest_marker("compiles"):
+            item.add_marker(pytest.mark.xdist_group("compiled"))
 
 
 @pytest.fixture

@@ -50,8 +50,10 @@ def test_sell_ends_episode_with_flat_sale_and_one_row(env_factory):
 def test_failure_mid_window_matches_frozen_twin(env_factory):
     """The auto-reset env's final_observation is what an identical autoreset_mode="disabled" env ends with."""
     if env_factory.path == "fast":
-        pytest.skip("a second compiled configuration (autoreset disabled, ~30 s cold): its compiled path is held "
-                    "equal to eager in test_fast_path's frozen-engine test")
+        pytest.skip(
+            "a second compiled configuration (autoreset disabled, ~30 s cold): its compiled path is held "
+            "equal to eager in test_fast_path's frozen-engine test"
+        )
     n = 4
     auto = env_factory(num_envs=n, seed=11, privileged=True)
     frozen = env_factory(num_envs=n, seed=11, privileged=True, autoreset_mode="disabled")
@@ -91,8 +93,10 @@ def test_other_envs_untouched_by_one_envs_actions(env_factory):
 
 def test_auto_reset_false_freezes_then_masked_reset(env_factory):
     if env_factory.path == "fast":
-        pytest.skip("a second compiled configuration (autoreset disabled, ~30 s cold): its compiled path is held "
-                    "equal to eager in test_fast_path's frozen-engine test")
+        pytest.skip(
+            "a second compiled configuration (autoreset disabled, ~30 s cold): its compiled path is held "
+            "equal to eager in test_fast_path's frozen-engine test"
+        )
     env = env_factory(num_envs=4, seed=0, autoreset_mode="disabled", privileged=True)
     env.reset()
     env.step(const_actions(4, Action.DO_NOTHING))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from torch_student_env import make_env
-from torch_student_env.evaluate import run_episodes, summarize
+from torch_student_env.evaluation import run_episodes, summarize
 from torch_student_env.policies import BeliefPolicy, make_policy, sensor_health
 
 

@@ -38,3 +38,15 @@ def test_sim_params_validation():
         dataclasses.replace(SimParams(), wear_rate_after_repair=(0.01,))
     with pytest.raises(ValueError, match="wear_rate_new must be > 0"):
         dataclasses.replace(SimParams(), wear_rate_new=0.0)
+
+
+def test_auto_reset_is_deprecated_and_names_autoreset_mode():
+    """The option's old spelling still builds the env it meant, with a warning naming its successor."""
+    for auto_reset, mode in ((True, "same_step"), (False, "disabled")):
+        with pytest.warns(DeprecationWarning, match=f"autoreset_mode='{mode}'"):
+            env = make_env(num_envs=2, auto_reset=auto_reset)
+        assert env.autoreset_mode.value == mode
+    with pytest.raises(TypeError, match="not both"):
+        make_env(num_envs=2, auto_reset=False, autoreset_mode="next_step")
+    with pytest.raises(TypeError, match="must be a bool"):
+        make_env(num_envs=2, auto_reset="yes")

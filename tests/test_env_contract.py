@@ -36,7 +36,7 @@ def test_keys_shapes_dtypes_device(env_factory, n, step_size):
 
 def test_history_longer_than_step_size_keeps_older_rows(env_factory):
     if env_factory.path == "fast":
-        pytest.skip("another compiled configuration (~30 s cold): the fast path is held equal to eager in test_fast_path")
+        pytest.skip("another compiled configuration (~30 s cold): test_fast_path holds the fast path equal to eager")
     env = env_factory(num_envs=3, step_size=10, history=25, seed=1)
     td = env.reset()
     assert td["observation"].shape == (3, 25, F)
@@ -55,7 +55,7 @@ def test_history_longer_than_step_size_keeps_older_rows(env_factory):
 
 def test_history_shorter_than_step_size_keeps_newest_rows(env_factory):
     if env_factory.path == "fast":
-        pytest.skip("another compiled configuration (~30 s cold): the fast path is held equal to eager in test_fast_path")
+        pytest.skip("another compiled configuration (~30 s cold): test_fast_path holds the fast path equal to eager")
     env = env_factory(num_envs=2, step_size=10, history=3, seed=2)
     env.reset()
     td = env.step(const_actions(2, Action.DO_NOTHING))

@@ -11,6 +11,8 @@ import torch
 from torch_student_env import compiled, make_env
 from torch_student_env.config import FAST_ENV_VAR
 
+pytestmark = pytest.mark.compiles
+
 
 def _play_both(eager, fast, steps: int, n: int, gen: torch.Generator) -> tuple[int, int]:
     ended = quiet = 0

@@ -7,7 +7,7 @@ import torch
 from tensordict import TensorDict
 
 from torch_student_env import Action, SimParams, make_env
-from torch_student_env.evaluate import (
+from torch_student_env.evaluation import (
     Episodes,
     challenge_score,
     evaluate_policies,
@@ -192,7 +192,7 @@ def test_run_episodes_counts_only_first_k_per_env():
 def test_record_episode_holds_every_flight_once_in_order(step_size):
     """Rows from the reset reading to the end, each flight once: read from `new_rows`, not by
     matching flight indices; every action at the flight it was taken."""
-    from torch_student_env.evaluate import record_episode
+    from torch_student_env.evaluation import record_episode
 
     policy = make_policy("time_based")
     ep = record_episode(policy, seed=3, step_size=step_size)

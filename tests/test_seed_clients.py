@@ -172,6 +172,32 @@ def test_a_failure_on_a_steps_first_flight_reads_as_on_the_real_server(client, s
 
 
 @needs_seed
+@pytest.mark.parametrize("client", ["0.3", "1.0.1", "compat"])
+def test_stepping_a_sold_episode_without_auto_reset_reads_as_the_seed_client(client, server, tmp_path):
+    """Without auto_reset, the single-engine client answers a step of a finished episode itself:
+    (last row, 0.0, True, False, {"message": "Episode already terminated"}), without a request.
+    compat once took that step for a failure on the first flight and answered an error."""
+    module = "torch_student_env.compat" if client == "compat" else "student_client"
+    code = f"""
+        import numpy as np
+        from {module} import create_student_gym_env
+        env = create_student_gym_env(auto_reset=False, step_size=10)
+        env.reset(seed=3)
+        obs, reward, terminated, truncated, info = env.step(0)
+        sold_rows, reward, terminated, truncated, info = env.step(2)
+        assert terminated and not truncated and reward > 0, (reward, info)
+        sale_row = np.asarray(sold_rows)[-1]
+        for _ in range(2):
+            obs, reward, terminated, truncated, info = env.step(0)
+            assert np.asarray(obs).shape == (9,) and np.allclose(obs, sale_row), obs
+            assert reward == 0.0 and terminated and not truncated
+            assert info == {{"message": "Episode already terminated"}}, info
+        print("OK already terminated")
+    """
+    assert "OK already terminated" in _run(code, None if client == "compat" else client, tmp_path, server)
+
+
+@needs_seed
 @pytest.mark.slow  # 100 client sessions
 def test_leaderboard_call_and_100_create_close_cycles(server, tmp_path):
     """One env per episode, 100 times on one token (16 sessions at most), then the client's score."""

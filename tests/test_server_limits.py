@@ -51,7 +51,7 @@ def test_one_token_holds_a_bounded_number_of_engines():
         body = {"num_envs": 3}
         refused = api_post(url, "/vectorized/episodes/create", headers={"Session-ID": sid}, json=body)
         assert refused.status_code == 409 and "would hold 7 envs (limit 6)" in refused.json()["detail"]
-        assert len(app.state.server.episodes) == 4 and app.state.server.sessions[sid].envs == 0
+        assert len(app.state.server.registry.episodes) == 4 and app.state.server.registry.sessions[sid].envs == 0
         api_group(url, 6, TOKEN_B)  # another token has its own budget
         assert requests.delete(f"{url}{API}/session/{first}", headers={"User-Token": TOKEN_A}, timeout=10).ok
         made = api_post(url, "/vectorized/episodes/create", headers={"Session-ID": sid}, json=body)
@@ -83,7 +83,7 @@ def test_a_long_step_never_stalls_other_groups_or_tokens():
     with running_server(app) as url:
         _, slow_ids = api_group(url, 2)
         api_post(url, "/episode/vectorized_reset", json={"episode_ids": slow_ids})
-        group = app.state.server.episodes[slow_ids[0]][1]
+        group = app.state.server.registry.episodes[slow_ids[0]][1]
         entered, release = threading.Event(), threading.Event()
         env_step = group.env.step
 

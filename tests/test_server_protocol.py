@@ -72,18 +72,18 @@ def test_sessions_are_released_by_close_and_by_delete(tmp_path):
             env.step(torch.tensor([0, 2]))
             env.close()
             env.close()  # idempotent
-        assert len(app.state.server.sessions) == 0 and len(app.state.server.episodes) == 0
+        assert len(app.state.server.registry.sessions) == 0 and len(app.state.server.registry.episodes) == 0
         sid = api_post(url, "/session/create", TOKEN_A).json()["session_id"]
         gone = requests.delete(f"{url}{API}/session/{sid}", headers={"User-Token": TOKEN_B}, timeout=10)
         assert gone.status_code == 404  # another token's session does not exist for you
         ok = requests.delete(f"{url}{API}/session/{sid}", headers={"User-Token": TOKEN_A}, timeout=10)
-        assert ok.status_code == 200 and sid not in app.state.server.sessions
+        assert ok.status_code == 200 and sid not in app.state.server.registry.sessions
         # past the limit, a token's least recently used session is released, never the request refused
         sids = [
             api_post(url, "/session/create", TOKEN_B).json()["session_id"]
             for _ in range(Limits().max_sessions_per_token + 3)
         ]
-        assert set(app.state.server.sessions) == set(sids[3:])
+        assert set(app.state.server.registry.sessions) == set(sids[3:])
         # the score counts what the closed envs finished: 200 sales (the last 100 by default)
         score = requests.get(f"{url}{API}/user/{TOKEN_A}/score", params={"limit": 1000}, timeout=10).json()
         assert score["metrics"]["total_episodes"] == 200

@@ -77,7 +77,7 @@ def test_unknown_foreign_unreset_and_expired_episodes_are_refused():
     state.limits.session_ttl_s = -1.0  # every session is now past its TTL
     with pytest.raises(ServerError) as err:
         state.reset(TOKEN, ids, [None, None], None, None)
-    assert err.value.status == 404 and not state.episodes and not state.sessions
+    assert err.value.status == 404 and not state.registry.episodes and not state.registry.sessions
 
 
 def test_finished_episodes_are_scored_and_frozen_without_auto_reset():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from torch_student_env import FEATURE_NAMES, Action, SimParams, make_env
-from torch_student_env.evaluate import run_episodes
+from torch_student_env.evaluation import run_episodes
 from torch_student_env.policies import BASELINES, make_policy
 from torch_student_env.sim.engine import dtamb_within_step
 

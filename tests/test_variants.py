@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from torch_student_env import make_env
-from torch_student_env.evaluate import evaluate_variants, markdown_variant_table, worst_variant
+from torch_student_env.evaluation import evaluate_variants, markdown_variant_table, worst_variant
 from torch_student_env.oracle import plan, repair_classes
 from torch_student_env.policies import make_policy
 from torch_student_env.sim.engine import Dynamics, check_variants, failure_rate
@@ -116,6 +116,7 @@ def test_an_ensemble_engine_plays_exactly_the_variant_it_drew():
             assert torch.equal(td["observation"][mine], single[name]["observation"][mine])
 
 
+@pytest.mark.compiles
 def test_the_compiled_step_draws_and_plays_the_same_variants():
     kwargs = dict(num_envs=16, seed=5, sim_variants="plausible", autoreset_mode="same_step")
     eager, fast = make_env(fast=False, **kwargs), make_env(fast=True, **kwargs)

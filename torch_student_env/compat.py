@@ -23,11 +23,10 @@ Differences from the seed client, all on the side of not losing information:
   `savefig`) instead of `plt.show()`: no global pyplot state, no backend switch;
 - without a server, `get_leaderboard_score` scores the episodes this process finished.
 
-This module translates and keeps no episode state: the env holds every episode rule (the
-client's `auto_reset` is the env's "next_step" autoreset, its absence "disabled"), and each
-call reads the env's outputs: a step's rows are the newest `new_rows` rows of its window, which
-holds `MAX_STEP_SIZE` rows because the client returns up to a whole step's rows, of any step
-size up to 50. The `.env` loader is `client_settings`, the plots `client_plots`.
+This module translates and keeps no episode state: the env holds every episode rule, and
+`client_view` owns what a client sees of it (the settings of a client-style env, a step's rows,
+the info dicts, the finished-episode records), as it does for the reference server. The `.env`
+loader is `client_settings`, the plots `client_plots`.
 """
 
 from __future__ import annotations
@@ -40,9 +39,18 @@ import numpy as np
 
 from torch_student_env.client_plots import plot_observations, plot_rewards
 from torch_student_env.client_settings import connection_settings, load_dotenv, setting
+from torch_student_env.client_view import (
+    ALREADY_TERMINATED,
+    FIRST_FLIGHT_FAILURE,
+    client_env_options,
+    client_info,
+    finished_episodes,
+    on_host,
+    step_rows,
+)
 from torch_student_env.leaderboard import FinishedEpisode, as_client_entry, score_metrics
 from torch_student_env.make import make_env
-from torch_student_env.spec import DEFAULT_TOKEN, MAX_STEP_SIZE, NUM_ACTIONS, NUM_FEATURES, AutoresetMode
+from torch_student_env.spec import DEFAULT_TOKEN, NUM_ACTIONS, NUM_FEATURES
 
 __all__ = [
     "StudentGymEnv",
@@ -91,17 +99,14 @@ class StudentGymEnvVectorized:
         self._env = make_env(
             num_envs=num_envs,
             step_size=step_size,
-            history=MAX_STEP_SIZE,  # a step's rows, whatever its step size
             seed=seed,
-            autoreset_mode=AutoresetMode.NEXT_STEP if auto_reset else AutoresetMode.DISABLED,
-            privileged=not prod,
-            max_steps_per_episode=max_steps_per_episode,
-            final_observation=False,
+            **client_env_options(auto_reset, hidden_state=not prod, max_steps_per_episode=max_steps_per_episode),
             **remote,
         )
         self.num_envs, self.prod, self.auto_reset = num_envs, prod, auto_reset
         self.step_size, self.user_token, self._remote = step_size, user_token or DEFAULT_TOKEN, bool(remote)
         self.return_all_states = return_all_states
+        self._last_step: dict[str, np.ndarray] | None = None
         self.episode_ids = list(self._env.backend.episode_ids)
         self.session_id = self._env.backend.session_id
         try:
@@ -137,7 +142,7 @@ class StudentGymEnvVectorized:
     # -- seed API -------------------------------------------------------------------------------
     def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, list[dict]]:
         """Reset every env; `(observations (N, 9), infos)`."""
-        td = _numpy(self._env.reset(seed=seed))
+        td = on_host(self._env.reset(seed=seed))
         return td["row"], self._infos(td, range(self.num_envs))
 
     def reset_specific_envs(
@@ -166,7 +171,7 @@ class StudentGymEnvVectorized:
                 if s is not None:
                     seeded[i], values[i] = True, s
             self._env.seed_engines(seeded, np.asarray(values, dtype=np.int64))
-        td = _numpy(self._env.reset(mask=mask))
+        td = on_host(self._env.reset(mask=mask))
         return td["row"][index], self._infos(td, index)
 
     def step(self, actions, step_size: int | None = None, return_all_states: bool | None = None):
@@ -178,10 +183,10 @@ class StudentGymEnvVectorized:
         if not self._env.has_reset:
             raise RuntimeError("call reset() before step()")
         all_states = self.return_all_states if return_all_states is None else return_all_states
-        td = _numpy(self._env.step(np.asarray(actions), step_size=step_size))
+        td = on_host(self._env.step(np.asarray(actions), step_size=step_size))
+        self._last_step = td  # the env's own outputs, for what the client's types cannot say
         self._record_finished(td)
-        window, width = td["observation"], td["observation"].shape[1]
-        observations = [window[i, width - k :] for i, k in enumerate(td["new_rows"])] if all_states else td["row"]
+        observations = [step_rows(td, i) for i in range(self.num_envs)] if all_states else td["row"]
         return observations, td["reward"], td["terminated"], td["truncated"], self._infos(td, range(self.num_envs))
 
     def get_terminated_env_indices(self) -> list[int]:
@@ -196,7 +201,7 @@ class StudentGymEnvVectorized:
         """Per-env step count, total reward and flags."""
         if not self._env.has_reset:
             return []
-        return self._infos(_numpy(self._env.current()), range(self.num_envs))
+        return self._infos(on_host(self._env.current()), range(self.num_envs))
 
     def render(self, mode: str = "human") -> None:
         """Print a one-screen summary, like the seed client."""
@@ -219,43 +224,12 @@ class StudentGymEnvVectorized:
     def _record_finished(self, td: dict[str, np.ndarray]) -> None:
         """Keep the episodes that ended in this step for `get_leaderboard_score` (embedded only:
         a server scores its own)."""
-        if self._remote or not td["episode_ended"].any():
-            return
-        kept = _FINISHED.setdefault(self.user_token, deque(maxlen=1000))
-        for i in np.flatnonzero(td["episode_ended"]):
-            kept.append(
-                FinishedEpisode.now(
-                    float(td["episode_return"][i]),
-                    int(td["episode_repairs"][i]),
-                    int(td["episode_length"][i]),
-                    bool(td["episode_failed"][i]),
-                )
-            )
+        if not self._remote and td["episode_ended"].any():
+            _FINISHED.setdefault(self.user_token, deque(maxlen=1000)).extend(finished_episodes(td))
 
     def _infos(self, td: dict[str, np.ndarray], index) -> list[dict]:
         """The client's info dicts for envs `index`, from the env's outputs (reset, step or current)."""
-        infos = []
-        for i in index:
-            info = {
-                "step": int(td["age"][i]),
-                "episode_id": self.episode_ids[i],
-                "total_reward": float(td.get("return_so_far", np.zeros(self.num_envs))[i]),
-                "terminated": bool(td.get("terminated", np.zeros(self.num_envs, dtype=bool))[i]),
-                "truncated": bool(td.get("truncated", np.zeros(self.num_envs, dtype=bool))[i]),
-            }
-            if not self.prod and "health" in td:
-                info |= {
-                    "degradation": 1.0 - float(td["health"][i]),
-                    "health": float(td["health"][i]),
-                    "wear_rate": float(td["wear_rate"][i]),
-                }
-            infos.append(info)
-        return infos
-
-
-def _numpy(td) -> dict[str, np.ndarray]:
-    """An env output as numpy arrays, read to the host once."""
-    return {key: value.cpu().numpy() for key, value in td.items()}
+        return [client_info(td, i, self.episode_ids[i], hidden_state=not self.prod) for i in index]
 
 
 class StudentGymEnv:
@@ -273,7 +247,9 @@ class StudentGymEnv:
 
     def step(self, action: int, step_size: int | None = 10, return_all_states: bool = True):
         """`(observation, reward, terminated, truncated, info)`; a finished episode auto-resets first
-        when `auto_reset` (the seed client's behaviour).
+        when `auto_reset` (the seed client's behaviour). Without `auto_reset`, stepping a finished
+        episode returns what the seed client answers without asking the server: `(last row,
+        0.0, True, False, {"message": "Episode already terminated"})`.
 
         A failure on the step's first flight returns what the seed client makes of the real
         server's error for it: `(last row (9,), 0.0, True, False, {"error": ..., "step": unchanged})`.
@@ -282,13 +258,22 @@ class StudentGymEnv:
         """
         if isinstance(action, (bool, np.bool_)) or not isinstance(action, Integral):
             raise TypeError(f"action must be an int in {{0, 1, 2}}, got {action!r} ({type(action).__name__})")
+        env = self._vec._env
+        if not self._vec.auto_reset and env.has_reset and not bool(env.active[0]):
+            # the seed client answers this itself, without a request
+            return self._last_row(), 0.0, True, False, {"message": ALREADY_TERMINATED}
         obs, rewards, term, trunc, infos = self._vec.step(np.array([int(action)]), step_size=step_size)
+        if self._vec._last_step["failed_first_flight"][0]:
+            # what the seed client makes of the real server's error for it; the failing flight
+            # counts as flown, so the counter before the step is one less than after it
+            error = f"Server error '500 Internal Server Error': {FIRST_FLIGHT_FAILURE}"
+            return self._last_row(), 0.0, True, False, {"error": error, "step": infos[0]["step"] - 1}
         rows = np.asarray(obs[0])
-        if term[0] and len(rows) == 0:  # failed on the first flight: no row
-            error = "Server error '500 Internal Server Error': engine failed on the first flight of the step"
-            last_row = self._vec._env.current()["row"][0].cpu().numpy()
-            return last_row, 0.0, True, False, {"error": error, "step": infos[0]["step"] - 1}
         return (rows if return_all_states else rows[-1]), float(rewards[0]), bool(term[0]), bool(trunc[0]), infos[0]
+
+    def _last_row(self) -> np.ndarray:
+        """The newest row the episode flew (the seed client's `current_observation`)."""
+        return self._vec._env.current()["row"][0].cpu().numpy()
 
     def get_episode_info(self) -> dict:
         return self._vec.get_episode_info()[0]

@@ -110,6 +110,8 @@ def default_fast(device: torch.device, num_envs: int) -> bool:
     if os.environ.get(FAST_ENV_VAR, "1").strip() == "0":
         return False
     return device.type == "cpu" or num_envs >= FAST_PATH_MIN_ENVS
+
+
 # Engine indices are folded into the counter-based RNG as 32-bit words: global indices (offset +
 # i) must stay below 2**31 to remain distinct.
 MAX_ENV_OFFSET = 2**31 - 1

@@ -129,6 +129,9 @@ def window_step(
         "truncated": truncated,
         "done": terminated | truncated,
         "new_rows": n_new,
+        "flew": stepped,
+        # the real server answers this with an error and no row (docs/protocol.md)
+        "failed_first_flight": ended & transition.failed & (n_new == 0),
         "episode_ended": ended,
         "episode_return": torch.where(ended, return_so_far, 0.0),
         "episode_length": torch.where(ended, age, 0),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,6 +32,7 @@ def make_env(
     final_observation: bool = True,
     sim_params: SimParams | None = None,
     sim_variants: str | Mapping[str, SimParams] | Sequence[SimParams] | None = None,
+    auto_reset: bool | None = None,
     **remote_options: Any,
 ) -> TorchStudentEnv:
     """Build a batched env of `num_envs` engines.
@@ -40,7 +42,12 @@ def make_env(
     See `EnvConfig` for the meaning of each setting. `sim_variants` draws each episode's model
     from an ensemble: a name from `sim.variants.ENSEMBLES` ("plausible"), or `SimParams` (a
     sequence, or a mapping of names to them); it excludes `sim_params`.
+
+    `auto_reset` is the deprecated spelling of `autoreset_mode`: True is "same_step", False
+    "disabled" (what it meant when it was the option).
     """
+    if auto_reset is not None:
+        autoreset_mode = _from_auto_reset(auto_reset, autoreset_mode)
     variants: tuple[SimParams, ...] = ()
     if sim_variants is not None:
         if sim_params is not None:
@@ -88,3 +95,19 @@ def make_env(
     else:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return TorchStudentEnv(config, impl)
+
+
+def _from_auto_reset(auto_reset: bool, autoreset_mode: str) -> str:
+    """The `autoreset_mode` a deprecated `auto_reset=` stands for, with its DeprecationWarning."""
+    if not isinstance(auto_reset, bool):
+        raise TypeError(f"auto_reset must be a bool, got {auto_reset!r}; it is deprecated: use autoreset_mode=")
+    meant = "same_step" if auto_reset else "disabled"
+    if autoreset_mode != "same_step":
+        raise TypeError(f"pass autoreset_mode={autoreset_mode!r} or auto_reset={auto_reset}, not both")
+    warnings.warn(
+        f"make_env(auto_reset={auto_reset}) is deprecated: use autoreset_mode={meant!r} "
+        "(the modes: 'same_step', 'next_step' (the challenge server's), 'disabled')",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return meant

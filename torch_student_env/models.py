@@ -10,6 +10,10 @@ counters `since_repair` and `repairs` (`spec.PLAYER_KEYS`), which any client can
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from tensordict import TensorDict
 from torch import nn
@@ -155,6 +159,20 @@ class ActorCritic(nn.Module):
         self.actor = _layer_init(nn.Linear(hidden, NUM_ACTIONS), gain=0.01)
         self.critic = _layer_init(nn.Linear(hidden, 1), gain=1.0)
 
+    # What a checkpoint stores of the model; the trunk's width is always the default's.
+    CONFIG_KEYS = ("max_flights", "player_keys", "belief_inputs", "plan_inputs", "step_size", "cnn_rows")
+
+    def config(self) -> dict[str, Any]:
+        """The arguments a checkpoint stores (`CONFIG_KEYS`), as plain values (`from_config`)."""
+        return {name: getattr(self, name) for name in self.CONFIG_KEYS}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ActorCritic:
+        """The model a `config()` describes; other keys of a checkpoint's entry (the env's
+        `history`, say) are ignored, and a value of the wrong type is refused (a checkpoint names
+        a configuration, never code)."""
+        return cls(**_known(cls, config))
+
     @property
     def belief(self) -> BeliefPolicy:
         """The estimator and plan a player can build from the fitted model (`SimParams()`)."""
@@ -228,6 +246,17 @@ class QNetwork(nn.Module):
         self.trunk = SensorCNN(hidden, scalars=3 if player_keys else 1)
         self.q = nn.Linear(hidden, NUM_ACTIONS)
 
+    CONFIG_KEYS = ("max_flights", "player_keys")  # what a checkpoint stores of the model
+
+    def config(self) -> dict[str, Any]:
+        """The arguments a checkpoint stores (`CONFIG_KEYS`), as plain values (`from_config`)."""
+        return {name: getattr(self, name) for name in self.CONFIG_KEYS}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> QNetwork:
+        """The model a `config()` describes (other keys ignored, wrong types refused)."""
+        return cls(**_known(cls, config))
+
     def forward(self, td: TensorDict) -> torch.Tensor:
         return self.q(self.trunk(*window_inputs(td, self.max_flights, self.player_keys)))
 
@@ -237,4 +266,43 @@ class QNetwork(nn.Module):
         return self(td).argmax(-1)
 
 
-__all__ = ["EXTRA_INPUTS_KEY", "ActorCritic", "FeatureNorm", "IN_CHANNELS", "QNetwork", "SensorCNN", "window_inputs"]
+# A training checkpoint holds one model's weights under its key, and its `config()` under
+# "model" (with the env's `history` the model was trained on, which is not the model's).
+CHECKPOINT_MODELS: dict[str, type[ActorCritic] | type[QNetwork]] = {"agent": ActorCritic, "q_net": QNetwork}
+
+
+def model_from_checkpoint(checkpoint: Mapping[str, Any]) -> ActorCritic | QNetwork:
+    """The model of a training checkpoint (loaded with `torch.load(..., weights_only=True)`),
+    built from its "model" entry and loaded with its weights; ValueError if it holds none."""
+    for key, cls in CHECKPOINT_MODELS.items():
+        if key in checkpoint:
+            model = cls.from_config(checkpoint.get("model", {}))
+            model.load_state_dict(checkpoint[key])
+            return model
+    raise ValueError(f"not a training checkpoint: it holds none of {list(CHECKPOINT_MODELS)}")
+
+
+def _known(cls: type, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of `config` among `cls.CONFIG_KEYS`, each of its default's type."""
+    defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()}
+    known = {}
+    for name, value in config.items():
+        if name in cls.CONFIG_KEYS:
+            expected = type(defaults[name])
+            if type(value) is not expected:
+                raise ValueError(f"{cls.__name__} config: {name} must be {expected.__name__}, got {value!r}")
+            known[name] = value
+    return known
+
+
+__all__ = [
+    "CHECKPOINT_MODELS",
+    "EXTRA_INPUTS_KEY",
+    "ActorCritic",
+    "FeatureNorm",
+    "IN_CHANNELS",
+    "QNetwork",
+    "SensorCNN",
+    "model_from_checkpoint",
+    "window_inputs",
+]

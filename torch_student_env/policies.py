@@ -10,11 +10,15 @@
 - `OraclePolicy` (`torch_student_env.oracle`): the best action for the true hidden state, by
   dynamic programming on the model (needs `privileged=True`).
 
-`make_policy(name, env)` builds one by name with defaults tuned on training seeds (never the
-evaluation seeds) by `scripts/tune_baselines.py`; docs/simulator.md gives the tuning.
+`make_policy(name, env)` builds one by name from `BASELINES`, whose entries also say which read
+the hidden state, with defaults tuned on training seeds (never the evaluation seeds) by
+`scripts/tune_baselines.py`; docs/simulator.md gives the tuning.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from tensordict import TensorDict
@@ -185,7 +189,39 @@ class BeliefPolicy:
         return self.oracle.act(td["age"], td["repairs"], health, rate)
 
 
-BASELINES = ("random", "do_nothing", "time_based", "threshold", "belief", "oracle")
+@dataclass(frozen=True)
+class PolicySettings:
+    """What a baseline is built from: the env's step size and flight limit, the model it reads
+    sensors or plans with, and a seed and device."""
+
+    step_size: int
+    max_flights: int
+    params: SimParams
+    seed: int
+    device: torch.device | str
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A baseline's entry: how to build it, and whether it reads the hidden state (needs
+    `privileged=True`; a player cannot have it, so it can neither teach a player's policy nor be
+    told apart from the model it runs on: it plans on each model, see `for_model`)."""
+
+    build: Callable[[PolicySettings], Callable[[TensorDict], torch.Tensor]]
+    reads_hidden_state: bool = False
+
+
+BASELINES: dict[str, Baseline] = {
+    "random": Baseline(lambda s: RandomPolicy(seed=s.seed, device=s.device)),
+    "do_nothing": Baseline(lambda s: DoNothingPolicy()),
+    "time_based": Baseline(lambda s: TimeBasedPolicy(step_size=s.step_size)),
+    "threshold": Baseline(lambda s: ThresholdPolicy(params=s.params)),
+    "belief": Baseline(lambda s: BeliefPolicy(params=s.params, step_size=s.step_size, max_flights=s.max_flights)),
+    "oracle": Baseline(
+        lambda s: OraclePolicy(params=s.params, step_size=s.step_size, max_flights=s.max_flights),
+        reads_hidden_state=True,
+    ),
+}
 
 
 def make_policy(
@@ -196,21 +232,23 @@ def make_policy(
     Without an env the defaults of `make_env` apply (step_size 10, 1,000 flights, default params);
     `params` overrides the model the oracle plans on and the threshold rule reads sensors with.
     """
-    step_size = env.step_size if env is not None else 10
-    device = device if device is not None else (env.device if env is not None else "cpu")
+    if name not in BASELINES:
+        raise ValueError(f"unknown policy {name!r}; baselines are {list(BASELINES)}")
     if params is None:
         params = env.config.sim_params if env is not None else SimParams()
-    max_flights = env.config.max_steps_per_episode if env is not None else 1000
-    if name == "random":
-        return RandomPolicy(seed=seed, device=device)
-    if name == "do_nothing":
-        return DoNothingPolicy()
-    if name == "time_based":
-        return TimeBasedPolicy(step_size=step_size)
-    if name == "threshold":
-        return ThresholdPolicy(params=params)
-    if name == "belief":
-        return BeliefPolicy(params=params, step_size=step_size, max_flights=max_flights)
-    if name == "oracle":
-        return OraclePolicy(params=params, step_size=step_size, max_flights=max_flights)
-    raise ValueError(f"unknown policy {name!r}; baselines are {BASELINES}")
+    settings = PolicySettings(
+        step_size=env.step_size if env is not None else 10,
+        max_flights=env.config.max_steps_per_episode if env is not None else 1000,
+        params=params,
+        seed=seed,
+        device=device if device is not None else (env.device if env is not None else "cpu"),
+    )
+    return BASELINES[name].build(settings)
+
+
+def for_model(name: str, seed: int = 0, device: torch.device | str = "cpu"):
+    """A factory of baseline `name` for a model's `SimParams` (`evaluate_variants`): a policy that
+    reads the hidden state knows the model that runs, and plans on it; the others play the fitted
+    model's rules whatever runs."""
+    knows = BASELINES[name].reads_hidden_state
+    return lambda params: make_policy(name, seed=seed, device=device, params=params if knows else None)

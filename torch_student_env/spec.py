@@ -84,6 +84,8 @@ STEP_KEYS: dict[str, tuple[tuple[str, ...], torch.dtype]] = OBSERVATION_KEYS | {
     "truncated": ((), torch.bool),
     "done": ((), torch.bool),
     "new_rows": ((), torch.int64),  # rows this step flew: the newest of the window (see env)
+    "flew": ((), torch.bool),  # flew in this call (in an episode and stepped); False: nothing moved
+    "failed_first_flight": ((), torch.bool),  # failed on the step's first flight: flew, but no row
     "return_so_far": ((), torch.float32),  # reward of the engine's current episode so far
     "final_observation": (("W", "F"), torch.float32),  # the window an episode ended with
     "final_valid": (("W",), torch.bool),
@@ -94,6 +96,13 @@ STEP_KEYS: dict[str, tuple[tuple[str, ...], torch.dtype]] = OBSERVATION_KEYS | {
     "episode_length": ((), torch.int64),
     "episode_repairs": ((), torch.int64),
     "episode_failed": ((), torch.bool),
+}
+# The value each player key had when its episode ended, in a step's outputs (the key itself
+# is already the next episode's after a same-step restart).
+FINAL_PLAYER_KEYS: dict[str, str] = {
+    "age": "episode_length",
+    "since_repair": "final_since_repair",
+    "repairs": "episode_repairs",
 }
 # Left out of `step`'s outputs by `make_env(final_observation=False)`.
 FINAL_KEYS: tuple[str, ...] = ("final_observation", "final_valid", "final_flight", "final_since_repair")

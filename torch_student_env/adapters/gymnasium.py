@@ -17,56 +17,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from torch_student_env.adapters import require, worker_env_offset
+from torch_student_env.adapters import require
 
 gym = require("gymnasium", "gym")
 from gymnasium.vector import AutoresetMode, VectorEnv  # noqa: E402
 
+from torch_student_env.adapters.numpy_io import (  # noqa: E402
+    entry,
+    make_adapter_env,
+    observation,
+    require_final_observation,
+    spaces,
+    to_numpy,
+)
 from torch_student_env.env import TorchStudentEnv  # noqa: E402
-from torch_student_env.make import make_env  # noqa: E402
-from torch_student_env.spec import NUM_ACTIONS, NUM_FEATURES, PLAYER_KEYS  # noqa: E402
 from torch_student_env.spec import AutoresetMode as EnvAutoreset  # noqa: E402 (Gymnasium has its own)
-
-
-def _make(make_env_kwargs: dict[str, Any]) -> TorchStudentEnv:
-    """`make_env(**kwargs)`, each worker process of a multi-process wrapper on its own engines."""
-    make_env_kwargs.setdefault("env_offset", worker_env_offset(make_env_kwargs.get("num_envs", 4)))
-    return make_env(**make_env_kwargs)
-
-
-def _needs_final_observation(env: TorchStudentEnv, name: str) -> None:
-    """SAME_STEP autoreset hands out each finished episode's last window: the env must keep it."""
-    if not env.config.final_observation:
-        raise ValueError(f"{name} reports final observations: build the env with final_observation=True")
-
-
-def _spaces(env: TorchStudentEnv, player_keys: bool = False) -> tuple[gym.spaces.Space, gym.spaces.Discrete]:
-    window = gym.spaces.Box(-np.inf, np.inf, shape=(env.history, NUM_FEATURES), dtype=np.float32)
-    if player_keys:
-        counters = gym.spaces.Box(0.0, np.inf, shape=(len(PLAYER_KEYS),), dtype=np.float32)
-        window = gym.spaces.Dict({"observation": window, "player": counters})
-    return window, gym.spaces.Discrete(NUM_ACTIONS)
-
-
-def _observation(td, player_keys: bool, final: bool = False) -> np.ndarray | dict[str, np.ndarray]:
-    """The window (N, W, 9), with the player-side counters (N, 3) when asked; `final`: those an
-    episode ended with (its age and repairs are `episode_length` and `episode_repairs`)."""
-    window = _numpy(td["final_observation" if final else "observation"])
-    if not player_keys:
-        return window
-    keys = ("episode_length", "final_since_repair", "episode_repairs") if final else PLAYER_KEYS
-    return {"observation": window, "player": np.stack([_numpy(td[k]) for k in keys], axis=-1).astype(np.float32)}
-
-
-def _row(observation: np.ndarray | dict[str, np.ndarray], i: int) -> np.ndarray | dict[str, np.ndarray]:
-    """Env i's entry of a batched observation (array or dict of arrays)."""
-    if isinstance(observation, dict):
-        return {k: v[i] for k, v in observation.items()}
-    return observation[i]
-
-
-def _numpy(x: torch.Tensor) -> np.ndarray:
-    return x.detach().cpu().numpy()
 
 
 class GymnasiumVectorEnv(VectorEnv):
@@ -75,54 +40,54 @@ class GymnasiumVectorEnv(VectorEnv):
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
     def __init__(self, env: TorchStudentEnv | None = None, player_keys: bool = False, **make_env_kwargs: Any) -> None:
-        self.env = env if env is not None else _make(make_env_kwargs)
+        self.env = env if env is not None else make_adapter_env(make_env_kwargs)
         self.player_keys = player_keys
         if self.env.autoreset_mode is not EnvAutoreset.SAME_STEP:
             raise ValueError(
                 "GymnasiumVectorEnv implements SAME_STEP autoreset: build the env with autoreset_mode='same_step'"
             )
-        _needs_final_observation(self.env, "GymnasiumVectorEnv")
+        require_final_observation(self.env, "GymnasiumVectorEnv")
         self.num_envs = self.env.num_envs
-        self.single_observation_space, self.single_action_space = _spaces(self.env, player_keys)
+        self.single_observation_space, self.single_action_space = spaces(self.env, player_keys)
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, self.num_envs)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Reset every env (`seed` reseeds them all: env i's episode k depends on seed, i, k)."""
         td = self.env.reset(seed=seed)
-        return _observation(td, self.player_keys), self._info(td)
+        return observation(td, self.player_keys), self._info(td)
 
     def step(self, actions):
         """Step all envs; finished ones are already reset in the returned observation."""
         td = self.env.step(np.asarray(actions))
         info = self._info(td)
-        done = _numpy(td["done"])
+        done = to_numpy(td["done"])
         if done.any():
             final_obs = np.full(self.num_envs, None, dtype=object)
-            finals = _observation(td, self.player_keys, final=True)
+            finals = observation(td, self.player_keys, final=True)
             for i in np.flatnonzero(done):  # object array by Gymnasium's convention
-                final_obs[i] = _row(finals, i)
+                final_obs[i] = entry(finals, i)
             info["final_obs"], info["_final_obs"] = final_obs, done
             info["final_info"] = {
-                "episode_return": _numpy(td["episode_return"]),
-                "episode_length": _numpy(td["episode_length"]),
-                "episode_failed": _numpy(td["episode_failed"]),
+                "episode_return": to_numpy(td["episode_return"]),
+                "episode_length": to_numpy(td["episode_length"]),
+                "episode_failed": to_numpy(td["episode_failed"]),
                 "_episode_return": done,
                 "_episode_length": done,
                 "_episode_failed": done,
             }
             info["_final_info"] = done
         return (
-            _observation(td, self.player_keys),
-            _numpy(td["reward"]),
-            _numpy(td["terminated"]),
-            _numpy(td["truncated"]),
+            observation(td, self.player_keys),
+            to_numpy(td["reward"]),
+            to_numpy(td["terminated"]),
+            to_numpy(td["truncated"]),
             info,
         )
 
     def _info(self, td) -> dict[str, np.ndarray]:
         ones = np.ones(self.num_envs, dtype=bool)
-        return {"valid": _numpy(td["valid"]), "flight": _numpy(td["flight"]), "_valid": ones, "_flight": ones}
+        return {"valid": to_numpy(td["valid"]), "flight": to_numpy(td["flight"]), "_valid": ones, "_flight": ones}
 
     def close_extras(self, **kwargs: Any) -> None:
         self.env.close()
@@ -140,9 +105,9 @@ class GymnasiumEnv(gym.Env):
     def __init__(self, player_keys: bool = False, **make_env_kwargs: Any) -> None:
         if make_env_kwargs.pop("num_envs", 1) != 1:
             raise ValueError("GymnasiumEnv is one engine: use gymnasium.make_vec for several")
-        self.env = _make({"num_envs": 1, "autoreset_mode": "disabled", **make_env_kwargs})
+        self.env = make_adapter_env({"num_envs": 1, "autoreset_mode": "disabled", **make_env_kwargs})
         self.player_keys = player_keys
-        self.observation_space, self.action_space = _spaces(self.env, player_keys)
+        self.observation_space, self.action_space = spaces(self.env, player_keys)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -150,16 +115,16 @@ class GymnasiumEnv(gym.Env):
             td = self.env.reset(seed=seed)
         else:
             td = self.env.reset(mask=torch.ones(1, dtype=torch.bool, device=self.env.device))
-        return _row(_observation(td, self.player_keys), 0), {
-            "valid": _numpy(td["valid"][0]),
-            "flight": _numpy(td["flight"][0]),
+        return entry(observation(td, self.player_keys), 0), {
+            "valid": to_numpy(td["valid"][0]),
+            "flight": to_numpy(td["flight"][0]),
         }
 
     def step(self, action):
         td = self.env.step(np.asarray([action]))
-        info = {"valid": _numpy(td["valid"][0]), "flight": _numpy(td["flight"][0])}
+        info = {"valid": to_numpy(td["valid"][0]), "flight": to_numpy(td["flight"][0])}
         reward, terminated, truncated = float(td["reward"][0]), bool(td["terminated"][0]), bool(td["truncated"][0])
-        return _row(_observation(td, self.player_keys), 0), reward, terminated, truncated, info
+        return entry(observation(td, self.player_keys), 0), reward, terminated, truncated, info
 
     def close(self) -> None:
         self.env.close()
@@ -182,10 +147,7 @@ def register_envs() -> None:
 
 
 def __getattr__(name: str) -> Any:
-    """`SB3VecEnv` lives in `adapters.sb3` ([sb3] extra); importing it from here still works, but
-    only when asked: this module must import with gymnasium alone."""
+    """Point a search for the SB3 adapter at its module ([sb3] extra); nothing is re-exported."""
     if name == "SB3VecEnv":
-        from torch_student_env.adapters.sb3 import SB3VecEnv
-
-        return SB3VecEnv
+        raise AttributeError("SB3VecEnv lives in its own module: from torch_student_env.adapters.sb3 import SB3VecEnv")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,7 +10,14 @@ from typing import Any
 import numpy as np
 
 from torch_student_env.adapters import require
-from torch_student_env.adapters.gymnasium import _make, _needs_final_observation, _numpy, _observation, _row, _spaces
+from torch_student_env.adapters.numpy_io import (
+    entry,
+    make_adapter_env,
+    observation,
+    require_final_observation,
+    spaces,
+    to_numpy,
+)
 from torch_student_env.env import TorchStudentEnv
 from torch_student_env.spec import AutoresetMode
 
@@ -21,12 +28,12 @@ class SB3VecEnv(_VecEnv):
     """`num_envs` engines as a Stable-Baselines3 `VecEnv`: `PPO("MlpPolicy", SB3VecEnv(...))`."""
 
     def __init__(self, env: TorchStudentEnv | None = None, player_keys: bool = False, **make_env_kwargs: Any) -> None:
-        self.env = env if env is not None else _make(make_env_kwargs)
+        self.env = env if env is not None else make_adapter_env(make_env_kwargs)
         self.player_keys = player_keys  # a Dict observation: use SB3's MultiInputPolicy
         if self.env.autoreset_mode is not AutoresetMode.SAME_STEP:
             raise ValueError("SB3VecEnv needs autoreset_mode='same_step': SB3 expects VecEnvs to reset themselves")
-        _needs_final_observation(self.env, "SB3VecEnv")
-        observation_space, action_space = _spaces(self.env, player_keys)
+        require_final_observation(self.env, "SB3VecEnv")
+        observation_space, action_space = spaces(self.env, player_keys)
         self.render_mode = None  # read by VecEnv.__init__; nothing to render
         super().__init__(self.env.num_envs, observation_space, action_space)
         self._actions: np.ndarray | None = None
@@ -34,21 +41,21 @@ class SB3VecEnv(_VecEnv):
     def reset(self) -> np.ndarray:
         seed = self._seeds[0] if any(s is not None for s in self._seeds) else None
         self._reset_seeds()
-        return _observation(self.env.reset(seed=seed), self.player_keys)
+        return observation(self.env.reset(seed=seed), self.player_keys)
 
     def step_async(self, actions: np.ndarray) -> None:
         self._actions = np.asarray(actions).reshape(self.num_envs).astype(np.int64)
 
     def step_wait(self):
         td = self.env.step(self._actions)
-        done, truncated = _numpy(td["done"]), _numpy(td["truncated"])
-        finals = _observation(td, self.player_keys, final=True)
+        done, truncated = to_numpy(td["done"]), to_numpy(td["truncated"])
+        finals = observation(td, self.player_keys, final=True)
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         for i in np.flatnonzero(done):  # per-env info dicts are SB3's format
-            infos[i]["terminal_observation"] = _row(finals, i)
+            infos[i]["terminal_observation"] = entry(finals, i)
             infos[i]["TimeLimit.truncated"] = bool(truncated[i])
             infos[i]["episode"] = {"r": float(td["episode_return"][i]), "l": int(td["episode_length"][i])}
-        return _observation(td, self.player_keys), _numpy(td["reward"]), done, infos
+        return observation(td, self.player_keys), to_numpy(td["reward"]), done, infos
 
     def close(self) -> None:
         self.env.close()

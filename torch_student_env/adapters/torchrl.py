@@ -31,9 +31,10 @@ class TorchRLStudentEnv(EnvBase):
     Pass `make_env` keyword arguments (`num_envs`, `step_size`, `device`, `seed`, ...) or an
     existing `env=` built with `autoreset_mode="disabled"`. In a worker process of a multi-process
     collector the default `env_offset` gives each worker its own engines
-    (`adapters.worker_env_offset`). Keys: `observation` (N, W, 9), `row` (N, 9),
-    `valid` (N, W), `flight` (N, W); `action` (N,) in {0, 1, 2}; `reward`, `done`, `terminated`,
-    `truncated` (N, 1).
+    (`adapters.worker_env_offset`). Keys: the observation keys of `spec.OBSERVATION_KEYS`,
+    `observation` (N, W, 9), `row` (N, 9), `valid` (N, W), `flight` (N, W) and the player-side
+    counters `age`, `since_repair`, `repairs` (N,); `action` (N,) in {0, 1, 2}; `reward`, `done`,
+    `terminated`, `truncated` (N, 1).
     """
 
     batch_locked = True

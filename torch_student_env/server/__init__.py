@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from torch_student_env.server.state import Limits
+from torch_student_env.server.config import Limits
 
 
 def create_app(*args, **kwargs):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from torch_student_env.server.state import Limits
+from torch_student_env.server.config import Limits
 
 
 def main(argv: list[str] | None = None) -> None:

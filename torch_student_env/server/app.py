@@ -20,9 +20,11 @@ from fastapi.openapi.utils import get_openapi  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
-from torch_student_env.server.models import Invalid, Rejected, SingleReset, request_models  # noqa: E402
-from torch_student_env.server.routes import PROTOCOL_VERSION, episode_routes, score_routes, session_routes  # noqa: E402
-from torch_student_env.server.state import Limits, ServerError, ServerState  # noqa: E402
+from torch_student_env.server.config import Limits  # noqa: E402
+from torch_student_env.server.errors import ServerError  # noqa: E402
+from torch_student_env.server.models import REQUEST_MODELS, Invalid, Rejected, publish_limits  # noqa: E402
+from torch_student_env.server.routes import PROTOCOL_VERSION, ROUTERS  # noqa: E402
+from torch_student_env.server.state import ServerState  # noqa: E402
 from torch_student_env.server.store import ScoreStore  # noqa: E402
 from torch_student_env.sim.params import SimParams  # noqa: E402
 from torch_student_env.spec import DEFAULT_TOKEN  # noqa: E402
@@ -30,8 +32,8 @@ from torch_student_env.spec import DEFAULT_TOKEN  # noqa: E402
 log = logging.getLogger("torch_student_env.server")
 
 
-def _exact_openapi(app: FastAPI, models: list[type[BaseModel]]) -> None:
-    """Publish the models' schemas exactly as pydantic writes them.
+def _exact_openapi(app: FastAPI, models: tuple[type[BaseModel], ...], limits: Limits) -> None:
+    """Publish the models' schemas exactly as pydantic writes them, with this server's `limits`.
 
     FastAPI passes schemas through its own OpenAPI model, which stores bounds as floats: the
     seed's maximum 2**63 - 1 would be published as 2**63, a value the server refuses.
@@ -46,6 +48,7 @@ def _exact_openapi(app: FastAPI, models: list[type[BaseModel]]) -> None:
                 for name, nested in exact.pop("$defs", {}).items():
                     components[name] = nested
                 components[model.__name__] = exact
+            publish_limits(schema, limits)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -173,12 +176,9 @@ def create_app(
     app.state.tokens = display_names(tokens) if tokens is not None else load_tokens()
     store.set_names(app.state.tokens)
 
-    m = request_models(state.limits)
-    app.include_router(session_routes())
-    app.include_router(episode_routes(m))
-    app.include_router(score_routes(state.limits))
-    _exact_openapi(app, [m.EnvConfigBody, m.VectorizedCreate, m.VectorizedReset, m.VectorizedStep, SingleReset,
-                         m.SingleStep, Rejected, Invalid])  # fmt: skip
+    for router in ROUTERS:
+        app.include_router(router)
+    _exact_openapi(app, (*REQUEST_MODELS, Rejected, Invalid), state.limits)
     app.add_middleware(GuardBodies, limit=state.limits.max_body_bytes, tokens=app.state.tokens)
 
     @app.exception_handler(ServerError)

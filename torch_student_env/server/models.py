@@ -1,14 +1,14 @@
-"""The protocol's bodies as pydantic models: requests (bounded by a server's `Limits`), answers,
-and the error answers each route documents."""
+"""The protocol's bodies as pydantic models: requests (bounded by any server's absolute maxima;
+`publish_limits` writes a server's own into its schema), answers, and the error answers each
+route documents."""
 
-# No `from __future__ import annotations`: the request models are built per app from its
-# `Limits` (`request_models`), and pydantic and FastAPI read annotations as objects.
-from typing import Annotated, Any, NamedTuple
+# No `from __future__ import annotations`: pydantic and FastAPI read annotations as objects.
+from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from torch_student_env.config import MAX_ENV_OFFSET, MAX_SEED
-from torch_student_env.server.state import Limits
+from torch_student_env.server.config import ABSOLUTE_MAX, Limits
 
 
 def _integral(value: Any) -> Any:
@@ -42,68 +42,97 @@ class _Body(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
+# Request bodies are bounded by the absolute maxima of any server (`config.ABSOLUTE_MAX`); a
+# server's own, smaller `Limits` are enforced by `ServerState` and published by `publish_limits`.
+StepSize = _int(1, ABSOLUTE_MAX["max_step_size"])
+EpisodeLimit = _int(1, ABSOLUTE_MAX["max_steps_per_episode"])
+_BATCH = {"maxItems": ABSOLUTE_MAX["max_envs_per_request"]}  # episodes in one request
+
+
 class SingleReset(_Body):
     episode_id: EpisodeId
     seed: Seed | None = None
 
 
-class RequestModels(NamedTuple):
-    """The request bodies whose bounds are a server's `Limits`: built once per app."""
+class EnvConfigBody(BaseModel):
+    """The seed client's `env_config`; unknown fields are ignored as the challenge server does.
+    A field left out takes the client's default (1,000 flights, 10 a step), within the server's
+    limits."""
 
-    EnvConfigBody: type[BaseModel]
-    VectorizedCreate: type[BaseModel]
-    VectorizedReset: type[BaseModel]
-    EpisodeAction: type[BaseModel]
-    VectorizedStep: type[BaseModel]
-    SingleStep: type[BaseModel]
+    model_config = ConfigDict(strict=True, extra="ignore")
+    env_type: str = "DegradationEnv"
+    max_steps_per_episode: EpisodeLimit = 1000
+    auto_reset: bool = True
+    step_size: StepSize = 10
 
 
-def request_models(limits: Limits) -> RequestModels:
-    """The bodies of `limits`: episodes per request, flights per step and per episode are its own,
-    in validation and in the published schema alike."""
-    StepSize = _int(1, limits.max_step_size)  # noqa: N806 (a type)
-    per_request = limits.max_envs_per_request
-    # The episodes of one request: published here, enforced by `ServerState` (whose message names
-    # the count and the limit); the body-size limit bounds what is parsed before that.
-    batch = {"maxItems": per_request}
+class VectorizedCreate(_Body):
+    env_config: EnvConfigBody = EnvConfigBody()
+    num_envs: _int(1, ABSOLUTE_MAX["max_envs_per_request"])
 
-    class EnvConfigBody(BaseModel):
-        """The seed client's `env_config`; unknown fields are ignored as the challenge server does."""
 
-        model_config = ConfigDict(strict=True, extra="ignore")
-        env_type: str = "DegradationEnv"
-        max_steps_per_episode: _int(1, limits.max_steps_per_episode) = min(1000, limits.max_steps_per_episode)
-        auto_reset: bool = True
-        step_size: StepSize = min(10, limits.max_step_size)
+class VectorizedReset(_Body):
+    episode_ids: list[EpisodeId] = Field(min_length=1, json_schema_extra=_BATCH | {"uniqueItems": True})
+    seeds: list[Seed | None] | None = None
+    env_indices: list[EnvIndex] | None = None
+    reset_counters: list[Counter] | None = None
 
-    class VectorizedCreate(_Body):
-        env_config: EnvConfigBody = EnvConfigBody()
-        num_envs: _int(1, per_request)
 
-    class VectorizedReset(_Body):
-        episode_ids: list[EpisodeId] = Field(min_length=1, json_schema_extra=batch | {"uniqueItems": True})
-        seeds: list[Seed | None] | None = None
-        env_indices: list[EnvIndex] | None = None
-        reset_counters: list[Counter] | None = None
+class EpisodeAction(_Body):
+    episode_id: EpisodeId
+    action: Action
+    step_size: StepSize = 10
+    return_all_states: bool = True
+    step_counter: Counter | None = None
+    reset_if_done: bool = False  # start the next episode in this request if this step ends one
 
-    class EpisodeAction(_Body):
-        episode_id: EpisodeId
-        action: Action
-        step_size: StepSize = min(10, limits.max_step_size)
-        return_all_states: bool = True
-        step_counter: Counter | None = None
-        reset_if_done: bool = False  # start the next episode in this request if this step ends one
 
-    class VectorizedStep(_Body):
-        episode_actions: list[EpisodeAction] = Field(min_length=1, json_schema_extra=batch)
+class VectorizedStep(_Body):
+    episode_actions: list[EpisodeAction] = Field(min_length=1, json_schema_extra=_BATCH)
 
-    class SingleStep(_Body):
-        episode_id: EpisodeId
-        action: Action
-        step_size: StepSize = min(10, limits.max_step_size)
-        return_all_states: bool = True
 
-    return RequestModels(EnvConfigBody, VectorizedCreate, VectorizedReset, EpisodeAction, VectorizedStep, SingleStep)
+class SingleStep(_Body):
+    episode_id: EpisodeId
+    action: Action
+    step_size: StepSize = 10
+    return_all_states: bool = True
+
+
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (
+    EnvConfigBody, VectorizedCreate, VectorizedReset, EpisodeAction, VectorizedStep, SingleReset, SingleStep,
+)  # fmt: skip
+
+
+def given(body: BaseModel, field: str) -> Any:
+    """A body's field as the client sent it, None where it was left out (the server's default
+    then applies, within its limits)."""
+    return getattr(body, field) if field in body.model_fields_set else None
+
+
+def publish_limits(schema: dict[str, Any], limits: Limits) -> None:
+    """Write a server's own `Limits` into its OpenAPI schema (bounds and defaults), so that what
+    it publishes is what it accepts."""
+    components = schema["components"]["schemas"]
+    per_request, step_size = limits.max_envs_per_request, limits.max_step_size
+    bounds = {
+        ("VectorizedCreate", "num_envs"): {"maximum": per_request},
+        ("VectorizedStep", "episode_actions"): {"maxItems": per_request},
+        ("VectorizedReset", "episode_ids"): {"maxItems": per_request},
+        ("EnvConfigBody", "max_steps_per_episode"): {
+            "maximum": limits.max_steps_per_episode,
+            "default": min(1000, limits.max_steps_per_episode),
+        },
+        ("EnvConfigBody", "step_size"): {"maximum": step_size, "default": min(10, step_size)},
+        ("EpisodeAction", "step_size"): {"maximum": step_size, "default": min(10, step_size)},
+        ("SingleStep", "step_size"): {"maximum": step_size, "default": min(10, step_size)},
+    }
+    for (model, field), values in bounds.items():
+        components[model]["properties"][field].update(values)
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            for parameter in operation.get("parameters", ()):
+                if parameter["name"] == "limit":
+                    parameter["schema"]["maximum"] = limits.scored_episodes_per_token
 
 
 class Rejected(BaseModel):
