@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from tensordict import TensorDict
 from tqdm.auto import tqdm
-from training import RunLogger, arg, final_report, parse_args, run_dir, run_results, save_checkpoint
+from training import RunLogger, arg, final_report, parse_args, run_dir, run_results, save_checkpoint, verdict
 
 from torch_student_env import make_env
 from torch_student_env.config import normalize_device
@@ -407,9 +407,7 @@ def main(args: Args) -> dict | None:
     )
     print((out / "eval.md").read_text())
     print(f"wrote {out / 'eval.md'}, {out / 'learning_curve.png'}, {out / 'episode.png'}, {ckpt_path}")
-    ppo, tb = results[best_name], results["time_based"]
-    verdict = "beats" if ppo["mean_return"] - ppo["ci95"] > tb["mean_return"] + tb["ci95"] else "does not clearly beat"
-    print(f"ppo_cnn's best checkpoint {verdict} time-based ({ppo['mean_return']:,.0f} vs {tb['mean_return']:,.0f}).")
+    print(verdict(best_name, results))
     log.close()
     if world > 1:
         dist.barrier()

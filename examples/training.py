@@ -105,10 +105,40 @@ def final_report(
     (out / "eval.json").write_text(json.dumps(report, indent=2))
     name, policy = next(iter(learned.items()))
     baselines = {k: v["mean_return"] for k, v in results.items() if k not in learned}
-    plot_learning_curve(curve, baselines, out / "learning_curve.png", title=name.split(" ")[0], best=best)
+    # where the policies of interest lie: from the best rule to the oracle (or belief, on few episodes)
+    zoom = (baselines[best_rule(results)], max(baselines["oracle"], baselines["belief"]))
+    plot_learning_curve(curve, baselines, out / "learning_curve.png", title=name.split(" ")[0], best=best, zoom=zoom)
     trace = record_episode(policy, seed=seed + 1, device=device, history=history)
     plot_episode(trace, out / "episode.png", title=f"{name}, one engine")
     return results
+
+
+def best_rule(results: dict[str, dict[str, float]]) -> str:
+    """The rule (`policies.Baseline.rule`) with the highest mean return in `results`."""
+    return max((name for name in results if name in BASELINES and BASELINES[name].rule),
+               key=lambda name: results[name]["mean_return"])  # fmt: skip
+
+
+def verdict(name: str, results: dict[str, dict[str, float]]) -> str:
+    """One line: policy `name` against the best rule (95 % CIs apart or not) and against
+    `belief`, paired episode by episode (`paired_with="belief"`)."""
+    mine, rule = results[name], best_rule(results)
+    theirs = results[rule]
+    if mine["mean_return"] - mine["ci95"] > theirs["mean_return"] + theirs["ci95"]:
+        against_rule = "beats"
+    elif mine["mean_return"] + mine["ci95"] < theirs["mean_return"] - theirs["ci95"]:
+        against_rule = "is below"
+    else:
+        against_rule = "is within the CIs of"
+    gap = results["oracle"]["mean_return"] - theirs["mean_return"]
+    closed = (mine["mean_return"] - theirs["mean_return"]) / gap if gap > 0 else float("nan")
+    line = (
+        f"{name} {against_rule} the best rule, {rule} ({mine['mean_return']:,.0f} vs {theirs['mean_return']:,.0f}: "
+        f"{100 * closed:.0f} % of the gap from it to the oracle)"
+    )
+    if "paired_diff" in mine:
+        line += f"; against belief, paired: {mine['paired_diff']:+,.0f} ± {mine['paired_ci95']:,.0f}"
+    return line + "."
 
 
 def run_dir(out: str, exp_name: str, seed: int, env_id: str = "TorchStudentEnv-v0") -> Path:

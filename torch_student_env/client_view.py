@@ -47,11 +47,16 @@ def on_host(td) -> dict[str, np.ndarray]:
     return {key: value.cpu().numpy() for key, value in td.items()}
 
 
+def newest(window: Any, k: int) -> Any:
+    """The newest `k` rows of one engine's window (array or tensor, rows first): what a step
+    that flew `k` rows returns of it."""
+    return window[len(window) - k :]
+
+
 def step_rows(out: dict[str, np.ndarray], i: int) -> np.ndarray:
     """Engine i's rows of a step, (k, 9): the newest `new_rows` of its window (none when it did
     not fly, or failed on the step's first flight)."""
-    window = out["observation"][i]
-    return window[len(window) - int(out["new_rows"][i]) :]
+    return newest(out["observation"][i], int(out["new_rows"][i]))
 
 
 def hidden_info(out: dict[str, np.ndarray], i: int, rows: int) -> dict[str, Any]:
@@ -59,13 +64,12 @@ def hidden_info(out: dict[str, np.ndarray], i: int, rows: int) -> dict[str, Any]
     `prod=False`): health now, `degradation = 1 - health`, and the health of its newest `rows`
     window rows."""
     health = float(out["health"][i])
-    window_health = out["window_health"][i]
     return {
         "degradation": 1.0 - health,
         "health": health,
         "wear_rate": float(out["wear_rate"][i]),
         "repairs": int(out["repairs"][i]),
-        "health_rows": window_health[len(window_health) - rows :].tolist() if rows else [],
+        "health_rows": newest(out["window_health"][i], rows).tolist(),
     }
 
 

@@ -24,27 +24,44 @@ def plot_learning_curve(
     path: str | Path,
     title: str = "PPO + 1D-CNN",
     best: dict[str, float] | None = None,
+    zoom: tuple[float, float] | None = None,
 ) -> Path:
     """Validation return (mean, 95 % CI band) against env steps; the best checkpoint as a star;
-    the baselines' held-out returns as horizontal lines."""
-    fig = _figure(figsize=(8, 4.8))
-    ax = fig.subplots()
+    the baselines' held-out returns as labelled horizontal lines.
+
+    With `zoom` = (low, high), e.g. the best rule's and the oracle's returns, a second panel
+    shows the same curve on that band, where the policies of interest differ by a few percent
+    that the full scale hides.
+    """
+    fig = _figure(figsize=(13, 4.8) if zoom else (8, 4.8))
+    axes = fig.subplots(1, 2 if zoom else 1)
+    axes = list(axes) if zoom else [axes]
     steps = np.array([c["env_steps"] for c in curve])
     mean = np.array([c["mean_return"] for c in curve])
     ci = np.array([c["ci95"] for c in curve])
-    ax.plot(steps, mean, marker="o", color="black", label=f"{title} (greedy, validation seeds)")
-    ax.fill_between(steps, mean - ci, mean + ci, color="black", alpha=0.15, label="95 % CI")
-    if best is not None and best.get("env_steps"):
-        ax.plot(best["env_steps"], best["mean_return"], "*", color="gold", markersize=16, markeredgecolor="black",
-                label=f"best checkpoint ({best['mean_return']:,.0f} at {best['env_steps']:,} steps)")  # fmt: skip
-    colors = iter(["tab:green", "tab:purple", "tab:blue", "tab:orange", "tab:red", "tab:brown"])
-    for name, value in sorted(baselines.items(), key=lambda kv: -kv[1]):
-        ax.axhline(value, linestyle="--", linewidth=1.2, color=next(colors), label=f"{name} ({value:,.0f})")
-    ax.set_xlabel("env steps (1 step = 10 flights)")
-    ax.set_ylabel("mean episode return")
-    ax.set_title("Learning curve")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    colors = ["tab:green", "tab:purple", "tab:blue", "tab:orange", "tab:red", "tab:brown", "tab:gray", "tab:olive"]
+    ranked = sorted(baselines.items(), key=lambda kv: -kv[1])
+    for k, ax in enumerate(axes):
+        ax.fill_between(steps, mean - ci, mean + ci, color="black", alpha=0.2, label="95 % CI")
+        ax.plot(steps, mean, marker="o", markersize=4, color="black", label=f"{title} (greedy, validation seeds)")
+        if best is not None and best.get("env_steps"):
+            ax.plot(best["env_steps"], best["mean_return"], "*", color="gold", markersize=16, markeredgecolor="black",
+                    label=f"best checkpoint ({best['mean_return']:,.0f} at {best['env_steps']:,} steps)")  # fmt: skip
+        for (name, value), color in zip(ranked, colors, strict=False):
+            ax.axhline(value, linestyle="--", linewidth=1.2, color=color, label=f"{name} ({value:,.0f})")
+            if k == 1:  # the zoomed panel names its lines where they are
+                ax.annotate(name, (1.0, value), xycoords=("axes fraction", "data"), xytext=(3, 0),
+                            textcoords="offset points", va="center", fontsize=8, color=color)  # fmt: skip
+        ax.set_xlabel("env steps (1 step = 10 flights)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean episode return")
+    axes[0].set_title("Learning curve")
+    axes[0].legend(fontsize=8, loc="best")
+    if zoom:
+        low, high = zoom
+        margin = 0.35 * (high - low)
+        axes[1].set_ylim(low - margin, high + margin)
+        axes[1].set_title("zoomed on the band from the best rule to the oracle")
     path = Path(path)
     fig.savefig(path, dpi=120)
     return path

@@ -203,19 +203,22 @@ class PolicySettings:
 
 @dataclass(frozen=True)
 class Baseline:
-    """A baseline's entry: how to build it, and whether it reads the hidden state (needs
-    `privileged=True`; a player cannot have it, so it can neither teach a player's policy nor be
-    told apart from the model it runs on: it plans on each model, see `for_model`)."""
+    """A baseline's entry: how to build it; whether it is a fixed rule of what a player sees (no
+    plan: the reports compare learned policies with the best of these); whether it reads the
+    hidden state (needs `privileged=True`; a player cannot have it, so it can neither teach a
+    player's policy nor be told apart from the model it runs on: it plans on each model, see
+    `for_model`)."""
 
     build: Callable[[PolicySettings], Callable[[TensorDict], torch.Tensor]]
+    rule: bool = False
     reads_hidden_state: bool = False
 
 
 BASELINES: dict[str, Baseline] = {
     "random": Baseline(lambda s: RandomPolicy(seed=s.seed, device=s.device)),
-    "do_nothing": Baseline(lambda s: DoNothingPolicy()),
-    "time_based": Baseline(lambda s: TimeBasedPolicy(step_size=s.step_size)),
-    "threshold": Baseline(lambda s: ThresholdPolicy(params=s.params)),
+    "do_nothing": Baseline(lambda s: DoNothingPolicy(), rule=True),
+    "time_based": Baseline(lambda s: TimeBasedPolicy(step_size=s.step_size), rule=True),
+    "threshold": Baseline(lambda s: ThresholdPolicy(params=s.params), rule=True),
     "belief": Baseline(lambda s: BeliefPolicy(params=s.params, step_size=s.step_size, max_flights=s.max_flights)),
     "oracle": Baseline(
         lambda s: OraclePolicy(params=s.params, step_size=s.step_size, max_flights=s.max_flights),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from tensordict import TensorDict
 
-from torch_student_env.client_view import finished_episodes, on_host
+from torch_student_env.client_view import finished_episodes, newest, on_host
 from torch_student_env.env import TorchStudentEnv
 from torch_student_env.evaluation.stats import challenge_score, paired_difference, summarize
 from torch_student_env.leaderboard import FinishedEpisode
@@ -244,10 +244,9 @@ def record_episode(policy: Policy, seed: int = 0, max_env_steps: int = 1000, **e
     k = 1  # the reset row
     for _ in range(max_env_steps + 1):
         # the rows this call added are the newest k of the window (a window holds a step's rows)
-        new = slice(env.history - k, None)
-        rows.append(td["observation"][0, new])
-        health.append(td["window_health"][0, new])
-        flights.append(td["flight"][0, new])
+        rows.append(newest(td["observation"][0], k))
+        health.append(newest(td["window_health"][0], k))
+        flights.append(newest(td["flight"][0], k))
         if "done" in td.keys() and bool(td["done"][0]):
             break
         action = policy(td)
