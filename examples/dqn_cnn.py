@@ -49,6 +49,7 @@ class Args:
     eval_every: int = arg(25_000, "env steps between greedy evaluations")
     eval_envs: int = arg(256, "episodes per periodic evaluation")
     final_eval_envs: int = arg(1024, "held-out episodes for the final table")
+    score_episodes: int = arg(100, "the challenge score's window: the last K episodes of a stream on 4 envs")
 
 
 class ReplayBuffer:
@@ -193,6 +194,7 @@ def main(args: Args) -> dict:
         device=device,
         best=best,
         extra={"train_seconds": wall, "env_steps": global_step},
+        score_episodes=args.score_episodes,
     )
     log.close()
     print((out / "eval.md").read_text())

@@ -73,6 +73,7 @@ class Args:
     eval_every: int = arg(20, "updates between greedy evaluations")
     eval_envs: int = arg(256, "episodes per periodic evaluation (validation seed)")
     final_eval_envs: int = arg(1024, "held-out episodes for the final table")
+    score_episodes: int = arg(100, "the challenge score's window: the last K episodes of a stream on 4 envs")
     variant_eval: bool = arg(True, "the final table also gives each policy's worst plausible model (sim.variants)")
     checkpoint_every: int = arg(20, "updates between checkpoints")
     distributed: bool = arg(
@@ -404,6 +405,7 @@ def main(args: Args) -> dict | None:
             "env_steps": global_step,
             "world_size": world,
         },
+        score_episodes=args.score_episodes,
     )
     print((out / "eval.md").read_text())
     print(f"wrote {out / 'eval.md'}, {out / 'learning_curve.png'}, {out / 'episode.png'}, {ckpt_path}")

@@ -52,6 +52,7 @@ class Args:
     reward_scale: float = arg(1e-3, "reward multiplier for learning")
     eval_every: int = arg(20, "batches between greedy evaluations")
     final_eval_envs: int = arg(1024, "held-out episodes for the final table")
+    score_episodes: int = arg(100, "the challenge score's window: the last K episodes of a stream on 4 envs")
 
 
 class Head(nn.Module):
@@ -136,6 +137,7 @@ def main(args: Args) -> None:
         seed=10_000,
         device=device,
         extra={"train_seconds": wall, "env_steps": steps},
+        score_episodes=args.score_episodes,
     )
     print((out / "eval.md").read_text())
 

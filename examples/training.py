@@ -62,11 +62,13 @@ def final_report(
     best: dict[str, float] | None = None,
     variants: bool = False,
     history: int | None = None,
+    score_episodes: int = 100,
 ) -> dict[str, dict[str, float]]:
     """Evaluate the `learned` policies (name -> policy; the first is plotted) against every
     baseline on held-out seeds; write eval.md/json and the PNGs. `variants`: also score each on
     every plausible model (`sim.variants.PLAUSIBLE`) and report its worst. `history`: every
-    policy plays with that window (the client-side memory the learned ones trained with)."""
+    policy plays with that window (the client-side memory the learned ones trained with).
+    `score_episodes`: the challenge score's window (the challenge's is 100)."""
     from torch_student_env.plotting import plot_episode, plot_learning_curve
 
     policies = dict(learned)
@@ -74,7 +76,14 @@ def final_report(
         policies[baseline] = make_policy(baseline, seed=seed, device=device)
     # paired with the belief reference: the learned policies' target, compared on the same engines
     results = evaluate_policies(
-        policies, num_envs=eval_envs, seed=seed, device=device, progress=True, paired_with="belief", history=history
+        policies,
+        num_envs=eval_envs,
+        seed=seed,
+        device=device,
+        progress=True,
+        paired_with="belief",
+        history=history,
+        score_episodes=score_episodes,
     )
     per_variant, worst = {}, None
     if variants:  # every policy on every plausible model: only the oracle plans on each model

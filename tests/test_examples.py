@@ -75,6 +75,8 @@ def tiny_ppo(total_steps: int, variants: bool = False) -> list[str]:
         "8",
         "--final-eval-envs",
         "16",
+        "--score-episodes",  # the challenge score's stream: most of a tiny run's final report
+        "8",
     ]
 
 
@@ -156,6 +158,8 @@ def test_dqn_cnn_smoke(tmp_path):
         "cpu:0",  # normalised to cpu: the flag takes any torch device name
         "--final-eval-envs",
         "16",
+        "--score-episodes",
+        "8",
         "--out",
         str(out),
     )
@@ -188,13 +192,15 @@ def test_evaluate_script_on_checkpoint_and_baselines(tmp_path):
         "time_based",
         "--episodes",
         "32",
+        "--score-episodes",
+        "8",
         "--out",
         str(table),
     )
     text = table.read_text()
     assert "time_based" in text and "ppo (384 steps)" in text and text.strip() in stdout
     assert text.startswith("32 episodes per policy, seed 10000, windows of 20 rows")
-    assert "challenge score" in text
+    assert "challenge score: last 8 (mean)" in text
 
 
 def test_torchrl_ppo_smoke(tmp_path):
@@ -214,6 +220,8 @@ def test_torchrl_ppo_smoke(tmp_path):
         "cpu:0",
         "--final-eval-envs",
         "16",
+        "--score-episodes",
+        "8",
         "--out",
         str(out),
     )

@@ -174,11 +174,13 @@ def load_or_compile(
 
 
 def _compile(key: StepKey, step: Callable, example: list[torch.Tensor], path: Path) -> None:
+    engines = f"{key.num_envs:,} engines" if key.num_envs is not None else f"1-{STATIC_MIN_ENVS - 1} engines"
     log.warning(
-        "torch_student_env: compiling the env step for step_size=%d, history=%d (once per configuration, "
+        "torch_student_env: compiling the env step for step_size=%d, history=%d, %s (once per configuration, "
         "about 30 s; later processes load it from %s)",
         key.step_size,
         key.history,
+        engines,
         path.parent,
     )
     start = time.perf_counter()

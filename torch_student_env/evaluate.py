@@ -73,10 +73,18 @@ def main(argv: list[str] | None = None) -> None:
         help="rows in each env's window for every policy (default: the window the checkpoints trained with)",
     )
     parser.add_argument(
+        "--score-episodes",
+        type=int,
+        default=100,
+        help="the challenge score's window: the last K episodes of a stream on 4 envs (the challenge's: 100)",
+    )
+    parser.add_argument(
         "--paired-with", help="a baseline among the policies: add each one's paired difference to it (e.g. belief)"
     )
     args = parser.parse_args(argv)
     device = normalize_device(args.device)  # "cuda" -> "cuda:0", "cpu:0" -> "cpu"
+    if args.score_episodes < 1:
+        parser.error(f"--score-episodes must be >= 1, got {args.score_episodes}")
     specs = args.policy or list(BASELINES)
     if args.paired_with is not None and args.paired_with not in [s for s in specs if s in BASELINES]:
         parser.error(f"--paired-with {args.paired_with!r} is not a baseline among the policies {list(specs)}")
@@ -116,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
             device=device,
             progress=True,
             paired_with=args.paired_with,
+            score_episodes=args.score_episodes,
             history=history,
         )
         table = f"{args.episodes} episodes per policy, seed {args.seed}{window}\n\n"

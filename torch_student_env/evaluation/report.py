@@ -31,8 +31,10 @@ def markdown_table(
     (`worst_variant` of each policy's `evaluate_variants` results), a column of each policy's
     mean return on its worst plausible model; with `paired_with` (as given to
     `evaluate_policies`), a column of each policy's paired difference to that one."""
+    last = next((r["score_episodes"] for r in results.values() if "score_episodes" in r), 100)
     head = (
-        "| policy | mean return ± 95% CI | challenge score: last 100 (mean) | failure rate | repairs | life (flights)"
+        f"| policy | mean return ± 95% CI | challenge score: last {last} (mean) | failure rate | repairs"
+        " | life (flights)"
     )
     head += " | worst plausible model |" if worst else " |"
     head += f" − {paired_with}, paired |" if paired_with else ""

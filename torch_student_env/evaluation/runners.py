@@ -171,14 +171,16 @@ def evaluate_policies(
     progress: bool = False,
     stream_envs: int = 4,
     paired_with: str | None = None,
+    score_episodes: int = 100,
     **env_kwargs,
 ) -> dict[str, dict[str, float]]:
     """Each policy on the same held-out episodes, two ways:
 
     - `mean_return` ± `ci95` over `num_envs * episodes_per_env` episodes run in parallel: the
       precise comparison (every policy plays the same engines);
-    - `score_total` / `score_mean`: the challenge's metric, the last 100 episodes of a stream on
-      `stream_envs` envs (`run_stream`).
+    - `score_total` / `score_mean`: the challenge's metric, the last `score_episodes` (100) of a stream on
+      `stream_envs` envs (`run_stream`); `score_episodes` other than the challenge's 100 gives a
+      quicker, noisier look.
 
     `paired_with` names one of `policies`: each result then also holds `paired_diff` ± `paired_ci95`,
     its mean return less that policy's, episode by episode on the same engines (`paired_difference`).
@@ -194,8 +196,10 @@ def evaluate_policies(
         episodes = run_episodes(env, policy, episodes_per_env, progress=progress)
         results[name], returns[name] = summarize(episodes), episodes.returns
         env.close()
-        stream = run_stream(policy, num_envs=stream_envs, seed=seed + 1, device=device, **env_kwargs)
-        results[name] |= challenge_score(stream)
+        stream = run_stream(
+            policy, num_envs=stream_envs, last=score_episodes, seed=seed + 1, device=device, **env_kwargs
+        )
+        results[name] |= challenge_score(stream, last=score_episodes)
     if paired_with is not None:
         for name in policies:
             results[name] |= paired_difference(returns[name], returns[paired_with])
