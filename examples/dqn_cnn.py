@@ -162,7 +162,8 @@ def main(args: Args) -> dict:
         bar.update(args.num_envs)
         if global_step >= next_eval or global_step >= args.total_steps:
             next_eval += args.eval_every
-            stats = summarize(run_episodes(make_env(num_envs=args.eval_envs, seed=5_000, device=device), q_net.act))
+            env_eval = make_env(num_envs=args.eval_envs, seed=5_000, device=device, fast=False)  # one episode each
+            stats = summarize(run_episodes(env_eval, q_net.act))
             curve.append({"env_steps": global_step, "mean_return": stats["mean_return"], "ci95": stats["ci95"]})
             sps = global_step / (time.perf_counter() - start)
             log.scalars(

@@ -335,7 +335,8 @@ def main(args: Args) -> dict | None:
             if episodes_done:
                 log.scalars(global_step, charts_episodic_return=mean_return)
         if lead and (update % args.eval_every == 0 or update == num_updates):
-            env_eval = make_env(num_envs=args.eval_envs, seed=5_000, device=device, history=args.history)
+            # one episode per engine: eager, a compiled library for this engine count is not worth its 30 s
+            env_eval = make_env(num_envs=args.eval_envs, seed=5_000, device=device, history=args.history, fast=False)
             stats = summarize(run_episodes(env_eval, agent.act, episodes_per_env=1))
             curve.append({"env_steps": global_step, "mean_return": stats["mean_return"], "ci95": stats["ci95"]})
             log.scalars(global_step, charts_validation_return=stats["mean_return"])

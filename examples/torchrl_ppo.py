@@ -114,7 +114,8 @@ def main(args: Args) -> None:
         collector.update_policy_weights_()
         bar.update(batch.numel())
         if (i + 1) % args.eval_every == 0 or steps >= args.total_steps:
-            stats = summarize(run_episodes(make_env(num_envs=256, seed=5_000, device=device), greedy))
+            env_eval = make_env(num_envs=256, seed=5_000, device=device, fast=False)  # one episode each: eager
+            stats = summarize(run_episodes(env_eval, greedy))
             curve.append({"env_steps": steps, "mean_return": stats["mean_return"], "ci95": stats["ci95"]})
             bar.set_postfix(sps=f"{steps / (time.perf_counter() - start):,.0f}", eval=f"{stats['mean_return']:,.0f}")
     collector.shutdown()

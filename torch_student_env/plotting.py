@@ -41,6 +41,10 @@ def plot_learning_curve(
     ci = np.array([c["ci95"] for c in curve])
     colors = ["tab:green", "tab:purple", "tab:blue", "tab:orange", "tab:red", "tab:brown", "tab:gray", "tab:olive"]
     ranked = sorted(baselines.items(), key=lambda kv: -kv[1])
+    band = (-np.inf, np.inf)
+    if zoom:
+        low, high = zoom
+        band = (low - 0.35 * (high - low), high + 0.35 * (high - low))
     for k, ax in enumerate(axes):
         ax.fill_between(steps, mean - ci, mean + ci, color="black", alpha=0.2, label="95 % CI")
         ax.plot(steps, mean, marker="o", markersize=4, color="black", label=f"{title} (greedy, validation seeds)")
@@ -49,18 +53,16 @@ def plot_learning_curve(
                     label=f"best checkpoint ({best['mean_return']:,.0f} at {best['env_steps']:,} steps)")  # fmt: skip
         for (name, value), color in zip(ranked, colors, strict=False):
             ax.axhline(value, linestyle="--", linewidth=1.2, color=color, label=f"{name} ({value:,.0f})")
-            if k == 1:  # the zoomed panel names its lines where they are
-                ax.annotate(name, (1.0, value), xycoords=("axes fraction", "data"), xytext=(3, 0),
-                            textcoords="offset points", va="center", fontsize=8, color=color)  # fmt: skip
+            if k == 1 and band[0] <= value <= band[1]:  # the zoomed panel names the lines it shows
+                ax.text(0.99, value, f"{name} ", transform=ax.get_yaxis_transform(), ha="right", va="bottom",
+                        fontsize=8, color=color)  # fmt: skip
         ax.set_xlabel("env steps (1 step = 10 flights)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("mean episode return")
     axes[0].set_title("Learning curve")
     axes[0].legend(fontsize=8, loc="best")
     if zoom:
-        low, high = zoom
-        margin = 0.35 * (high - low)
-        axes[1].set_ylim(low - margin, high + margin)
+        axes[1].set_ylim(*band)
         axes[1].set_title("zoomed on the band from the best rule to the oracle")
     path = Path(path)
     fig.savefig(path, dpi=120)
