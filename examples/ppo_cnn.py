@@ -11,7 +11,9 @@ and the rows estimate (--plan-inputs), and the first half of training is kicksta
 `belief` policy (--teacher): README, "Ablation", measures each choice.
 
 Writes to --out: checkpoint.pt, eval.md (trained policy vs every baseline on held-out seeds),
-eval.json, learning_curve.png and episode.png. CleanRL's ppo.py layout: Args, agent, one flat loop.
+eval.json, learning_curve.png and episode.png. CleanRL's ppo.py layout: Args, then `main`'s setup and
+one loop of rollout (`collect`), update (`advantages_and_returns`, `optimise`), logging
+(`log_update`) and validation (`validate`), each a short function below it.
 """
 
 from __future__ import annotations
@@ -133,7 +135,6 @@ def main(args: Args) -> dict | None:
     log = RunLogger(out, dataclasses.asdict(args), args.track) if lead else None
     torch.manual_seed(args.seed)  # the same on every rank: identical initial weights
     batch_size = args.num_envs * args.num_steps
-    minibatch_size = batch_size // args.num_minibatches
     num_updates = max(1, args.total_steps // (batch_size * world))  # --total-steps counts all ranks
 
     env = make_env(
@@ -163,54 +164,27 @@ def main(args: Args) -> dict | None:
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     teacher = make_policy(args.teacher, env) if args.teacher else None
     kickstart_updates = args.kickstart_fraction * num_updates if teacher is not None else 0.0
+    rollout, td = new_rollout(env.reset(), agent, args.num_steps)
 
-    # ALGO LOGIC: rollout storage, preallocated on the env's device
-    obs_keys = ("observation", "valid", "flight", "age", "since_repair", "repairs")
-    td = env.reset()
-    # terminal windows, read only where an episode was truncated (see GAE below)
-    final_storage = rollout_buffer(td, obs_keys, args.num_steps)
-    # The head's belief and plan inputs are a pure function of a stored state: computed once per
-    # state in the rollout and stored, not again in each of the update epochs.
-    cache_extra = agent.extra_inputs(td) is not None
-    if cache_extra:
-        obs_keys += (EXTRA_INPUTS_KEY,)
-        td[EXTRA_INPUTS_KEY] = agent.extra_inputs(td)
-    storage = rollout_buffer(td, obs_keys, args.num_steps)
-    truncateds = torch.zeros((args.num_steps, args.num_envs), dtype=torch.bool, device=device)
-    actions = torch.zeros((args.num_steps, args.num_envs), dtype=torch.int64, device=device)
-    teacher_actions = torch.zeros_like(actions)  # the teacher's action at each stored state
-    logprobs = torch.zeros((args.num_steps, args.num_envs), device=device)
-    rewards = torch.zeros_like(logprobs)
-    dones = torch.zeros_like(logprobs)
-    values = torch.zeros_like(logprobs)
-
-    start_update, global_step, curve = 1, 0, []
-    best = {"mean_return": float("-inf"), "env_steps": 0, "update": 0}  # by validation return
+    run = {
+        "update": 0,
+        "global_step": 0,
+        "curve": [],
+        "best": {"mean_return": float("-inf"), "env_steps": 0, "update": 0},
+    }
     ckpt_path, best_path = out / "checkpoint.pt", out / "best.pt"
     if args.resume:
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        agent.load_state_dict(ckpt["agent"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if len(ckpt["envs"]) != world:
-            raise SystemExit(
-                f"{ckpt_path} holds {len(ckpt['envs'])} env shards; resume it with {len(ckpt['envs'])} ranks"
-            )
-        env.load_state_dict(ckpt["envs"][rank])
-        td = env.reset(mask=torch.zeros(args.num_envs, dtype=torch.bool, device=device))  # current obs
-        start_update, global_step, curve = ckpt["update"] + 1, ckpt["global_step"], ckpt["curve"]
-        best = ckpt["best"]
+        run, td = resume(ckpt_path, env, agent, optimizer, world, rank, device)
         if lead:
-            print(f"resumed from {ckpt_path} at update {ckpt['update']}, {global_step:,} env steps")
+            print(f"resumed from {ckpt_path} at update {run['update']}, {run['global_step']:,} env steps")
+    start_update, global_step, curve, best = run["update"] + 1, run["global_step"], run["curve"], run["best"]
     next_done = torch.zeros(args.num_envs, device=device)
-    return_sum = torch.zeros((), device=device)
-    return_count = torch.zeros((), device=device)
-    env_time, first_step_time = 0.0, None  # the first step includes the one-off compile
-    start = time.perf_counter()
+    returns = torch.zeros(2, device=device)  # episodes' returns and count since the last log
+    clock, start = EnvClock(), time.perf_counter()
     bar = tqdm(
         total=num_updates * batch_size * world, initial=global_step, unit="step", desc="ppo_cnn", disable=not lead
     )
     keep_first_rollout = args.distributed and not args.resume  # for the shard check (first_rollout.pt)
-    first_rewards = torch.zeros_like(rewards)  # raw, unscaled
 
     for update in range(start_update, num_updates + 1):
         optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - (update - 1.0) / num_updates)
@@ -218,126 +192,29 @@ def main(args: Args) -> dict | None:
         # action on the student's own states, annealed to 0, so PPO starts from the teacher's plan
         # with a critic trained alongside, and then improves on it from the reward alone.
         kick = args.kickstart_coef * max(0.0, 1.0 - (update - 1.0) / kickstart_updates) if kickstart_updates else 0.0
-        for step in range(args.num_steps):
-            global_step += args.num_envs * world
-            if cache_extra:
-                td[EXTRA_INPUTS_KEY] = agent.extra_inputs(td)
-            storage[step] = td.select(*obs_keys)
-            dones[step] = next_done
-            with torch.no_grad():
-                agent.trunk.norm.update(gather_envs(td["observation"], world), gather_envs(td["valid"], world))
-                action, logprob, _, value = agent.get_action_and_value(td)
-                if kick > 0:
-                    teacher_actions[step] = teacher(td)
-            values[step], actions[step], logprobs[step] = value, action, logprob
-            t_env = time.perf_counter()
-            td = env.step(action)
-            if first_step_time is None:
-                first_step_time = time.perf_counter() - t_env
-            else:
-                env_time += time.perf_counter() - t_env
-            rewards[step] = td["reward"] * args.reward_scale
-            if keep_first_rollout and update == start_update:
-                first_rewards[step] = td["reward"]
-            # CRUCIAL, easy to overlook: a truncated episode did not end, its value continues.
-            # Keep the window it ended with (final_observation, not the reset window) to bootstrap.
-            final_storage["observation"][step] = td["final_observation"]
-            final_storage["valid"][step] = td["final_valid"]
-            final_storage["flight"][step] = td["final_flight"]
-            for key, final_key in FINAL_PLAYER_KEYS.items():  # the counters it ended with
-                final_storage[key][step] = td[final_key]
-            truncateds[step] = td["truncated"]
-            next_done = td["done"].to(torch.float32)
-            return_sum += td["episode_return"].sum()
-            return_count += td["done"].sum()
-
-        # ALGO LOGIC: GAE over the rollout
-        with torch.no_grad():
-            # Truncations are rare: value only their terminal windows, in one batched call per
-            # update (one host read, like the logging) instead of a critic pass every step.
-            if truncateds.any():
-                rewards[truncateds] += args.gamma * agent.get_value(final_storage[truncateds])
-            next_value = agent.get_value(td)
-            advantages = torch.zeros_like(rewards)
-            lastgaelam = torch.zeros(args.num_envs, device=device)
-            for t in reversed(range(args.num_steps)):
-                if t == args.num_steps - 1:
-                    nextnonterminal, nextvalues = 1.0 - next_done, next_value
-                else:
-                    nextnonterminal, nextvalues = 1.0 - dones[t + 1], values[t + 1]
-                delta = rewards[t] + args.gamma * nextvalues * nextnonterminal - values[t]
-                lastgaelam = delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
-                advantages[t] = lastgaelam
-            returns = advantages + values
-
-        # ALGO LOGIC: clipped policy and value optimisation
-        b_obs = storage.reshape(-1)
-        b_actions, b_logprobs, b_teacher = actions.reshape(-1), logprobs.reshape(-1), teacher_actions.reshape(-1)
-        b_advantages, b_returns, b_values = advantages.reshape(-1), returns.reshape(-1), values.reshape(-1)
-        clipfracs = []
-        for _ in range(args.update_epochs):
-            order = torch.randperm(batch_size, device=device)
-            for begin in range(0, batch_size, minibatch_size):
-                mb = order[begin : begin + minibatch_size]
-                newlogprob, entropy, newvalue, teacher_logprob = learner(
-                    b_obs[mb], b_actions[mb], b_teacher[mb] if kick > 0 else None
-                )
-                logratio = newlogprob - b_logprobs[mb]
-                ratio = logratio.exp()
-                with torch.no_grad():  # http://joschu.net/blog/kl-approx.html
-                    old_approx_kl = (-logratio).mean()
-                    approx_kl = ((ratio - 1) - logratio).mean()
-                    clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean())
-                mb_adv = b_advantages[mb]
-                mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-                pg_loss = torch.max(
-                    -mb_adv * ratio, -mb_adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)
-                ).mean()
-                v_clipped = b_values[mb] + (newvalue - b_values[mb]).clamp(-args.clip_coef, args.clip_coef)
-                v_loss = 0.5 * torch.max((newvalue - b_returns[mb]) ** 2, (v_clipped - b_returns[mb]) ** 2).mean()
-                kick_loss = -teacher_logprob.mean()
-                loss = pg_loss - args.ent_coef * entropy.mean() + args.vf_coef * v_loss + kick * kick_loss
-                optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
-                optimizer.step()
-
-        if keep_first_rollout and update == start_update:
-            save_first_rollout(out, world, rank, storage, actions, first_rewards)
+        raw_rewards = torch.zeros_like(rollout.rewards) if keep_first_rollout and update == start_update else None
+        td, next_done = collect(
+            args, env, agent, teacher, rollout, td, next_done, kick, world, clock, returns, raw_rewards
+        )
+        global_step += args.num_steps * args.num_envs * world
+        advantages, b_returns = advantages_and_returns(args, agent, rollout, td, next_done)
+        losses = optimise(args, agent, learner, optimizer, rollout, advantages, b_returns, kick)
+        if raw_rewards is not None:
+            save_first_rollout(out, world, rank, rollout.storage, rollout.actions, raw_rewards)
 
         # LOGGING: a few host reads per update, never per step
         if world > 1:
-            dist.all_reduce(return_sum), dist.all_reduce(return_count)
-        episodes_done = return_count.item()
-        mean_return = (return_sum / return_count.clamp(min=1)).item()
-        return_sum.zero_(), return_count.zero_()
+            dist.all_reduce(returns)
+        episodes_done, mean_return = returns[1].item(), (returns[0] / returns[1].clamp(min=1)).item()
+        returns.zero_()
         sps = (global_step - (start_update - 1) * batch_size * world) / (time.perf_counter() - start)
         bar.update(batch_size * world)
         last_eval = f"{curve[-1]['mean_return']:,.0f}" if curve else "-"
         bar.set_postfix(sps=f"{sps:,.0f}", train_return=f"{mean_return:,.0f}", eval=last_eval)
         if log is not None:
-            variance = b_returns.var()
-            explained = (1 - (b_returns - b_values).var() / variance).item() if variance > 0 else float("nan")
-            log.scalars(
-                global_step,
-                charts_learning_rate=optimizer.param_groups[0]["lr"],
-                charts_SPS=sps,
-                losses_value_loss=v_loss.item(),
-                losses_policy_loss=pg_loss.item(),
-                losses_entropy=entropy.mean().item(),
-                losses_old_approx_kl=old_approx_kl.item(),
-                losses_approx_kl=approx_kl.item(),
-                losses_clipfrac=torch.stack(clipfracs).mean().item(),
-                losses_explained_variance=explained,
-            )
-            if kick > 0:
-                log.scalars(global_step, losses_kickstart=kick_loss.item(), charts_kickstart_coef=kick)
-            if episodes_done:
-                log.scalars(global_step, charts_episodic_return=mean_return)
+            log_update(log, global_step, optimizer, sps, losses, kick, mean_return if episodes_done else None)
         if lead and (update % args.eval_every == 0 or update == num_updates):
-            # one episode per engine: eager, a compiled library for this engine count is not worth its 30 s
-            env_eval = make_env(num_envs=args.eval_envs, seed=5_000, device=device, history=args.history, fast=False)
-            stats = summarize(run_episodes(env_eval, agent.act, episodes_per_env=1))
+            stats = validate(args, agent, device)
             curve.append({"env_steps": global_step, "mean_return": stats["mean_return"], "ci95": stats["ci95"]})
             log.scalars(global_step, charts_validation_return=stats["mean_return"])
             if stats["mean_return"] > best["mean_return"]:  # validation seeds, never the held-out ones
@@ -347,46 +224,256 @@ def main(args: Args) -> dict | None:
                 )
             bar.set_postfix(sps=f"{sps:,.0f}", train_return=f"{mean_return:,.0f}", eval=f"{stats['mean_return']:,.0f}")
         if update % args.checkpoint_every == 0 or update == num_updates:
-            envs = [env.state_dict()]
-            if world > 1:
-                envs = [None] * world
-                dist.all_gather_object(envs, env.state_dict())
-            if not lead:
-                continue
-            save_checkpoint(
-                ckpt_path,
-                agent=agent.state_dict(),
-                model=model_config,
-                optimizer=optimizer.state_dict(),
-                envs=envs,
-                best=best,
-                update=update,
-                global_step=global_step,
-                curve=curve,
-                args=dataclasses.asdict(args),
-            )
+            envs = gather_env_states(env, world)
+            if lead:
+                state = {"update": update, "global_step": global_step, "curve": curve, "best": best, "envs": envs}
+                weights = {"agent": agent.state_dict(), "model": model_config, "optimizer": optimizer.state_dict()}
+                save_checkpoint(ckpt_path, **weights, **state, args=dataclasses.asdict(args))
     bar.close()
     wall = time.perf_counter() - start
-    first_step_time = first_step_time or 0.0
-    steady_share = env_time / max(wall - first_step_time, 1e-9)
-    if world > 1:
-        flat = torch.cat([p.detach().reshape(-1) for p in agent.state_dict().values() if p.is_floating_point()])
-        ranks = [torch.empty_like(flat) for _ in range(world)]
-        dist.all_gather(ranks, flat)
-        identical = all(torch.equal(ranks[0], r) for r in ranks)
-        if lead:
-            print(f"ranks' parameters and statistics identical: {identical} ({world} ranks, {flat.numel():,} values)")
-        else:  # wait for rank 0's evaluation, then leave together: no rank exits mid-run
-            dist.barrier()
-            dist.destroy_process_group()
-            return None
+    if world > 1 and not ranks_agree(agent, world, lead):
+        return None  # a rank other than 0: its work is done
+    first_step_time = clock.first or 0.0
+    steady_share = clock.rest / max(wall - first_step_time, 1e-9)
     print(
         f"trained {global_step:,} env steps in {wall:.0f} s; env.step took {100 * steady_share:.1f}% of it "
         f"after its first call, which took {first_step_time:.1f} s (the one-off compile with --fast)"
     )
+    extra = {"train_seconds": wall, "env_step_share": steady_share, "env_first_step_seconds": first_step_time}
+    extra |= {"env_steps": global_step, "world_size": world}
+    results = evaluate_run(args, agent, best, curve, out, device, extra)
+    log.close()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return run_results(out, best, curve, results)
 
-    # EVALUATION: the best checkpoint (by validation return) and the final policy, against every
-    # baseline, on held-out seeds (10,000; validation uses 5,000)
+
+@dataclasses.dataclass
+class Rollout:
+    """One rollout's storage, preallocated on the env's device: (num_steps, N, ...) each."""
+
+    obs_keys: tuple[str, ...]
+    storage: TensorDict  # the states acted on
+    final_storage: TensorDict  # terminal windows, read only where an episode was truncated (GAE)
+    truncateds: torch.Tensor
+    actions: torch.Tensor
+    teacher_actions: torch.Tensor  # the teacher's action at each stored state
+    logprobs: torch.Tensor
+    rewards: torch.Tensor
+    dones: torch.Tensor
+    values: torch.Tensor
+
+
+def new_rollout(td: TensorDict, agent: ActorCritic, num_steps: int) -> tuple[Rollout, TensorDict]:
+    """Storage for rollouts of `num_steps` from states like `td`, and `td` with the head's inputs."""
+    obs_keys = ("observation", "valid", "flight", "age", "since_repair", "repairs")
+    final_storage = rollout_buffer(td, obs_keys, num_steps)
+    # The head's belief and plan inputs are a pure function of a stored state: computed once per
+    # state in the rollout and stored, not again in each of the update epochs.
+    if agent.extra_inputs(td) is not None:
+        obs_keys += (EXTRA_INPUTS_KEY,)
+        td[EXTRA_INPUTS_KEY] = agent.extra_inputs(td)
+    n, device = td.batch_size[0], td.device
+    actions = torch.zeros((num_steps, n), dtype=torch.int64, device=device)
+    logprobs = torch.zeros((num_steps, n), device=device)
+    rollout = Rollout(
+        obs_keys=obs_keys,
+        storage=rollout_buffer(td, obs_keys, num_steps),
+        final_storage=final_storage,
+        truncateds=torch.zeros((num_steps, n), dtype=torch.bool, device=device),
+        actions=actions,
+        teacher_actions=torch.zeros_like(actions),
+        logprobs=logprobs,
+        rewards=torch.zeros_like(logprobs),
+        dones=torch.zeros_like(logprobs),
+        values=torch.zeros_like(logprobs),
+    )
+    return rollout, td
+
+
+class EnvClock:
+    """Wall time inside `env.step`: the first call (the one-off compile) apart from the rest."""
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+        self.rest = 0.0
+
+    def step(self, env, action: torch.Tensor) -> TensorDict:
+        start = time.perf_counter()
+        td = env.step(action)
+        if self.first is None:
+            self.first = time.perf_counter() - start
+        else:
+            self.rest += time.perf_counter() - start
+        return td
+
+
+def collect(args, env, agent, teacher, rollout, td, next_done, kick, world, clock, returns, raw_rewards):
+    """One rollout of `num_steps` into `rollout`; adds the finished episodes' returns and count to
+    `returns`, and the raw rewards to `raw_rewards` when given. Returns the next state and dones."""
+    for step in range(args.num_steps):
+        if EXTRA_INPUTS_KEY in rollout.obs_keys:
+            td[EXTRA_INPUTS_KEY] = agent.extra_inputs(td)
+        rollout.storage[step] = td.select(*rollout.obs_keys)
+        rollout.dones[step] = next_done
+        with torch.no_grad():
+            agent.trunk.norm.update(gather_envs(td["observation"], world), gather_envs(td["valid"], world))
+            action, logprob, _, value = agent.get_action_and_value(td)
+            if kick > 0:
+                rollout.teacher_actions[step] = teacher(td)
+        rollout.values[step], rollout.actions[step], rollout.logprobs[step] = value, action, logprob
+        td = clock.step(env, action)
+        rollout.rewards[step] = td["reward"] * args.reward_scale
+        if raw_rewards is not None:
+            raw_rewards[step] = td["reward"]
+        # CRUCIAL, easy to overlook: a truncated episode did not end, its value continues.
+        # Keep the window it ended with (final_observation, not the reset window) to bootstrap.
+        rollout.final_storage["observation"][step] = td["final_observation"]
+        rollout.final_storage["valid"][step] = td["final_valid"]
+        rollout.final_storage["flight"][step] = td["final_flight"]
+        for key, final_key in FINAL_PLAYER_KEYS.items():  # the counters it ended with
+            rollout.final_storage[key][step] = td[final_key]
+        rollout.truncateds[step] = td["truncated"]
+        next_done = td["done"].to(torch.float32)
+        returns[0] += td["episode_return"].sum()
+        returns[1] += td["done"].sum()
+    return td, next_done
+
+
+@torch.no_grad()
+def advantages_and_returns(args, agent, rollout, td, next_done) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE over the rollout, truncated episodes bootstrapped from their terminal windows."""
+    # Truncations are rare: value only their terminal windows, in one batched call per update
+    # (one host read, like the logging) instead of a critic pass every step.
+    if rollout.truncateds.any():
+        rollout.rewards[rollout.truncateds] += args.gamma * agent.get_value(rollout.final_storage[rollout.truncateds])
+    next_value = agent.get_value(td)
+    values, dones = rollout.values, rollout.dones
+    advantages = torch.zeros_like(rollout.rewards)
+    lastgaelam = torch.zeros(args.num_envs, device=td.device)
+    for t in reversed(range(args.num_steps)):
+        if t == args.num_steps - 1:
+            nextnonterminal, nextvalues = 1.0 - next_done, next_value
+        else:
+            nextnonterminal, nextvalues = 1.0 - dones[t + 1], values[t + 1]
+        delta = rollout.rewards[t] + args.gamma * nextvalues * nextnonterminal - values[t]
+        lastgaelam = delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
+        advantages[t] = lastgaelam
+    return advantages, advantages + values
+
+
+def optimise(args, agent, learner, optimizer, rollout, advantages, returns, kick) -> dict[str, torch.Tensor]:
+    """PPO's clipped policy and value optimisation over the rollout; the last minibatch's losses."""
+    batch_size = args.num_envs * args.num_steps
+    minibatch_size = batch_size // args.num_minibatches
+    b_obs = rollout.storage.reshape(-1)
+    b_actions, b_logprobs = rollout.actions.reshape(-1), rollout.logprobs.reshape(-1)
+    b_teacher = rollout.teacher_actions.reshape(-1)
+    b_advantages, b_returns, b_values = advantages.reshape(-1), returns.reshape(-1), rollout.values.reshape(-1)
+    clipfracs = []
+    for _ in range(args.update_epochs):
+        order = torch.randperm(batch_size, device=advantages.device)
+        for begin in range(0, batch_size, minibatch_size):
+            mb = order[begin : begin + minibatch_size]
+            newlogprob, entropy, newvalue, teacher_logprob = learner(
+                b_obs[mb], b_actions[mb], b_teacher[mb] if kick > 0 else None
+            )
+            logratio = newlogprob - b_logprobs[mb]
+            ratio = logratio.exp()
+            with torch.no_grad():  # http://joschu.net/blog/kl-approx.html
+                old_approx_kl = (-logratio).mean()
+                approx_kl = ((ratio - 1) - logratio).mean()
+                clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean())
+            mb_adv = b_advantages[mb]
+            mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+            pg_loss = torch.max(-mb_adv * ratio, -mb_adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
+            v_clipped = b_values[mb] + (newvalue - b_values[mb]).clamp(-args.clip_coef, args.clip_coef)
+            v_loss = 0.5 * torch.max((newvalue - b_returns[mb]) ** 2, (v_clipped - b_returns[mb]) ** 2).mean()
+            kick_loss = -teacher_logprob.mean()
+            loss = pg_loss - args.ent_coef * entropy.mean() + args.vf_coef * v_loss + kick * kick_loss
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+            optimizer.step()
+    variance = b_returns.var()
+    explained = 1 - (b_returns - b_values).var() / variance if variance > 0 else torch.tensor(float("nan"))
+    return {
+        "value_loss": v_loss,
+        "policy_loss": pg_loss,
+        "entropy": entropy.mean(),
+        "old_approx_kl": old_approx_kl,
+        "approx_kl": approx_kl,
+        "clipfrac": torch.stack(clipfracs).mean(),
+        "explained_variance": explained,
+        "kickstart": kick_loss,
+    }
+
+
+def log_update(log, global_step, optimizer, sps, losses, kick, mean_return) -> None:
+    """The update's scalars, CleanRL's names: charts/* and losses/*."""
+    kickstart = losses.pop("kickstart")
+    log.scalars(
+        global_step,
+        charts_learning_rate=optimizer.param_groups[0]["lr"],
+        charts_SPS=sps,
+        **{f"losses_{name}": value.item() for name, value in losses.items()},
+    )
+    if kick > 0:
+        log.scalars(global_step, losses_kickstart=kickstart.item(), charts_kickstart_coef=kick)
+    if mean_return is not None:
+        log.scalars(global_step, charts_episodic_return=mean_return)
+
+
+def validate(args, agent, device) -> dict[str, float]:
+    """The greedy policy on the validation seeds (5,000), one episode per engine."""
+    # eager: a compiled library for this engine count is not worth its 30 s for one episode each
+    env_eval = make_env(num_envs=args.eval_envs, seed=5_000, device=device, history=args.history, fast=False)
+    return summarize(run_episodes(env_eval, agent.act, episodes_per_env=1))
+
+
+def resume(ckpt_path, env, agent, optimizer, world, rank, device) -> tuple[dict, TensorDict]:
+    """Restore a run from its checkpoint: the model, the optimizer, this rank's env shard, the
+    counters and curve; the current observation."""
+    ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+    agent.load_state_dict(ckpt["agent"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if len(ckpt["envs"]) != world:
+        raise SystemExit(f"{ckpt_path} holds {len(ckpt['envs'])} env shards; resume it with {len(ckpt['envs'])} ranks")
+    env.load_state_dict(ckpt["envs"][rank])
+    td = env.reset(mask=torch.zeros(env.num_envs, dtype=torch.bool, device=device))  # current obs
+    run = {k: ckpt[k] for k in ("update", "global_step", "curve", "best")}
+    return run, td
+
+
+def gather_env_states(env, world: int) -> list:
+    """Every rank's env `state_dict`, in rank order (a checkpoint holds all the shards)."""
+    if world == 1:
+        return [env.state_dict()]
+    envs = [None] * world
+    dist.all_gather_object(envs, env.state_dict())
+    return envs
+
+
+def ranks_agree(agent, world: int, lead: bool) -> bool:
+    """Check that every rank ends with the same parameters and statistics (rank 0 prints it);
+    False on the other ranks, after they wait for rank 0's evaluation and leave the group."""
+    flat = torch.cat([p.detach().reshape(-1) for p in agent.state_dict().values() if p.is_floating_point()])
+    ranks = [torch.empty_like(flat) for _ in range(world)]
+    dist.all_gather(ranks, flat)
+    identical = all(torch.equal(ranks[0], r) for r in ranks)
+    if lead:
+        print(f"ranks' parameters and statistics identical: {identical} ({world} ranks, {flat.numel():,} values)")
+        return True
+    dist.barrier()  # wait for rank 0's evaluation, then leave together: no rank exits mid-run
+    dist.destroy_process_group()
+    return False
+
+
+def evaluate_run(args, agent, best, curve, out, device, extra) -> dict:
+    """The best checkpoint (by validation return) and the final policy against every baseline on
+    held-out seeds (10,000; validation uses 5,000): the report, its files and the verdict."""
+    best_path = out / "best.pt"
     best_agent = model_from_checkpoint(torch.load(best_path, map_location=device, weights_only=True)).to(device)
     best_name = f"ppo_cnn (best: {best['env_steps']:,} steps)"
     results = final_report(
@@ -399,23 +486,13 @@ def main(args: Args) -> dict | None:
         best=best,
         variants=args.variant_eval,
         history=args.history,
-        extra={
-            "train_seconds": wall,
-            "env_step_share": steady_share,
-            "env_first_step_seconds": first_step_time,
-            "env_steps": global_step,
-            "world_size": world,
-        },
+        extra=extra,
         score_episodes=args.score_episodes,
     )
     print((out / "eval.md").read_text())
-    print(f"wrote {out / 'eval.md'}, {out / 'learning_curve.png'}, {out / 'episode.png'}, {ckpt_path}")
+    print(f"wrote {out / 'eval.md'}, {out / 'learning_curve.png'}, {out / 'episode.png'}, {out / 'checkpoint.pt'}")
     print(verdict(best_name, results))
-    log.close()
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return run_results(out, best, curve, results)
+    return results
 
 
 def rollout_buffer(td: TensorDict, keys: tuple[str, ...], num_steps: int) -> TensorDict:
