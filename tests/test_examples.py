@@ -85,6 +85,24 @@ def test_quickstart_runs():
     assert "step 40" in out and "HPC_Tout" in out
 
 
+def test_the_quickstart_notebook_runs_and_draws_its_curve(tmp_path, monkeypatch):
+    """examples/quickstart.ipynb, executed as a student would open it (nbclient, a fresh kernel in
+    examples/): the client's loop, the batched env, a short PPO run and its plot."""
+    nbclient = pytest.importorskip("nbclient", reason="the notebook test needs nbclient ([test] extra)")
+    nbformat = pytest.importorskip("nbformat")
+    monkeypatch.setenv("QUICKSTART_SMOKE", "1")  # 2 updates of 32 envs x 32 steps, a small report
+    monkeypatch.setenv("QUICKSTART_OUT", str(tmp_path / "run"))
+    notebook = nbformat.read(ROOT / "examples" / "quickstart.ipynb", as_version=4)
+    client = nbclient.NotebookClient(notebook, timeout=600, resources={"metadata": {"path": str(ROOT / "examples")}})
+    client.execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    assert "step 20: actions" in text and "episodes finished, mean return" in text
+    assert "best validation return" in text and (tmp_path / "run" / "eval.md").is_file()
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # the learning curve, drawn
+
+
 def test_ppo_cnn_smoke_and_resume(tmp_path):
     out = tmp_path / "ppo"
     _run("examples/ppo_cnn.py", *tiny_ppo(384, variants=True), "--final-eval-envs", "8", "--out", str(out))
