@@ -8,7 +8,8 @@
 By default each env keeps a 100-row window (--history), the CNN convolves its newest 10 rows,
 the head also reads the player-side counters and the `belief` plan's action at the state they
 and the rows estimate (--plan-inputs), and the first half of training is kickstarted from the
-`belief` policy (--teacher): README, "Ablation", measures each choice.
+`belief` policy (--teacher): README, "Ablation", measures each choice. `--recipe scratch` turns
+the plan input and the teacher off: the CNN learns from the window and the counters alone.
 
 Writes to --out: checkpoint.pt, eval.md (trained policy vs every baseline on held-out seeds),
 eval.json, learning_curve.png and episode.png. CleanRL's ppo.py layout: Args, then `main`'s setup and
@@ -37,9 +38,18 @@ from torch_student_env.models import EXTRA_INPUTS_KEY, ActorCritic, model_from_c
 from torch_student_env.policies import BASELINES, make_policy
 from torch_student_env.spec import FINAL_PLAYER_KEYS
 
+# What each --recipe sets, where the flag it sets is left at its default.
+RECIPES: dict[str, dict[str, object]] = {
+    "residual": {},  # the defaults: reads the belief plan, kickstarted from belief (the best score)
+    "scratch": {"plan_inputs": False, "teacher": ""},  # the window and the counters alone, no teacher
+}
+
 
 @dataclasses.dataclass
 class Args:
+    recipe: str = arg(
+        "residual", f"a set of flags: {', '.join(RECIPES)} (scratch: the CNN learns from the reward alone)"
+    )
     num_envs: int = arg(64, "parallel engines in the training env")
     total_steps: int = arg(3_600_000, "env steps to train for (one step = step_size flights of one engine)")
     device: str = arg("cpu", "torch device for the env, the model and the rollout storage")
@@ -123,7 +133,17 @@ def gather_envs(tensor: torch.Tensor, world: int) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def with_recipe(args: Args) -> Args:
+    """`args` with its recipe's settings applied to the flags still at their defaults."""
+    if args.recipe not in RECIPES:
+        raise SystemExit(f"--recipe must be one of {list(RECIPES)}, got {args.recipe!r}")
+    defaults = Args()
+    chosen = {k: v for k, v in RECIPES[args.recipe].items() if getattr(args, k) == getattr(defaults, k)}
+    return dataclasses.replace(args, **chosen)
+
+
 def main(args: Args) -> dict | None:
+    args = with_recipe(args)
     check_inputs(args)
     check_teacher(args.teacher)
     rank, world, device = setup_distributed(args)

@@ -125,15 +125,32 @@ def test_ppo_cnn_smoke_and_resume(tmp_path):
     assert ckpt["update"] == 5 and ckpt["global_step"] == 640
 
 
-def test_ppo_main_returns_its_results_for_sweeps(tmp_path, monkeypatch):
-    """`main()` hands a sweep tool the scores: best and final validation returns, the held-out table."""
+def _ppo_module(monkeypatch):
+    """examples/ppo_cnn.py as a module, its helpers importable beside it as when run as a script."""
     import importlib.util
 
-    monkeypatch.syspath_prepend(str(ROOT / "examples"))  # as when run as a script: its helpers beside it
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
     spec = importlib.util.spec_from_file_location("ppo_cnn_example", ROOT / "examples" / "ppo_cnn.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve their module by name
     spec.loader.exec_module(module)
+    return module
+
+
+def test_a_recipe_sets_its_flags_where_they_are_left_at_their_defaults(monkeypatch):
+    module = _ppo_module(monkeypatch)
+    default = module.with_recipe(module.Args())
+    assert default.plan_inputs and default.teacher == "belief"  # residual: the plan and its teacher
+    scratch = module.with_recipe(module.Args(recipe="scratch"))
+    assert not scratch.plan_inputs and scratch.teacher == "" and scratch.player_keys
+    assert module.with_recipe(module.Args(recipe="scratch", teacher="threshold")).teacher == "threshold"
+    with pytest.raises(SystemExit, match="--recipe must be one of \\['residual', 'scratch'\\], got 'best'"):
+        module.with_recipe(module.Args(recipe="best"))
+
+
+def test_ppo_main_returns_its_results_for_sweeps(tmp_path, monkeypatch):
+    """`main()` hands a sweep tool the scores: best and final validation returns, the held-out table."""
+    module = _ppo_module(monkeypatch)
     flags = tiny_ppo(256) + ["--out", str(tmp_path / "sweep")]
     result = module.main(module.parse_args(module.Args, "", flags))
     assert result["run_dir"] == str(tmp_path / "sweep") and result["best_env_steps"] in (128, 256)
