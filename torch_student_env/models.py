@@ -112,13 +112,39 @@ class SensorCNN(nn.Module):
         return features.reshape(*batch, -1)
 
 
+class Checkpointable(nn.Module):
+    """A model whose checkpoint names its configuration, never code: the constructor arguments
+    in `CONFIG_KEYS`, as plain values (`config`, `from_config`)."""
+
+    CONFIG_KEYS: tuple[str, ...] = ()
+
+    def config(self) -> dict[str, Any]:
+        """The arguments a checkpoint stores (`CONFIG_KEYS`), as plain values."""
+        return {name: getattr(self, name) for name in self.CONFIG_KEYS}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Checkpointable:
+        """The model a `config()` describes; other keys of a checkpoint's entry (the env's
+        `history`, say) are ignored, and a value of another type than the argument's default is
+        refused."""
+        defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()}
+        known = {}
+        for name, value in config.items():
+            if name in cls.CONFIG_KEYS:
+                expected = type(defaults[name])
+                if type(value) is not expected:
+                    raise ValueError(f"{cls.__name__} config: {name} must be {expected.__name__}, got {value!r}")
+                known[name] = value
+        return cls(**known)
+
+
 def _layer_init(layer: nn.Linear, gain: float) -> nn.Linear:
     nn.init.orthogonal_(layer.weight, gain)
     nn.init.zeros_(layer.bias)
     return layer
 
 
-class ActorCritic(nn.Module):
+class ActorCritic(Checkpointable):
     """PPO's policy and value heads on one `SensorCNN` trunk.
 
     Both options need `player_keys` (they read the player-side counters) and use the fitted
@@ -161,17 +187,6 @@ class ActorCritic(nn.Module):
 
     # What a checkpoint stores of the model; the trunk's width is always the default's.
     CONFIG_KEYS = ("max_flights", "player_keys", "belief_inputs", "plan_inputs", "step_size", "cnn_rows")
-
-    def config(self) -> dict[str, Any]:
-        """The arguments a checkpoint stores (`CONFIG_KEYS`), as plain values (`from_config`)."""
-        return {name: getattr(self, name) for name in self.CONFIG_KEYS}
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> ActorCritic:
-        """The model a `config()` describes; other keys of a checkpoint's entry (the env's
-        `history`, say) are ignored, and a value of the wrong type is refused (a checkpoint names
-        a configuration, never code)."""
-        return cls(**_known(cls, config))
 
     @property
     def belief(self) -> BeliefPolicy:
@@ -237,7 +252,7 @@ class ActorCritic(nn.Module):
         return self.actor(self.features(td)).argmax(-1)
 
 
-class QNetwork(nn.Module):
+class QNetwork(Checkpointable):
     """DQN's action values on the same `SensorCNN` trunk."""
 
     def __init__(self, hidden: int = 64, max_flights: int = 1000, player_keys: bool = False) -> None:
@@ -247,15 +262,6 @@ class QNetwork(nn.Module):
         self.q = nn.Linear(hidden, NUM_ACTIONS)
 
     CONFIG_KEYS = ("max_flights", "player_keys")  # what a checkpoint stores of the model
-
-    def config(self) -> dict[str, Any]:
-        """The arguments a checkpoint stores (`CONFIG_KEYS`), as plain values (`from_config`)."""
-        return {name: getattr(self, name) for name in self.CONFIG_KEYS}
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> QNetwork:
-        """The model a `config()` describes (other keys ignored, wrong types refused)."""
-        return cls(**_known(cls, config))
 
     def forward(self, td: TensorDict) -> torch.Tensor:
         return self.q(self.trunk(*window_inputs(td, self.max_flights, self.player_keys)))
@@ -268,10 +274,10 @@ class QNetwork(nn.Module):
 
 # A training checkpoint holds one model's weights under its key, and its `config()` under
 # "model" (with the env's `history` the model was trained on, which is not the model's).
-CHECKPOINT_MODELS: dict[str, type[ActorCritic] | type[QNetwork]] = {"agent": ActorCritic, "q_net": QNetwork}
+CHECKPOINT_MODELS: dict[str, type[Checkpointable]] = {"agent": ActorCritic, "q_net": QNetwork}
 
 
-def model_from_checkpoint(checkpoint: Mapping[str, Any]) -> ActorCritic | QNetwork:
+def model_from_checkpoint(checkpoint: Mapping[str, Any]) -> Checkpointable:
     """The model of a training checkpoint (loaded with `torch.load(..., weights_only=True)`),
     built from its "model" entry and loaded with its weights; ValueError if it holds none."""
     for key, cls in CHECKPOINT_MODELS.items():
@@ -282,21 +288,9 @@ def model_from_checkpoint(checkpoint: Mapping[str, Any]) -> ActorCritic | QNetwo
     raise ValueError(f"not a training checkpoint: it holds none of {list(CHECKPOINT_MODELS)}")
 
 
-def _known(cls: type, config: Mapping[str, Any]) -> dict[str, Any]:
-    """The entries of `config` among `cls.CONFIG_KEYS`, each of its default's type."""
-    defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()}
-    known = {}
-    for name, value in config.items():
-        if name in cls.CONFIG_KEYS:
-            expected = type(defaults[name])
-            if type(value) is not expected:
-                raise ValueError(f"{cls.__name__} config: {name} must be {expected.__name__}, got {value!r}")
-            known[name] = value
-    return known
-
-
 __all__ = [
     "CHECKPOINT_MODELS",
+    "Checkpointable",
     "EXTRA_INPUTS_KEY",
     "ActorCritic",
     "FeatureNorm",

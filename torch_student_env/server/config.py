@@ -7,6 +7,10 @@ from dataclasses import dataclass, fields
 
 from torch_student_env.spec import MAX_STEP_SIZE
 
+# The seed client's defaults, which a body left incomplete takes (within a server's limits).
+CLIENT_STEPS_PER_EPISODE = 1000
+CLIENT_STEP_SIZE = 10
+
 # The most any server accepts, whatever its `Limits`: the request bodies are validated against
 # these before a handler runs (and before any integer reaches a tensor), and a server's own
 # limits, at most these, are enforced by `ServerState` with a message naming the limit.
@@ -36,6 +40,16 @@ class Limits:
     session_ttl_s: float = 3600.0
     max_steps_per_episode: int = 100_000
     scored_episodes_per_token: int = 1000  # finished episodes kept for the leaderboard
+
+    @property
+    def default_steps_per_episode(self) -> int:
+        """The flights of an episode whose client left them out: the client's 1,000, within the limit."""
+        return min(CLIENT_STEPS_PER_EPISODE, self.max_steps_per_episode)
+
+    @property
+    def default_step_size(self) -> int:
+        """The flights of a step whose client left them out: the client's 10, within the limit."""
+        return min(CLIENT_STEP_SIZE, self.max_step_size)
 
     def __post_init__(self) -> None:
         for f in fields(self):

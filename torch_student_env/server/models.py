@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from torch_student_env.config import MAX_ENV_OFFSET, MAX_SEED
-from torch_student_env.server.config import ABSOLUTE_MAX, Limits
+from torch_student_env.server.config import ABSOLUTE_MAX, CLIENT_STEP_SIZE, CLIENT_STEPS_PER_EPISODE, Limits
 
 
 def _integral(value: Any) -> Any:
@@ -61,9 +61,9 @@ class EnvConfigBody(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="ignore")
     env_type: str = "DegradationEnv"
-    max_steps_per_episode: EpisodeLimit = 1000
+    max_steps_per_episode: EpisodeLimit = CLIENT_STEPS_PER_EPISODE
     auto_reset: bool = True
-    step_size: StepSize = 10
+    step_size: StepSize = CLIENT_STEP_SIZE
 
 
 class VectorizedCreate(_Body):
@@ -81,7 +81,7 @@ class VectorizedReset(_Body):
 class EpisodeAction(_Body):
     episode_id: EpisodeId
     action: Action
-    step_size: StepSize = 10
+    step_size: StepSize = CLIENT_STEP_SIZE
     return_all_states: bool = True
     step_counter: Counter | None = None
     reset_if_done: bool = False  # start the next episode in this request if this step ends one
@@ -94,7 +94,7 @@ class VectorizedStep(_Body):
 class SingleStep(_Body):
     episode_id: EpisodeId
     action: Action
-    step_size: StepSize = 10
+    step_size: StepSize = CLIENT_STEP_SIZE
     return_all_states: bool = True
 
 
@@ -120,11 +120,11 @@ def publish_limits(schema: dict[str, Any], limits: Limits) -> None:
         ("VectorizedReset", "episode_ids"): {"maxItems": per_request},
         ("EnvConfigBody", "max_steps_per_episode"): {
             "maximum": limits.max_steps_per_episode,
-            "default": min(1000, limits.max_steps_per_episode),
+            "default": limits.default_steps_per_episode,
         },
-        ("EnvConfigBody", "step_size"): {"maximum": step_size, "default": min(10, step_size)},
-        ("EpisodeAction", "step_size"): {"maximum": step_size, "default": min(10, step_size)},
-        ("SingleStep", "step_size"): {"maximum": step_size, "default": min(10, step_size)},
+        ("EnvConfigBody", "step_size"): {"maximum": step_size, "default": limits.default_step_size},
+        ("EpisodeAction", "step_size"): {"maximum": step_size, "default": limits.default_step_size},
+        ("SingleStep", "step_size"): {"maximum": step_size, "default": limits.default_step_size},
     }
     for (model, field), values in bounds.items():
         components[model]["properties"][field].update(values)

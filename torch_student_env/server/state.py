@@ -68,7 +68,7 @@ class ServerState:
         `max_steps_per_episode` None: the client's default, 1,000 (at most this server's limit)."""
         limits = self.limits
         if max_steps_per_episode is None:
-            max_steps_per_episode = min(1000, limits.max_steps_per_episode)
+            max_steps_per_episode = limits.default_steps_per_episode
         _check_range("num_envs", num_envs, limits.max_envs_per_request)
         _check_range("max_steps_per_episode", max_steps_per_episode, limits.max_steps_per_episode)
         session = self.registry.reserve(token, session_id, num_envs)
@@ -84,7 +84,7 @@ class ServerState:
         """Compile (or load) the step of the groups most requests make (the client's default
         flight limit and step size) before serving: a first request would otherwise wait for it.
         Groups with or without auto-reset share that step."""
-        group = groups.new_group(4, 1000, True, self.expose_health, self.params)
+        group = groups.new_group(4, self.limits.default_steps_per_episode, True, self.expose_health, self.params)
         group.env.step([0, 0, 0, 0])
 
     # -- leaderboard ----------------------------------------------------------------------------
@@ -141,7 +141,7 @@ class ServerState:
         """
         for a in actions:
             if a.get("step_size") is None:  # the client's default, within this server's limit
-                a["step_size"] = min(10, self.limits.max_step_size)
+                a["step_size"] = self.limits.default_step_size
             _check_range("step_size", a["step_size"], self.limits.max_step_size)
         # JSON Schema cannot say "no episode twice" of a list of objects: a repeat is a conflict.
         located = self.registry.locate(token, [a["episode_id"] for a in actions], repeat_status=409)
