@@ -115,6 +115,10 @@ def client_info(out: dict[str, np.ndarray], i: int, episode_id: str, hidden_stat
     return info
 
 
+# What `finished_episodes` reads of a step's outputs (a caller may read only these to the host).
+EPISODE_KEYS = ("episode_ended", "episode_return", "episode_length", "episode_repairs", "episode_failed")
+
+
 def finished_episodes(out: dict[str, np.ndarray]) -> list[FinishedEpisode]:
     """The leaderboard records of the episodes that ended in a step, in engine order."""
     return [

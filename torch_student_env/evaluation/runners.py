@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from tensordict import TensorDict
 
-from torch_student_env.client_view import finished_episodes, newest, on_host
+from torch_student_env.client_view import EPISODE_KEYS, finished_episodes, newest, on_host
 from torch_student_env.env import TorchStudentEnv
 from torch_student_env.evaluation.stats import challenge_score, paired_difference, summarize
 from torch_student_env.leaderboard import FinishedEpisode
@@ -32,10 +32,6 @@ def one_episode_each(env_kwargs: dict) -> dict:
     unless `fast` is given. Compiling a library for its engine count and model costs about 30 s
     on a cold cache; the eager steps of a whole evaluation of 1,024 engines take under a second."""
     return {"fast": False} | env_kwargs
-
-
-# the keys a finished episode's record reads
-EPISODE_KEYS = ("episode_ended", "episode_return", "episode_length", "episode_repairs", "episode_failed")
 
 
 @dataclass(frozen=True)
