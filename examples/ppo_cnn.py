@@ -233,7 +233,8 @@ def main(args: Args) -> dict | None:
         bar.set_postfix(sps=f"{sps:,.0f}", train_return=f"{mean_return:,.0f}", eval=last_eval)
         if log is not None:
             log_update(log, global_step, optimizer, sps, losses, kick, mean_return if episodes_done else None)
-        if lead and (update % args.eval_every == 0 or update == num_updates):
+        # the first update too: the curve starts where learning starts, near the random policy
+        if lead and (update % args.eval_every == 0 or update in (1, num_updates)):
             stats = validate(args, agent, device)
             curve.append({"env_steps": global_step, "mean_return": stats["mean_return"], "ci95": stats["ci95"]})
             log.scalars(global_step, charts_validation_return=stats["mean_return"])

@@ -4,7 +4,7 @@
 
 `BeliefPolicy` plays the oracle's plan at a point estimate of (health, wear rate): certainty
 equivalence. `QmdpPolicy` instead averages the plan's action values over the estimate's
-posterior (Gauss-Hermite points of the wear rate; health follows it), QMDP (Littman, Cassandra
+posterior (Gauss-Hermite points of the wear rate), QMDP (Littman, Cassandra
 and Kaelbling 1995), and takes the best average. `--widen` scales that posterior's spread, to
 see whether any amount of caution pays. Prints each policy's mean return and its paired
 difference to `belief` on the same engines. Runs on the validation seed by default, never the
@@ -21,7 +21,7 @@ from tensordict import TensorDict
 
 from torch_student_env import make_env
 from torch_student_env.evaluation import paired_difference, run_episodes, summarize
-from torch_student_env.oracle import HEALTH_GRID, RATE_GRID, plan_values
+from torch_student_env.oracle import LOG_FACTOR_GRID, plan_values, segment_base_rate
 from torch_student_env.policies import estimate_state, make_policy
 from torch_student_env.sim.engine import SimTables
 from torch_student_env.sim.params import SimParams
@@ -32,23 +32,25 @@ class QmdpPolicy:
 
     def __init__(self, params: SimParams, step_size: int = 10, max_flights: int = 1000, widen: float = 1.0) -> None:
         self.params, self.step_size = params, step_size
-        self.values = plan_values(params, step_size, max_flights)  # (T + 1, 3, C, R, H)
+        self.values = plan_values(params, step_size, max_flights)  # (T + 1, 3, C, S, F)
         self.tables = SimTables(params, torch.device("cpu"))
         points, weights = np.polynomial.hermite_e.hermegauss(7)  # nodes for a standard normal
         self.points = torch.tensor(points, dtype=torch.float32).view(-1, 1) * widen
         self.weights = torch.tensor(weights / weights.sum(), dtype=torch.float32).view(-1, 1, 1)
 
     def __call__(self, td: TensorDict) -> torch.Tensor:
-        health, rate, rate_std = estimate_state(td, self.params, self.tables, with_spread=True)
-        since = td["since_repair"].to(rate.dtype)
+        _, rate, rate_std = estimate_state(td, self.params, self.tables, with_spread=True)
         rates = (rate + self.points * rate_std).clamp(min=1e-4)  # (K, N)
-        healths = (health + rate * since) - rates * since  # the same start health, another slope
-        t = torch.div(td["age"], self.step_size, rounding_mode="floor").clamp(0, self.values.shape[0] - 1)
-        c = td["repairs"].clamp(0, self.values.shape[2] - 1)
-        r = ((rates.double() - float(RATE_GRID[0])) / float(RATE_GRID[1] - RATE_GRID[0])).round().long()
-        h = ((healths.double() - float(HEALTH_GRID[0])) / float(HEALTH_GRID[1] - HEALTH_GRID[0])).round().long()
-        r, h = r.clamp(0, self.values.shape[3] - 1), h.clamp(0, self.values.shape[4] - 1)
-        q = self.values[t.expand_as(r), :, c.expand_as(r), r, h]  # (K, N, 3)
+        age, since, repairs = td["age"], td["since_repair"], td["repairs"]
+        steps = self.values.shape[0] - 1
+        t = torch.div(age, self.step_size, rounding_mode="floor").clamp(0, steps)
+        s = torch.div(since, self.step_size, rounding_mode="floor").clamp(0, steps)
+        base = segment_base_rate((age - since).double(), repairs > 0, self.tables)
+        grid = LOG_FACTOR_GRID
+        f = ((torch.log(rates.double() / base) - float(grid[0])) / float(grid[1] - grid[0])).round().long()
+        f = f.clamp(0, len(grid) - 1)
+        c = repairs.clamp(0, self.values.shape[2] - 1)
+        q = self.values[t.expand_as(f), :, c.expand_as(f), s.expand_as(f), f]  # (K, N, 3)
         return (q * self.weights).sum(0).argmax(-1)
 
 

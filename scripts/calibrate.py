@@ -40,10 +40,10 @@ import numpy as np
 import torch
 
 from torch_student_env.fidelity.__main__ import replay_policy
-from torch_student_env.fidelity.compare import compare, summarize
+from torch_student_env.fidelity.compare import MIN_BIN, compare, summarize
 from torch_student_env.fidelity.data import LoggedEpisode, load_episodes, step_contexts
 from torch_student_env.sim.engine import Dynamics, SimTables, failure_rate, wear_rate_after_repair
-from torch_student_env.sim.params import DATA_LAST_AGE, REPAIR_AGE_KNOTS, SimParams
+from torch_student_env.sim.params import DATA_LAST_AGE, REPAIR_AGE_KNOTS, VARIANT_FIELDS, SimParams
 from torch_student_env.spec import Action
 
 STEP = 10
@@ -186,11 +186,12 @@ FAILURE_STRUCTURES: dict[str, tuple[str, ...]] = {
     "health only": HAZARD_SHAPE,
     "repair margin": HAZARD_SHAPE + ("repair_safety_margin",),
     "lagged safety": HAZARD_SHAPE + ("failure_lag_flights",),
+    "steady safety": HAZARD_SHAPE + ("repair_safety_margin", "safety_wear_share"),
 }
 # Read off the repaired engines' failures alone: fixed at 0 when no log with such failures is fitted.
-NEEDS_REPAIRED_FAILURES = ("repair_safety_margin", "failure_lag_flights")
+NEEDS_REPAIRED_FAILURES = ("repair_safety_margin", "failure_lag_flights", "safety_wear_share")
 # Every structure starts from these (a structure that does not free a field keeps it at its null).
-NULL_STRUCTURE = {"repair_safety_margin": 0.0, "failure_lag_flights": 0.0}
+NULL_STRUCTURE = {"repair_safety_margin": 0.0, "failure_lag_flights": 0.0, "safety_wear_share": 1.0}
 WEAR_DRAWS = 32  # Monte-Carlo draws of each segment's wear rate in the likelihood
 
 
@@ -255,12 +256,14 @@ def failure_nll(values: dict[str, torch.Tensor], data: Exposure, params: SimPara
 
     Each episode's likelihood is its survival to every flight it flew times the failure of its
     failing flight, averaged over draws of its segments' wear rates (Monte Carlo, fixed draws).
-    The hazard is the simulator's own `failure_rate`.
+    The hazard is the simulator's own `failure_rate`, at the safety that falls at the segment's
+    mean rate times its draw to the power `safety_wear_share`.
     """
     dynamics = Dynamics(*(values.get(f, getattr(params, f)) for f in Dynamics._fields))
-    rate = data.base_rate * data.multipliers[:, data.segment]  # (draws, F)
-    health = data.start_health - rate * data.since
-    hazard = failure_rate(health, rate, data.flight, data.repairs, dynamics)
+    share = values.get("safety_wear_share", params.safety_wear_share)
+    rate = data.base_rate * data.multipliers[:, data.segment] ** share  # (draws, F)
+    safety = data.start_health - rate * data.since
+    hazard = failure_rate(safety, rate, data.flight, data.repairs, dynamics)
     log_lik = torch.where(data.failed, torch.log(-torch.expm1(-hazard)), -hazard)
     per_episode = torch.zeros(WEAR_DRAWS, data.episodes, dtype=torch.float64).index_add_(1, data.episode, log_lik)
     return -(torch.logsumexp(per_episode, 0) - math.log(WEAR_DRAWS)).sum()
@@ -274,6 +277,7 @@ _TRANSFORMS = {
     "hazard_max_per_flight": (lambda x: torch.exp(x), math.log(0.3)),
     "repair_safety_margin": (lambda x: torch.nn.functional.softplus(x), 0.0),
     "failure_lag_flights": (lambda x: 10 * torch.nn.functional.softplus(x), 0.0),
+    "safety_wear_share": (lambda x: torch.sigmoid(x), 0.0),
 }
 
 
@@ -302,37 +306,57 @@ LOGS = {
     "never repaired": "do_nothing_episodes.jsonl",
     "repair or sell": "repair_or_sell_episodes.jsonl",
 }
-SPREAD_GRID = (0.10, 0.12, 0.14, 0.16, 0.18)  # wear spread after a repair, chosen by replay
+SPREAD_GRID = (0.06, 0.08, 0.10)  # wear spread after a repair, chosen by replay (0.12-0.18 missed more)
+# (profit_knee_health, profit_flattening), chosen by replay; (1, 0) is a linear profit. A coarser
+# grid (knees 0.2-0.4, flattening 0.3-0.9) found the best near knee 0.3, flattening 0.6.
+PROFIT_GRID = ((1.0, 0.0),) + tuple((knee, bend) for knee in (0.3, 0.33, 0.36, 0.4) for bend in (0.3, 0.4, 0.5, 0.6))
 
 
 def replay_misses(logs: dict[str, list[LoggedEpisode]], params: SimParams, seeds: int = 4) -> tuple[int, float]:
-    """Targets missed by replaying every log on `params` (sensors excepted), and the summed KS distance."""
-    missed, ks = 0, 0.0
+    """Targets missed by replaying every log on `params` (sensors excepted), and a graded misfit
+    of the rewards: over the fly bins and per-call means with `MIN_BIN` real steps, the mean
+    squared relative error of the mean (relative to max(|real|, 100)), plus, over the bins after
+    a repair, the mean squared log ratio of the simulated to the real standard deviation."""
+    missed, means, spreads = 0, [], []
     for episodes in logs.values():
         real, sim = summarize(episodes), summarize(replay_policy(episodes, seeds, 0, params))
         checks = [c for c in compare(real, sim) if c.group not in ("drift per step", "healthy row")]
         missed += sum(c.passed is False for c in checks)
-        ks += sum(c.sim for c in checks if c.name.startswith("KS"))
-    return missed, ks
+        for key, (mean, count, std) in real["fly"].items():
+            if count >= MIN_BIN and key in sim["fly"]:
+                means.append(((sim["fly"][key][0] - mean) / max(abs(mean), 100.0)) ** 2)
+                if not key.startswith("0,"):
+                    spreads.append(math.log(sim["fly"][key][2] / std) ** 2)
+        for (mean, count), (sim_mean, _) in zip(real["calls"], sim["calls"], strict=False):
+            if count >= MIN_BIN:
+                means.append(((sim_mean - mean) / max(abs(mean), 100.0)) ** 2)
+    return missed, float(np.mean(means) + (np.mean(spreads) if spreads else 0.0))
 
 
 def refine_by_replay(logs, params: SimParams, structure: tuple[str, ...]) -> SimParams:
-    """The wear spread after a repair, with the failure fields refitted at each, by replay.
+    """The wear spread after a repair (failure fields refitted at each) and the flattening of
+    profit at low health, by replay.
 
-    The likelihood sees each segment's spread only through survival; the replay shows it in the
-    rewards of the survivors too (a wider spread leaves healthier survivors late in a segment).
-    Of the spreads on `SPREAD_GRID`, the one whose replays miss the fewest targets, then with
-    the smallest KS distances, wins.
+    The spread shows in how much repaired engines' step rewards vary late in a segment; the
+    flattening in the mean rewards at low health (late in a segment, and a never-repaired
+    engine's last calls), where the sensors keep falling linearly. Of the spreads on
+    `SPREAD_GRID` and the (knee, flattening) pairs of `PROFIT_GRID`, the combination whose
+    replays miss the fewest targets, then fit the rewards best (`replay_misses`), wins.
     """
     best = None
     for spread in SPREAD_GRID:
         trial = replace(params, wear_spread_repair=spread)
         data = [exposure(episodes, trial) for episodes in logs.values()]
         trial = replace(trial, **_rounded(fit_failures(data, trial, structure)))
-        score = replay_misses(logs, trial)
-        print(f"    wear spread after a repair {spread:.2f}: {score[0]} targets missed, KS sum {score[1]:.3f}")
-        if best is None or score < best[0]:
-            best = (score, trial)
+        for knee, flattening in PROFIT_GRID:
+            candidate = replace(trial, profit_knee_health=knee, profit_flattening=flattening)
+            score = replay_misses(logs, candidate)
+            print(
+                f"    wear spread after a repair {spread:.2f}, profit knee {knee:.2f} flattening {flattening:.2f}: "
+                f"{score[0]} targets missed, reward misfit {score[1]:.4f}"
+            )
+            if best is None or score < best[0]:
+                best = (score, candidate)
     return best[1]
 
 
@@ -463,10 +487,13 @@ def main() -> None:
     print(f"== best structure: {best}; the wear spread after a repair, by replay")
     params = refine_by_replay(logs, params, FAILURE_STRUCTURES[best])
     data = [exposure(episodes, params) for episodes in logs.values()]
+    # The runners-up at the chosen spread, as variants of `sim.variants`: a variant may differ
+    # only in VARIANT_FIELDS, so the fitted model's other fields (its safety_wear_share) stay.
+    null = replace(params, **{k: v for k, v in NULL_STRUCTURE.items() if k in VARIANT_FIELDS})
     for structure, free in FAILURE_STRUCTURES.items():
-        if structure != best:  # the runners-up at the chosen spread: the variants of sim.variants
-            null = replace(params, **NULL_STRUCTURE)
-            print(f"== variant {structure!r}: {_rounded(fit_failures(data, null, free))}")
+        varied = tuple(f for f in free if f in VARIANT_FIELDS)
+        if structure != best and varied != tuple(f for f in FAILURE_STRUCTURES[best] if f in VARIANT_FIELDS):
+            print(f"== variant {structure!r}: {_rounded(fit_failures(data, null, varied))}")
     print(f"== extrapolation variants: {extrapolation_variants(params)}")
     if args.markdown:
         args.markdown.write_text("\n".join(table) + "\n")

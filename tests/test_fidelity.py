@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from torch_student_env.fidelity import load_episodes, replay, schedule, step_contexts
 from torch_student_env.fidelity.__main__ import main
@@ -77,7 +78,37 @@ def test_step_contexts_and_schedules():
 
 def test_continuations_extend_a_log_by_the_agents_longest_matching_episode():
     lists = [(0, 0, 1), (0, 0, 1, 0, 0), (0, 2), (1,)]
-    assert continuations(lists) == [(0, 0, 1, 0, 0), (0, 0, 1, 0, 0), (0, 2), (1,)]
+    assert continuations(lists) == [(0, 0, 1, 0, 0), (0, 0, 1, 0, 0), (0, 2), (1, 0, 0, 0, 0)]  # flown to the longest
+
+
+def test_continuations_keep_to_the_policys_repair_period_past_the_log():
+    """A periodic agent's failed episode is continued past its longest match by repairing every
+    k steps after its last repair (k: the episode's last gap); a sold one is left as it is."""
+    lists = [(0, 0, 1, 0, 0, 1, 0), (0, 0, 1, 0, 0, 1, 0, 0), (0, 2), (0, 0, 0, 1, 0, 2)]
+    out = continuations(lists, extra_steps=4)
+    assert out[0] == out[1] == (0, 0, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1)  # 8 + 4 steps, a repair every 3
+    assert out[2] == (0, 2) and out[3] == (0, 0, 0, 1, 0, 2)
+    # one repair only: the policy's most common gap (3, from the other episodes) continues it
+    assert continuations([(0, 1, 0), (1, 0, 0, 1)], extra_steps=3)[0] == (0, 1, 0, 0, 1, 0, 0)
+    # a policy that never repairs twice keeps flying
+    assert continuations([(0, 0), (0,)], extra_steps=2) == [(0, 0, 0, 0), (0, 0, 0, 0)]
+
+
+def test_failure_timing_test_accepts_the_same_law_and_rejects_a_shifted_one():
+    from torch_student_env.fidelity.compare import failure_timing_test
+
+    gen = torch.Generator().manual_seed(0)
+    real = (torch.randn(400, generator=gen) * 15 + 280).long().tolist()
+    same = (torch.randn(3200, generator=gen) * 15 + 280).long().tolist()
+    shifted = (torch.randn(3200, generator=gen) * 15 + 265).long().tolist()
+    p_same, dof = failure_timing_test(real, 450, same, 3600)  # 50 and 400 episodes sold
+    assert p_same > 0.01 and dof >= 5  # 10-flight bins merged to 5 expected, plus the sold
+    p_shifted, _ = failure_timing_test(real, 450, shifted, 3600)
+    assert p_shifted < 1e-6
+    # the same failures but twice as many sold engines in the simulation: rejected too
+    p_more_sold, _ = failure_timing_test(real, 450, same, 6800)
+    assert p_more_sold < 1e-6
+    assert failure_timing_test([], 10, [], 80)[1] == 0  # nothing to compare
 
 
 def test_ks_distance():

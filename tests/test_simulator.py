@@ -13,6 +13,12 @@ from torch_student_env.policies import BASELINES, make_policy
 from torch_student_env.sim.engine import dtamb_within_step
 
 
+def health_share(health, p):
+    """The profit share of a flight at `health`, written out from docs/simulator.md, "Rewards"."""
+    below = torch.clamp(p.profit_knee_health - health, min=0.0)
+    return health + p.profit_flattening * below * below
+
+
 def _random_actions(n, gen):
     """Mostly fly, sometimes repair, rarely sell: long episodes with many repairs."""
     u = torch.rand(n, generator=gen)
@@ -43,10 +49,12 @@ def test_invariants_over_long_random_rollouts():
         # within a step, health falls by the wear rate each flight
         steps = td["window_health"][going].diff(dim=1)[:, 1:]
         assert torch.allclose(steps, -td["wear_rate"][going].unsqueeze(1).expand_as(steps), atol=1e-5)
-        # a fly step earns its flights' profit (health times the profit at health 1), give or take noise
-        profit = p.profit_per_flight * td["window_health"][flew].sum(dim=1)
+        # a fly step earns its flights' profit (health times the profit at health 1, flattened
+        # below the knee), give or take noise
+        share = health_share(td["window_health"], p)
+        profit = p.profit_per_flight * share[flew].sum(dim=1)
         assert ((td["reward"][flew] - profit).abs() < 6 * p.profit_noise_std * k**0.5).all()
-        profit = p.profit_per_flight * td["window_health"][repaired].sum(dim=1) - p.repair_cost
+        profit = p.profit_per_flight * share[repaired].sum(dim=1) - p.repair_cost
         assert ((td["reward"][repaired] - profit).abs() < 6 * p.profit_noise_std * k**0.5).all()
         # episode ends pay exactly what the server pays
         failed = td["episode_failed"]
@@ -230,3 +238,68 @@ def test_cpu_eager_skips_give_the_results_of_the_sync_free_path(monkeypatch):
     steps = lazy[1:]
     assert sum(int(td["done"].sum()) for td in steps) > 0
     assert int(steps[-1]["repairs"].sum()) + sum(int(td["episode_repairs"].sum()) for td in steps) > 0
+
+
+def test_failures_follow_the_safety_state_not_the_profit_health():
+    """Safety is a damage state of its own: an engine whose profit health is far below 0 but whose
+    safety is 1 does not fail, and one with safety far below 0 fails whatever its health."""
+    from torch_student_env.sim.engine import SimTables, advance, reset_engines
+
+    tables = SimTables(SimParams(), torch.device("cpu"))
+    state, _ = reset_engines(torch.arange(512, dtype=torch.int32), tables)
+    fly, active = torch.zeros(512, dtype=torch.long), torch.ones(512, dtype=torch.bool)
+    worn_profit = dataclasses.replace(state, health=torch.full((512,), -1.0), safety=torch.ones(512))
+    _, transition = advance(worn_profit, fly, active, 10, 1000, tables)
+    assert not transition.failed.any()
+    assert (transition.reward < 0).all()  # the profit of a health below 0 is a loss
+    unsafe = dataclasses.replace(state, health=torch.ones(512), safety=torch.full((512,), -1.0))
+    _, transition = advance(unsafe, fly, active, 10, 1000, tables)
+    saturated = 1 - torch.exp(torch.tensor(-10 * tables.params.hazard_max_per_flight))  # 10 flights at the cap
+    assert transition.failed.float().mean() > saturated - 0.05
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_safety_falls_at_the_mean_rate_times_the_spread_factor_to_its_share(share):
+    """A repair draws one spread factor f: health then falls at base * f per flight, safety at
+    base * f ** safety_wear_share (1: safety is health; 0: the segment's mean rate)."""
+    from torch_student_env.sim.engine import SimTables, wear_rate_after_repair
+
+    params = dataclasses.replace(SimParams(), safety_wear_share=share)
+    env = make_env(num_envs=256, seed=4, privileged=True, sim_params=params)
+    env.reset()
+    fly, repair = torch.zeros(256, dtype=torch.long), torch.ones(256, dtype=torch.long)
+    for _ in range(6):
+        env.step(fly)
+    env.step(repair)
+    td = env.step(fly)
+    engines = env.backend.sim.engines
+    alive = ~td["done"] & (td["repairs"] == 1) & (td["age"] == 80)  # repaired at 60, as planned
+    assert alive.sum() > 200
+    base = wear_rate_after_repair(torch.tensor([60.0]), SimTables(params, torch.device("cpu")))
+    factor = engines.wear_rate[alive] / base
+    assert factor.std() > 0.05  # the repairs' spread is there to see (0.08)
+    torch.testing.assert_close(engines.safety_rate[alive], base * factor**share)
+    torch.testing.assert_close(engines.safety[alive], 1.0 - 20 * engines.safety_rate[alive])
+    torch.testing.assert_close(engines.health[alive], 1.0 - 20 * engines.wear_rate[alive])
+
+
+def test_profit_flattens_below_the_knee_and_is_health_above_it():
+    """Two engines of one seed at a health above the knee and one below it: the step rewards of a
+    flattened model differ from the linear one's only where health is below the knee."""
+    flat = dataclasses.replace(SimParams(), profit_knee_health=0.3, profit_flattening=0.6)
+    linear = dataclasses.replace(flat, profit_flattening=0.0)
+    fly = torch.zeros(64, dtype=torch.long)
+    envs = [make_env(num_envs=64, seed=9, privileged=True, sim_params=q, fast=False) for q in (flat, linear)]
+    for env in envs:
+        env.reset()
+    checked_above = checked_below = 0
+    for _ in range(11):
+        a, b = (env.step(fly) for env in envs)
+        both = ~a["done"] & ~b["done"]
+        health = a["window_health"][:, -10:]
+        above, below = both & (health.min(1).values > 0.3), both & (health.max(1).values < 0.3)
+        torch.testing.assert_close(a["reward"][above], b["reward"][above])
+        gain = flat.profit_per_flight * 0.6 * ((0.3 - health[below]) ** 2).sum(1)
+        torch.testing.assert_close(a["reward"][below] - b["reward"][below], gain, rtol=1e-4, atol=1e-3)
+        checked_above, checked_below = checked_above + int(above.sum()), checked_below + int(below.sum())
+    assert checked_above > 100 and checked_below > 20

@@ -207,7 +207,7 @@ class ActorCritic(Checkpointable):
         if self.belief_inputs:
             extra.append(torch.stack((health, 100.0 * rate), dim=-1))
         if self.plan_inputs:
-            planned = self.belief.oracle.act(flat["age"], flat["repairs"], health, rate)
+            planned = self.belief.oracle.act(flat["age"], flat["repairs"], flat["since_repair"], rate)
             extra.append(nn.functional.one_hot(planned, NUM_ACTIONS))
         return torch.cat(extra, dim=-1).to(flat["observation"].dtype).reshape(*td.batch_size, -1)
 

@@ -1,13 +1,26 @@
 """The oracle: the policy that maximises the expected episode return given the hidden state.
 
-Dynamic programming over (repairs, wear rate, health) at every step, with the simulator's mean
-dynamics: each step of K flights lowers health by K times the wear rate, earns the flights'
-profit if the engine survives them (at the simulator's own `failure_rate`, which depends on
-health, age and repairs), and ends the episode with `failure_reward` if it does not; a repair
-pays `repair_cost`, restores health to 1 and sets the wear rate to the one a repair at this age
-brings; a sale pays `sale_reward`; the episode is truncated at the flight limit. Backward
-induction over steps gives, for every grid state, the best action; the policy reads it at each
-engine's true (repairs, health, wear rate, age).
+Under the simulator's model an engine's whole state is a few numbers: its repairs, its age, the
+flights since its last repair (or its start), and the spread factor `f` that its current wear
+segment drew (its wear rate over the segment's mean rate, `wear_rate_after_repair` at the age of
+the repair, or `wear_rate_new`). Health, safety and both rates follow from them in closed form
+(`sim.engine`): health falls by `base * f` per flight, safety by `base * f ** safety_wear_share`.
+So the oracle plans by dynamic programming on an exact grid of steps (age and flights since the
+repair, in steps of `step_size` flights), each repair count, and a grid of `f`:
+
+- flying a step earns its flights' profit if the engine survives them (at the simulator's own
+  `failure_rate`), and ends the episode with `failure_reward` if it does not;
+- a repair pays `repair_cost`, restores health and safety to 1, and draws the next segment's `f`:
+  the plan takes it at its mean (f = 1, the model's mean dynamics). With `repair_draws=True` it
+  averages over the draw's lognormal law instead (the oracle would then know the drawn `f`):
+  on the fitted model that plan keeps engines about 880 flights with 20 repairs, far past the
+  data's 360 flights and 6 repairs, where the model only extrapolates (docs/simulator.md,
+  "Where the data ends"), so it is not the default;
+- a sale pays `sale_reward`; the episode is truncated at the flight limit.
+
+Backward induction over steps gives, for every grid state, the best action; the policy reads it
+at each engine's true (age, repairs, flights since repair, wear rate). Only the profit noise is
+averaged out: its mean is 0.
 """
 
 from __future__ import annotations
@@ -17,12 +30,13 @@ import math
 import torch
 from tensordict import TensorDict
 
-from torch_student_env.sim.engine import SimTables, failure_rate, wear_rate_after_repair
+from torch_student_env.sim.engine import SimTables, failure_rate, profit_share, wear_rate_after_repair
 from torch_student_env.sim.params import DATA_LAST_REPAIRS, SimParams
 from torch_student_env.spec import Action
 
-HEALTH_GRID = torch.linspace(-0.5, 1.0, 301, dtype=torch.float64)  # 0.005 apart
-RATE_GRID = torch.linspace(0.004, 0.04, 73, dtype=torch.float64)  # 0.0005 apart
+# Grid of log f, the segment's wear-spread factor: ±0.5 covers three standard deviations of a
+# repair's draw (0.16), and 0.02 apart is a health error under 0.01 after 50 flights at 0.02.
+LOG_FACTOR_GRID = torch.linspace(-0.5, 0.5, 51, dtype=torch.float64)
 
 
 def repair_classes(params: SimParams) -> int:
@@ -33,65 +47,76 @@ def repair_classes(params: SimParams) -> int:
     return DATA_LAST_REPAIRS + math.ceil(1 / params.margin_loss_per_repair) + 1
 
 
-def _interp(grid: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Indices and weights for linear interpolation of `x` on a uniform `grid` (clamped)."""
-    step = float(grid[1] - grid[0])
-    pos = ((x - float(grid[0])) / step).clamp(0, len(grid) - 1 - 1e-9)
-    low = pos.floor().long()
-    return low, low + 1, pos - low
+def factor_weights(spread: float) -> torch.Tensor:
+    """The lognormal law of a segment's spread factor (mean 1, `spread` the sigma of its log) as
+    weights on `LOG_FACTOR_GRID`; all on f = 1 for a spread below the grid's step."""
+    step = float(LOG_FACTOR_GRID[1] - LOG_FACTOR_GRID[0])
+    if spread < step:
+        return (LOG_FACTOR_GRID.abs() < step / 2).double()
+    weights = torch.exp(-0.5 * ((LOG_FACTOR_GRID + 0.5 * spread**2) / spread) ** 2)
+    return weights / weights.sum()
 
 
-def plan(params: SimParams, step_size: int, max_flights: int) -> torch.Tensor:
-    """Best action (int8) for every (step index t, repair class, wear-rate index, health index).
+def segment_base_rate(age_at_repair: torch.Tensor, repaired: torch.Tensor, tables: SimTables) -> torch.Tensor:
+    """The mean wear rate of the current segment: `wear_rate_after_repair` at the age of the last
+    repair, or `wear_rate_new` for a never-repaired engine (shapes broadcast)."""
+    p = tables.params
+    after = wear_rate_after_repair(age_at_repair, tables, p.wear_rate_rise_past_knots)
+    return torch.where(repaired, after, torch.as_tensor(p.wear_rate_new, dtype=after.dtype))
+
+
+def plan(params: SimParams, step_size: int, max_flights: int, repair_draws: bool = False) -> torch.Tensor:
+    """Best action (int8) for every (step t, repair class, steps since the repair, log-f index).
 
     `t` counts steps of `step_size` flights from the episode start; the repair class is the
-    repair count, capped at `repair_classes(params) - 1`: (T + 1, C, R, H).
+    repair count, capped at `repair_classes(params) - 1`: (T + 1, C, T + 1, F). `repair_draws`:
+    see `OraclePolicy`.
     """
-    return _backward_induction(params, step_size, max_flights)[0]
+    return _backward_induction(params, step_size, max_flights, repair_draws)[0]
 
 
-def plan_values(params: SimParams, step_size: int, max_flights: int) -> torch.Tensor:
-    """The action values behind `plan` (float32, in `Action` order): (T + 1, 3, C, R, H), 53 MB
-    for the fitted model. At the last step only selling is allowed (-inf otherwise)."""
-    return _backward_induction(params, step_size, max_flights, keep_values=True)[1]
+def plan_values(params: SimParams, step_size: int, max_flights: int, repair_draws: bool = False) -> torch.Tensor:
+    """The action values behind `plan` (float32, in `Action` order): (T + 1, 3, C, T + 1, F). At
+    the last step only selling is allowed (-inf otherwise)."""
+    return _backward_induction(params, step_size, max_flights, repair_draws, keep_values=True)[1]
 
 
 def _backward_induction(
-    params: SimParams, step_size: int, max_flights: int, keep_values: bool = False
+    params: SimParams, step_size: int, max_flights: int, repair_draws: bool, keep_values: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(best actions, action values if `keep_values`): the values are kept in float32 only on
     request, and the best actions come from the float64 values either way."""
     p = params
     tables = SimTables(p, torch.device("cpu"))
     d = tables.dynamics(torch.zeros((), dtype=torch.long))  # one model: its constants as floats
-    classes = repair_classes(p)
+    classes, steps = repair_classes(p), math.ceil(max_flights / step_size)
     c = torch.arange(classes).view(-1, 1, 1, 1)  # (C, 1, 1, 1)
-    h, r = HEALTH_GRID.view(1, 1, -1), RATE_GRID.view(1, -1, 1)  # (1, 1, H), (1, R, 1)
-    j = torch.arange(1, step_size + 1, dtype=torch.float64).view(-1, 1, 1)
-    flight_health = (h - r * j).unsqueeze(0)  # (1, K, R, H)
-    profit = (p.profit_per_flight * flight_health).sum(1)  # (1, R, H)
-    next_h = h - r * step_size  # (1, R, H)
-    lo, hi, w = _interp(HEALTH_GRID, next_h.expand(classes, -1, -1))
-    steps = math.ceil(max_flights / step_size)
-    value = torch.zeros(classes, len(RATE_GRID), len(HEALTH_GRID), dtype=torch.float64)
-    best = torch.zeros(steps + 1, classes, len(RATE_GRID), len(HEALTH_GRID), dtype=torch.int8)
-    values = torch.full((steps + 1, 3) + best.shape[1:], -math.inf) if keep_values else None
-    after_repair = (c.view(-1) + 1).clamp(max=classes - 1)
+    s = torch.arange(steps + 1, dtype=torch.float64).view(1, 1, -1, 1)  # (1, 1, S, 1) steps since repair
+    factor = LOG_FACTOR_GRID.exp().view(1, 1, 1, -1)  # (1, 1, 1, F)
+    j = torch.arange(1, step_size + 1, dtype=torch.float64).view(1, -1, 1, 1)  # (1, K, 1, 1)
+    since = s * step_size + j  # (1, K, S, 1) flights since the repair at each flight of the step
+    start = torch.where(c > 0, 1.0, p.health_new).double()  # (C, 1, 1, 1)
+    # After a repair the next segment starts at s = 0 with a fresh draw of f.
+    draw = factor_weights(p.wear_spread_repair if repair_draws else 0.0)  # (F,)
+    after_repair = (torch.arange(classes) + 1).clamp(max=classes - 1)
+    value = torch.zeros(classes, steps + 1, len(LOG_FACTOR_GRID), dtype=torch.float64)  # (C, S, F)
+    best = torch.zeros((steps + 1,) + value.shape, dtype=torch.int8)
+    values = torch.full((steps + 1, 3) + value.shape, -math.inf) if keep_values else None
     for t in range(steps - 1, -1, -1):
         age = t * step_size
-        flight = (age + j).unsqueeze(0)  # (1, K, 1, 1)
-        hazard = failure_rate(flight_health, r.unsqueeze(0), flight, c, d)  # (C, K, R, H)
-        survive = torch.exp(-hazard.sum(1))  # (C, R, H)
-        cont = value.gather(2, lo) * (1 - w) + value.gather(2, hi) * w
-        fly = survive * (profit + cont) + (1 - survive) * p.failure_reward  # (C, R, H)
-        rate = wear_rate_after_repair(
-            torch.tensor([float(age)], dtype=torch.float64), tables, p.wear_rate_rise_past_knots
-        )
-        r_lo, r_hi, r_w = _interp(RATE_GRID, rate)
-        at_full = fly[:, r_lo, -1] * (1 - r_w) + fly[:, r_hi, -1] * r_w  # (C, 1): fly from health 1
-        repair = (-p.repair_cost + at_full[after_repair]).view(classes, 1, 1).expand_as(fly)
+        at_repair = (age - s * step_size).clamp(min=0.0)  # (1, 1, S, 1)
+        base = segment_base_rate(at_repair, c > 0, tables)  # (C, 1, S, 1)
+        health = start - base * factor * since  # (C, K, S, F)
+        safety_rate = base * factor**p.safety_wear_share
+        safety = start - safety_rate * since
+        hazard = failure_rate(safety, safety_rate, age + j, c, d)
+        survive = torch.exp(-hazard.sum(1))  # (C, S, F)
+        profit = p.profit_per_flight * profit_share(health, p).sum(1)
+        cont = torch.cat((value[:, 1:], value[:, -1:]), dim=1)  # one step on: s + 1
+        fly = survive * (profit + cont) + (1 - survive) * p.failure_reward
+        repair = -p.repair_cost + (fly[after_repair, 0] * draw).sum(-1)  # (C,)
         sell = torch.full_like(fly, p.sale_reward)
-        q = torch.stack([fly, repair, sell])  # Action order
+        q = torch.stack([fly, repair.view(-1, 1, 1).expand_as(fly), sell])  # Action order
         value, best[t] = q.max(0).values, q.argmax(0).to(torch.int8)
         if values is not None:
             values[t] = q
@@ -102,26 +127,33 @@ def _backward_induction(
 
 
 class OraclePolicy:
-    """Plays the `plan` table at each engine's true repairs, health, wear rate and age (needs `privileged=True`)."""
+    """Plays the `plan` table at each engine's true age, repairs, flights since repair and wear
+    rate (needs `privileged=True`)."""
 
-    def __init__(self, params: SimParams | None = None, step_size: int = 10, max_flights: int = 1000) -> None:
+    def __init__(
+        self, params: SimParams | None = None, step_size: int = 10, max_flights: int = 1000, repair_draws: bool = False
+    ) -> None:
         self.params, self.step_size = params or SimParams(), step_size
-        self.table = plan(self.params, step_size, max_flights)
+        self.table = plan(self.params, step_size, max_flights, repair_draws)
+        self._tables = SimTables(self.params, torch.device("cpu"))
         self._on: dict[torch.device, torch.Tensor] = {}
 
     def __call__(self, td: TensorDict) -> torch.Tensor:
-        if "health" not in td.keys():
-            raise KeyError("OraclePolicy needs the hidden health: build the env with privileged=True")
-        return self.act(td["age"], td["repairs"], td["health"], td["wear_rate"])
+        if "wear_rate" not in td.keys():
+            raise KeyError("OraclePolicy needs the hidden wear rate: build the env with privileged=True")
+        return self.act(td["age"], td["repairs"], td["since_repair"], td["wear_rate"])
 
-    def act(self, age: torch.Tensor, repairs: torch.Tensor, health: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
-        """The plan's action (N,) at these (flights flown, repairs, health, wear rate): the true
-        state for the oracle, an estimate of it for `policies.BeliefPolicy`."""
+    def act(self, age: torch.Tensor, repairs: torch.Tensor, since: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+        """The plan's action (N,) at these (flights flown, repairs, flights since the last repair,
+        wear rate): the true state for the oracle, an estimate of the rate for
+        `policies.BeliefPolicy`. No host sync: any device."""
         table = self._on.setdefault(age.device, self.table.to(age.device))
-        steps = torch.div(age, self.step_size, rounding_mode="floor").clamp(0, table.shape[0] - 1)
-        h = ((health.double() - float(HEALTH_GRID[0])) / float(HEALTH_GRID[1] - HEALTH_GRID[0])).round()
-        r = ((rate.double() - float(RATE_GRID[0])) / float(RATE_GRID[1] - RATE_GRID[0])).round()
-        h = h.long().clamp(0, table.shape[3] - 1)
-        r = r.long().clamp(0, table.shape[2] - 1)
+        steps = table.shape[0] - 1
+        t = torch.div(age, self.step_size, rounding_mode="floor").clamp(0, steps)
+        s = torch.div(since, self.step_size, rounding_mode="floor").clamp(0, steps)
+        base = segment_base_rate((age - since).double(), repairs > 0, self._tables)
+        log_factor = torch.log(rate.double().clamp(min=1e-9) / base)
+        grid = LOG_FACTOR_GRID
+        f = ((log_factor - float(grid[0])) / float(grid[1] - grid[0])).round().long().clamp(0, len(grid) - 1)
         c = repairs.clamp(0, table.shape[1] - 1)
-        return table[steps, c, r, h].long()
+        return table[t, c, s, f].long()

@@ -185,8 +185,8 @@ class BeliefPolicy:
         return estimate_state(td, self.params, self._tables)
 
     def __call__(self, td: TensorDict) -> torch.Tensor:
-        health, rate = self.estimate(td)
-        return self.oracle.act(td["age"], td["repairs"], health, rate)
+        _, rate = self.estimate(td)
+        return self.oracle.act(td["age"], td["repairs"], td["since_repair"], rate)
 
 
 @dataclass(frozen=True)

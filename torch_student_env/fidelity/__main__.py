@@ -25,6 +25,9 @@ from torch_student_env.sim.params import SimParams
 # 150 and 200, a sale at 250; its real total.
 SINGLE_ENGINE_SCHEDULE = schedule(repair_every=50, sell_at=250)
 SINGLE_ENGINE_TOTAL = 4425.09
+# Steps a simulated engine may fly past the longest logged episode of its policy: enough for
+# every replay of a failed episode to fail too (a policy's rule is 60 flights a cycle at most).
+EXTRA_STEPS = 60
 
 
 def by_policy(episodes: list[LoggedEpisode]) -> dict[str, list[LoggedEpisode]]:
@@ -38,10 +41,10 @@ def by_policy(episodes: list[LoggedEpisode]) -> dict[str, list[LoggedEpisode]]:
 def replay_policy(
     episodes: list[LoggedEpisode], seeds: int, seed: int, params: SimParams | None = None
 ) -> list[LoggedEpisode]:
-    """Every episode's actions (continued by the policy's longest matching episode) on `seeds` engines."""
-    actions = continuations([ep.actions for ep in episodes])
-    agent = episodes[0].agent
-    return [run for runs in replay(actions, seeds=seeds, seed=seed, params=params, agent=agent) for run in runs]
+    """Every episode's actions, continued by the policy's own rule (`continuations`), on `seeds` engines."""
+    actions = continuations([ep.actions for ep in episodes], extra_steps=EXTRA_STEPS)
+    runs = replay(actions, seeds=seeds, seed=seed, params=params, extra_steps=EXTRA_STEPS, agent=episodes[0].agent)
+    return [run for per_list in runs for run in per_list]
 
 
 def policy_table(name: str, real: dict, checks: list[Check], seconds: float) -> list[str]:

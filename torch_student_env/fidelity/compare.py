@@ -11,6 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from torch_student_env.fidelity.data import LoggedEpisode, step_contexts
 from torch_student_env.spec import DTAMB_COLUMN, NUM_SENSORS, SENSOR_NAMES, Action
@@ -18,9 +19,15 @@ from torch_student_env.spec import DTAMB_COLUMN, NUM_SENSORS, SENSOR_NAMES, Acti
 MIN_BIN = 30  # real steps (or failures) a figure needs to be compared
 FRESH_STEPS = 6  # fly steps of a fresh engine whose rewards are compared one by one
 CALLS = 10  # per-call mean rewards compared for the first calls of an episode
+# A policy that never repairs earns the same first 10 calls every episode: their means are
+# known to within about 1 %, so its target is tighter than the ±5 % of the others.
+NEVER_REPAIRED_CALL_TOLERANCE = 0.03
 NEAR_ZERO = 100.0  # a bin's tolerance is a share of max(|real mean|, this): profit crosses 0 there
 AGE_BINS = (0, 100, 200, 250, 300, 350, 400, 1001)  # flights: where failures fall, by engine age
 SINCE_BINS = (0, 20, 40, 50, 60, 80, 100, 120, 1001)  # flights since the last repair (or the start)
+CHI2_BIN = 10  # flights: the chi-square tests count failures per step of the logs
+CHI2_MIN_EXPECTED = 5.0  # adjacent bins are merged until each expects this many real episodes
+CHI2_P_TARGET = 0.01
 
 
 def _binned(values: list[int], edges: tuple[int, ...]) -> list[int]:
@@ -63,7 +70,7 @@ def summarize(episodes: list[LoggedEpisode]) -> dict:
                 failing_rows.append(ep.rows_per_step[-1])
     summary = {
         "episodes": len(episodes),
-        "fly": {key: [float(np.mean(v)), len(v)] for key, v in fly.items()},
+        "fly": {key: [float(np.mean(v)), len(v), float(np.std(v))] for key, v in fly.items()},  # mean, n, std
         "repair": {str(k): [float(np.mean(v)), len(v)] for k, v in repair.items()},
         "repair_all": [float(np.mean(sum(repair.values(), []))), sum(map(len, repair.values()))] if repair else None,
         "calls": [[float(np.mean(calls[i])), len(calls[i])] for i in range(CALLS) if calls[i]],
@@ -75,6 +82,7 @@ def summarize(episodes: list[LoggedEpisode]) -> dict:
         "failing_step_rows": np.bincount(failing_rows, minlength=11).tolist() if failing_rows else None,
         "failures_by_age": _binned(failure_flights, AGE_BINS),
         "failures_by_since_repair": _binned(failure_since, SINCE_BINS),
+        "failure_since_repair": sorted(int(f) for f in failure_since),
         "mean_return": float(np.mean([ep.total for ep in episodes])),
         "sensors": None,
     }
@@ -150,6 +158,62 @@ def _counts_table(group: str, edges: tuple[int, ...], real: list[int], sim: list
     ]
 
 
+def failure_timing_test(real: list[int], real_episodes: int, sim: list[int], sim_episodes: int) -> tuple[float, int]:
+    """Chi-square test that real failures fall where simulated ones do: (p-value, degrees of freedom).
+
+    `real` and `sim` are the flights (an age, or flights since a repair) at which each failed
+    episode failed, out of `real_episodes` and `sim_episodes` episodes; the episodes that did not
+    fail (sold) form one more bin, so the test also sees how many fail. Bins are `CHI2_BIN`
+    flights, merged left to right until each expects `CHI2_MIN_EXPECTED` real episodes (a short
+    last bin joins the one before). The expectation is the simulated share times the real
+    count, and each term's variance counts the simulation's own noise too (a two-sample test):
+    (O - E)^2 / (E (1 + real_episodes / sim_episodes)). With no bin to compare: (nan, 0).
+    """
+    top = max(real + sim, default=0) // CHI2_BIN + 1
+    observed = np.bincount(np.array(real, dtype=int) // CHI2_BIN, minlength=top).astype(float)
+    simulated = np.bincount(np.array(sim, dtype=int) // CHI2_BIN, minlength=top).astype(float)
+    observed = np.append(observed, real_episodes - len(real))
+    simulated = np.append(simulated, sim_episodes - len(sim))
+    expected = simulated * real_episodes / max(sim_episodes, 1)
+    merged: list[list[float]] = []  # [observed, expected] per merged bin
+    pending = [0.0, 0.0]
+    for o, e in zip(observed[:-1], expected[:-1], strict=True):
+        pending = [pending[0] + o, pending[1] + e]
+        if pending[1] >= CHI2_MIN_EXPECTED:
+            merged.append(pending)
+            pending = [0.0, 0.0]
+    if pending[1] > 0 or pending[0] > 0:
+        if merged:
+            merged[-1] = [merged[-1][0] + pending[0], merged[-1][1] + pending[1]]
+        else:
+            merged.append(pending)
+    if expected[-1] >= CHI2_MIN_EXPECTED:  # the episodes that did not fail
+        merged.append([observed[-1], expected[-1]])
+    elif merged:
+        merged[-1] = [merged[-1][0] + observed[-1], merged[-1][1] + expected[-1]]
+    bins = np.array([b for b in merged if b[1] > 0])
+    if len(bins) < 2:
+        return float("nan"), 0
+    chi2 = float(np.sum((bins[:, 0] - bins[:, 1]) ** 2 / (bins[:, 1] * (1 + real_episodes / sim_episodes))))
+    dof = len(bins) - 1
+    return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64), torch.tensor(chi2 / 2))), dof
+
+
+def _timing_checks(real: dict, sim: dict) -> list[Check]:
+    """The chi-square targets: failures by engine age and by flights since the last repair."""
+    checks = []
+    for name, key in (("by engine age", "failure_flights"), ("by flights since repair", "failure_since_repair")):
+        p, dof = failure_timing_test(real[key], real["episodes"], sim[key], sim["episodes"])
+        if dof:
+            target = f"p ≥ {CHI2_P_TARGET}"
+            checks.append(
+                Check(
+                    "failure timing (chi-square)", f"{name}: p ({dof} dof)", float("nan"), p, target, p >= CHI2_P_TARGET
+                )
+            )
+    return checks
+
+
 def compare(real: dict, sim: dict) -> list[Check]:
     """Every fidelity check of a simulated summary against the real one, where the real log has
     enough data for it (a policy that never flies has no fly bins, one never repaired no repairs)."""
@@ -160,7 +224,7 @@ def compare(real: dict, sim: dict) -> list[Check]:
             checks.append(
                 _relative("fly reward, fresh engine", f"step {s + 1}", real["fly"][key][0], sim["fly"][key][0], 0.05)
             )
-    for key, (mean, count) in sorted(real["fly"].items(), key=lambda kv: tuple(map(int, kv[0].split(",")))):
+    for key, (mean, count, *_) in sorted(real["fly"].items(), key=lambda kv: tuple(map(int, kv[0].split(",")))):
         k, s = key.split(",")
         if count >= MIN_BIN and key in sim["fly"] and k != "0":
             scale = max(abs(mean), NEAR_ZERO)
@@ -169,8 +233,9 @@ def compare(real: dict, sim: dict) -> list[Check]:
     for i, ((mean, count), sim_call) in enumerate(zip(real["calls"], sim["calls"], strict=False)):
         if count >= MIN_BIN:
             scale = max(abs(mean), NEAR_ZERO)
+            tolerance = 0.05 if real["repair"] else NEVER_REPAIRED_CALL_TOLERANCE
             checks.append(
-                _relative("per-call mean reward", f"call {i + 1} (n={count})", mean, sim_call[0], 0.05, scale)
+                _relative("per-call mean reward", f"call {i + 1} (n={count})", mean, sim_call[0], tolerance, scale)
             )
     for k, (mean, count) in sorted(real["repair"].items()):
         if count >= MIN_BIN and k in sim["repair"]:
@@ -201,6 +266,8 @@ def compare(real: dict, sim: dict) -> list[Check]:
         )
         ks = ks_distance(rf, sf)
         checks.append(Check("failure flight", "KS distance, real to simulated", float("nan"), ks, "< 0.15", ks < 0.15))
+        if "failure_since_repair" in real:  # summaries shipped before it have no since-repair list
+            checks += _timing_checks(real, sim)
         checks += _counts_table(
             "failures by engine age (share)", AGE_BINS, real["failures_by_age"], sim["failures_by_age"]
         )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from itertools import pairwise
+
 import torch
 
 from torch_student_env.fidelity.data import LoggedEpisode
@@ -12,21 +15,51 @@ from torch_student_env.spec import Action
 STEP_SIZE = 10  # the logs were taken with the client's default
 
 
-def continuations(action_lists: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
-    """Each action list extended by the longest list in `action_lists` that begins with it.
+def repair_period(actions: tuple[int, ...]) -> int | None:
+    """Steps between this episode's last two repairs, or None with fewer than two repairs."""
+    repairs = [i for i, a in enumerate(actions) if a == Action.REPAIR]
+    return repairs[-1] - repairs[-2] if len(repairs) >= 2 else None
+
+
+def policy_period(action_lists: list[tuple[int, ...]]) -> int | None:
+    """The policy's repair period: the most common number of steps between consecutive repairs
+    over its episodes (the earliest such on a tie), or None if no episode repairs twice."""
+    gaps = Counter(
+        j - i for actions in action_lists for i, j in pairwise([k for k, a in enumerate(actions) if a == Action.REPAIR])
+    )
+    return min(gaps, key=lambda gap: (-gaps[gap], gap)) if gaps else None
+
+
+def continuations(action_lists: list[tuple[int, ...]], extra_steps: int = 0) -> list[tuple[int, ...]]:
+    """Each action list continued the way its policy would have continued it, `extra_steps` past
+    the longest list.
 
     A logged episode's actions stop where its engine failed, so a simulated engine that outlives
-    it has no logged action to take: it takes the ones the same agent took in its longest
-    episode with the same beginning (agents that follow a schedule repeat it), and beyond those
-    keeps flying. Without this, the replay would fly engines past the repairs the agent makes,
-    and fail them too late.
+    it has no logged action to take. It takes the ones the same agent took in its longest
+    episode with the same beginning (agents that follow a schedule repeat it), then keeps to the
+    policy's own rule: a policy that repairs every k steps (the episode's last gap between
+    repairs, else the policy's most common one, `policy_period`) repairs every k steps after its
+    last repair; one that never repairs twice keeps flying. Without this, a replay would fly
+    engines past the repairs the agent makes, and fail them late and at the wrong age.
     """
     by_length = sorted(set(action_lists), key=len, reverse=True)
-    extended = {}
+    default_period = policy_period(action_lists)
+    horizon = (len(by_length[0]) if by_length else 0) + extra_steps
+    extended: dict[tuple[int, ...], tuple[int, ...]] = {}
     for actions in by_length:
-        if actions not in extended:
-            longest = next(other for other in by_length if other[: len(actions)] == actions)
-            extended[actions] = longest
+        if actions in extended:
+            continue
+        longest = list(next(other for other in by_length if other[: len(actions)] == actions))
+        if longest and longest[-1] == Action.SELL:  # a sold episode has nothing to continue
+            extended[actions] = tuple(longest)
+            continue
+        period = repair_period(tuple(longest)) or default_period
+        last_repair = max((i for i, a in enumerate(longest) if a == Action.REPAIR), default=None)
+        while len(longest) < horizon:
+            due = period is not None and last_repair is not None and len(longest) - last_repair == period
+            longest.append(int(Action.REPAIR if due else Action.DO_NOTHING))
+            last_repair = len(longest) - 1 if due else last_repair
+        extended[actions] = tuple(longest)
     return [extended[actions] for actions in action_lists]
 
 

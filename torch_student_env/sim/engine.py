@@ -41,6 +41,8 @@ class EngineState:
     episode_key: torch.Tensor  # (N,) int32, hash of (seed, env, episode): roots every draw
     health: torch.Tensor  # (N,) float32, after the last flight flown: 1 just repaired, ~0 failing
     wear_rate: torch.Tensor  # (N,) float32, health lost per flight until the next repair
+    safety: torch.Tensor  # (N,) float32, the health that failures see: restored with health
+    safety_rate: torch.Tensor  # (N,) float32, safety lost per flight (`SimParams.safety_wear_share`)
     flights: torch.Tensor  # (N,) int64, flights flown in this episode
     repairs: torch.Tensor  # (N,) int64, repairs done in this episode
     variant: torch.Tensor  # (N,) int64, which model of the env's ensemble this episode runs (0 for one)
@@ -135,31 +137,41 @@ def _used(coefficient: float | torch.Tensor) -> bool:
 
 
 def failure_rate(
-    health: torch.Tensor, wear_rate: torch.Tensor, flight: torch.Tensor, repairs: torch.Tensor, d: Dynamics
+    safety: torch.Tensor, safety_rate: torch.Tensor, flight: torch.Tensor, repairs: torch.Tensor, d: Dynamics
 ) -> torch.Tensor:
     """Failure rate per flight (continuous time: a flight fails with probability 1 - exp(-rate)).
 
-    `health` of the flight, the engine's `wear_rate`, the `flight` index (age) and `repairs`
-    done, broadcastable to each other; `d` from `SimTables.dynamics`. The one definition of
-    failure, shared by the simulator and the oracle. docs/simulator.md, "Failures".
+    `safety` of the flight (`EngineState.safety`: health as failures see it), the engine's
+    `safety_rate`, the `flight` index (age) and `repairs` done, broadcastable to each other; `d`
+    from `SimTables.dynamics`. The one definition of failure, shared by the simulator, the
+    calibration and the oracle. docs/simulator.md, "Failures".
     """
-    safety = health
+    level = safety
     if _used(d.repair_safety_margin):
         margin = d.repair_safety_margin * (repairs > 0)
         if _used(d.margin_loss_per_repair):
-            past = (repairs - DATA_LAST_REPAIRS).clamp(min=0).to(health.dtype)
+            past = (repairs - DATA_LAST_REPAIRS).clamp(min=0).to(safety.dtype)
             margin = margin * (1.0 - d.margin_loss_per_repair * past).clamp(min=0.0)
-        safety = safety + margin
+        level = level + margin
     if _used(d.failure_lag_flights):
-        safety = safety + d.failure_lag_flights * wear_rate
-    rate = torch.exp(d.hazard_log_at_zero - d.hazard_health_slope * safety)
+        level = level + d.failure_lag_flights * safety_rate
+    rate = torch.exp(d.hazard_log_at_zero - d.hazard_health_slope * level)
     if _used(d.hazard_max_per_flight):
         rate = rate / (1.0 + rate / d.hazard_max_per_flight)
     if _used(d.hazard_floor_new):
         rate = rate + d.hazard_floor_new * (repairs == 0)
     if _used(d.age_hazard_per_flight):
-        rate = rate + d.age_hazard_per_flight * (flight.to(health.dtype) - DATA_LAST_AGE).clamp(min=0.0)
+        rate = rate + d.age_hazard_per_flight * (flight.to(safety.dtype) - DATA_LAST_AGE).clamp(min=0.0)
     return rate
+
+
+def profit_share(health: torch.Tensor, params: SimParams) -> torch.Tensor:
+    """A flight's mean profit as a share of `profit_per_flight`, at its `health`: health itself,
+    flattened below `profit_knee_health` (docs/simulator.md, "Rewards"). The one definition, for
+    the simulator and the oracle."""
+    if params.profit_flattening == 0.0:
+        return health
+    return health + params.profit_flattening * (params.profit_knee_health - health).clamp(min=0.0) ** 2
 
 
 def none_of(mask: torch.Tensor) -> bool:
@@ -194,6 +206,21 @@ def wear_rate_after_repair(
 def _lognormal_factor(z: torch.Tensor, spread: float) -> torch.Tensor:
     """exp(spread * z) with mean 1 for a standard normal z."""
     return torch.exp(spread * z - 0.5 * spread * spread)
+
+
+def _wear_rates(
+    base_rate: torch.Tensor | float, z: torch.Tensor, spread: float, share: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(wear rate, safety rate) of a segment whose mean wear rate is `base_rate`, for standard
+    normals `z`: the wear rate carries the engine's lognormal spread factor, the safety rate that
+    factor to the power `share` (`SimParams.safety_wear_share`)."""
+    factor = _lognormal_factor(z, spread)
+    wear_rate = base_rate * factor
+    if share == 1.0:
+        return wear_rate, wear_rate
+    if share == 0.0:
+        return wear_rate, torch.zeros_like(wear_rate) + base_rate
+    return wear_rate, base_rate * factor**share
 
 
 def dtamb_within_step(innovations: torch.Tensor, params: SimParams) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,10 +304,13 @@ def reset_engines(episode_key: torch.Tensor, tables: SimTables) -> tuple[EngineS
         variant = torch.zeros_like(episode_key, dtype=torch.int64)
     else:  # uniform over the ensemble, from (seed, env, episode) alone
         variant = (rng.uniform24(engine_bits[1]) * tables.num_variants).long().clamp(max=tables.num_variants - 1)
+    wear_rate, safety_rate = _wear_rates(p.wear_rate_new, spread_z, p.wear_spread_new, p.safety_wear_share)
     state = EngineState(
         episode_key=episode_key,
         health=torch.full_like(spread_z, p.health_new),
-        wear_rate=p.wear_rate_new * _lognormal_factor(spread_z, p.wear_spread_new),
+        wear_rate=wear_rate,
+        safety=torch.full_like(spread_z, p.health_new),
+        safety_rate=safety_rate,
         # Two tensors, not one shared: torch.compile guards on aliasing, and a state whose fields
         # alias only after a reset would compile the step twice.
         flights=torch.zeros_like(episode_key, dtype=torch.int64),
@@ -320,11 +350,13 @@ def advance(
         repair_bits = rng.stream_bits(rng.fold(rng.fold(state.episode_key, state.flights), _REPAIR_STREAM), 1)
         spread_z, _ = rng.normal_pair(repair_bits[0])
         base_rate = wear_rate_after_repair(state.flights, tables, d.wear_rate_rise_past_knots)
-        new_rate = base_rate * _lognormal_factor(spread_z, p.wear_spread_repair)
+        new_rate, new_safety_rate = _wear_rates(base_rate, spread_z, p.wear_spread_repair, p.safety_wear_share)
         state = replace(
             state,
             health=torch.where(repair, 1.0, state.health),
             wear_rate=torch.where(repair, new_rate, state.wear_rate),
+            safety=torch.where(repair, 1.0, state.safety),
+            safety_rate=torch.where(repair, new_safety_rate, state.safety_rate),
             repairs=state.repairs + repair.long(),
         )
 
@@ -337,7 +369,8 @@ def advance(
     rows = _flight_rows(state.episode_key, flight, health, tables)
 
     in_budget = j <= budget
-    hazard = failure_rate(health, state.wear_rate, flight, state.repairs, d)  # (K, N)
+    safety = state.safety - state.safety_rate * j  # (K, N)
+    hazard = failure_rate(safety, state.safety_rate, flight, state.repairs, d)  # (K, N)
     fails = in_budget & ~sell & (rows.hazard_draw < -torch.expm1(-hazard))
     # A min over flights, not a cumsum: a reduction fuses into the compiled kernel, a scan does not.
     first_failure = torch.where(fails, j, step_size + 1).amin(dim=0)  # (N,), K + 1 = none
@@ -345,7 +378,7 @@ def advance(
     first_flight_failed = first_failure == 1
     flown = in_budget & (j <= first_failure)  # the failing flight is flown (the counter reads it) ...
     returned = flown & (j < first_failure)  # ... but has no row: the server returns the ones before it
-    profit = p.profit_per_flight * health + p.profit_noise_std * rows.profit_noise
+    profit = p.profit_per_flight * profit_share(health, p) + p.profit_noise_std * rows.profit_noise
     earned = sum_over_flights(profit * (returned & ~sell))
     reward = torch.where(sell, p.sale_reward, earned - p.repair_cost * repair.to(torch.float32))
     failure_reward = torch.where(first_flight_failed, p.first_flight_failure_reward, p.failure_reward)
@@ -355,6 +388,7 @@ def advance(
     state = replace(
         state,
         health=state.health - state.wear_rate * n_flown,
+        safety=state.safety - state.safety_rate * n_flown,
         flights=state.flights + n_flown,
     )
     terminated = sell | failed

@@ -50,6 +50,10 @@ class SimParams:
     profit_per_flight: float = 50.034  # profit of a flight at health 1 (a just-repaired engine)
     profit_noise_std: float = 4.1  # per flight: a 10-flight step's reward varies by about 13
     repair_cost: float = 984.59  # paid on a repair step, which also flies (and earns) its flights
+    # Below this health a flight's profit falls more slowly than health (the sensors, which
+    # follow health, keep falling linearly): profit share = h + flattening * (knee - h)^2 there.
+    profit_knee_health: float = 0.33
+    profit_flattening: float = 0.5
     failure_reward: float = -1000.0  # a failing step's whole reward
     first_flight_failure_reward: float = 0.0  # the server's reward when a step's first flight fails
     sale_reward: float = 150.0  # a sale's whole reward, whatever the engine's state
@@ -61,7 +65,7 @@ class SimParams:
     # to 1, but the later in an engine's life it comes, the faster the engine wears afterwards.
     wear_rate_after_repair: tuple[float, ...] = (0.011943, 0.014206, 0.014256, 0.021755, 0.021647, 0.024698, 0.024443)
     wear_spread_new: float = 0.03  # relative spread (lognormal sigma) of a fresh engine's wear rate
-    wear_spread_repair: float = 0.16  # relative spread of the wear rate drawn at each repair
+    wear_spread_repair: float = 0.08  # relative spread of the wear rate drawn at each repair
 
     # --- failure -------------------------------------------------------------------------------
     # Failure rate per flight, at a flight of health h (docs/simulator.md, "Failures"):
@@ -71,11 +75,16 @@ class SimParams:
     # margin = 0 before the first repair and `repair_safety_margin` after: a repair restores the
     # engine's safety more than its profit (repaired engines fail near health -0.2, never-repaired
     # ones near 0.1). Fitted by maximum likelihood on the never-repaired and exploration logs.
-    hazard_log_at_zero: float = -1.055
-    hazard_health_slope: float = 13.85
-    repair_safety_margin: float = 0.2455
-    hazard_floor_new: float = 1.251e-4  # a never-repaired engine's failures at any health (1 in 8,000)
-    hazard_max_per_flight: float = 0.2066  # the rate saturates here (the real hazard is log-concave)
+    hazard_log_at_zero: float = -0.9273
+    hazard_health_slope: float = 13.78
+    repair_safety_margin: float = 0.2163
+    hazard_floor_new: float = 1.121e-4  # a never-repaired engine's failures at any health (1 in 8,000)
+    hazard_max_per_flight: float = 0.1488  # the rate saturates here (the real hazard is log-concave)
+    # Safety is a damage state of its own (docs/simulator.md, "Failures"): it falls at the
+    # segment's wear rate scaled by the engine's own spread factor to this power, so 1 = failures
+    # see the profit's health, 0 = failures see the segment's mean wear, whatever this engine's
+    # profit does (the logs' failures are sharper in time than the profit's spread allows).
+    safety_wear_share: float = 0.02648
     # Extrapolation past the data (all 0 = the simplest reading; the variants of
     # `sim.variants` set them, docs/simulator.md "Where the data ends"):
     margin_loss_per_repair: float = 0.0  # share of the margin lost per repair past DATA_LAST_REPAIRS
@@ -135,6 +144,7 @@ class SimParams:
             "age_hazard_per_flight",
             "wear_rate_rise_past_knots",
             "failure_lag_flights",
+            "profit_flattening",
             "profit_noise_std",
             "wear_spread_new",
             "wear_spread_repair",
@@ -145,6 +155,8 @@ class SimParams:
                 raise ValueError(f"SimParams.{name} must be >= 0, got {getattr(self, name)}")
         if min(self.sensor_noise_std) < 0:
             raise ValueError(f"SimParams.sensor_noise_std must be >= 0, got {self.sensor_noise_std}")
+        if not 0 <= self.safety_wear_share <= 1:
+            raise ValueError(f"SimParams.safety_wear_share must be in [0, 1], got {self.safety_wear_share}")
         if not 0 <= self.dtamb_persistence < 1:
             raise ValueError(f"SimParams.dtamb_persistence must be in [0, 1), got {self.dtamb_persistence}")
         if not self.dtamb_floor < self.dtamb_ceiling:

@@ -41,11 +41,11 @@ PLAUSIBLE: dict[str, SimParams] = {
     "lagged_safety": replace(
         _DEFAULT,
         repair_safety_margin=0.0,
-        failure_lag_flights=15.94,
-        hazard_log_at_zero=0.8023,
-        hazard_health_slope=14.83,
-        hazard_floor_new=1.735e-4,
-        hazard_max_per_flight=0.1918,
+        failure_lag_flights=14.2,
+        hazard_log_at_zero=0.841,
+        hazard_health_slope=15.3,
+        hazard_floor_new=1.762e-4,
+        hazard_max_per_flight=0.1413,
     ),
 }
 
