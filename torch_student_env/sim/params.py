@@ -52,8 +52,8 @@ class SimParams:
     repair_cost: float = 984.59  # paid on a repair step, which also flies (and earns) its flights
     # Below this health a flight's profit falls more slowly than health (the sensors, which
     # follow health, keep falling linearly): profit share = h + flattening * (knee - h)^2 there.
-    profit_knee_health: float = 0.33
-    profit_flattening: float = 0.5
+    profit_knee_health: float = 0.36
+    profit_flattening: float = 0.4
     failure_reward: float = -1000.0  # a failing step's whole reward
     first_flight_failure_reward: float = 0.0  # the server's reward when a step's first flight fails
     sale_reward: float = 150.0  # a sale's whole reward, whatever the engine's state
