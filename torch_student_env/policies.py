@@ -122,7 +122,7 @@ class ThresholdPolicy:
     """
 
     def __init__(
-        self, repair_below: float = 0.35, sell_after: int = 300, params: SimParams | None = None, rows: int = 10
+        self, repair_below: float = 0.35, sell_after: int = 280, params: SimParams | None = None, rows: int = 10
     ) -> None:
         self.repair_below, self.sell_after, self.rows = repair_below, sell_after, rows
         self.params = params or SimParams()
