@@ -60,6 +60,9 @@ class Args:
     step_size: int = arg(10, "flights per env step")
     history: int = arg(100, "rows in each env's window, the client-side memory; the belief estimate reads them all")
     cnn_rows: int = arg(10, "the CNN convolves the window's newest rows only (0: all): its cost grows with them")
+    counter_flights: int = arg(
+        0, "the head reads age and since_repair in units of this many flights (0: the flight limit)"
+    )
     player_keys: bool = arg(True, "the CNN's head also reads since_repair and repairs (spec.PLAYER_KEYS)")
     belief_inputs: bool = arg(False, "the head also reads a player's estimate of health and wear rate")
     plan_inputs: bool = arg(True, "the head also reads the belief plan's action: PPO learns a correction to it")
@@ -174,6 +177,7 @@ def main(args: Args) -> dict | None:
         plan_inputs=args.plan_inputs,
         step_size=args.step_size,
         cnn_rows=args.cnn_rows,
+        counter_flights=args.counter_flights,
     ).to(device)
     # a checkpoint's "model" entry: the model's config, and the window it was trained with (the
     # env's, not the model's), which the evaluator plays it with

@@ -322,3 +322,21 @@ def test_stored_extra_inputs_are_read_instead_of_estimated_again():
     assert torch.equal(model.get_value(flat)[16:], model.get_value(td))
     other = cached.clone().set(EXTRA_INPUTS_KEY, torch.zeros_like(extra))  # read, not recomputed
     assert not torch.equal(model.get_value(other), model.get_value(td))
+
+
+def test_counter_flights_sets_the_unit_of_the_counters_and_old_configs_keep_the_flight_limit():
+    from torch_student_env.models import window_inputs
+
+    env = make_env(num_envs=8, seed=3)
+    env.reset()
+    td = env.step(torch.zeros(8, dtype=torch.long))
+    _, _, per_limit = window_inputs(td, 1000, player_keys=True)
+    _, _, per_hundred = window_inputs(td, 1000, player_keys=True, counter_flights=100)
+    torch.testing.assert_close(per_limit[:, :2], td["age"].unsqueeze(1).float().expand(-1, 2) / 1000)
+    torch.testing.assert_close(per_hundred[:, :2], per_limit[:, :2] * 10)
+    torch.testing.assert_close(per_hundred[:, 2], per_limit[:, 2])  # repairs keep their scale
+    old = {"max_flights": 1000, "player_keys": True, "cnn_rows": 10}  # a checkpoint from before the key
+    assert ActorCritic.from_config(old).counter_flights == 0
+    assert ActorCritic.from_config(old | {"counter_flights": 100}).config()["counter_flights"] == 100
+    with pytest.raises(ValueError, match="counter_flights must be >= 0"):
+        ActorCritic(counter_flights=-1)

@@ -63,14 +63,16 @@ class FeatureNorm(nn.Module):
 
 
 def window_inputs(
-    td: TensorDict, max_flights: int, player_keys: bool = False
+    td: TensorDict, max_flights: int, player_keys: bool = False, counter_flights: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(observation (N, W, 9), valid (N, W), scalars (N, 1 or 3)) from an env TensorDict.
 
-    The scalars are the age (flights flown / `max_flights`, the newest row's flight index) and,
-    with `player_keys`, `since_repair / max_flights` and `repairs / REPAIRS_SCALE`. Accepts the
-    single-row view too: a td whose `observation` is (N, 9) is a window of one row.
+    The scalars are the age (flights flown / `counter_flights`, the newest row's flight index)
+    and, with `player_keys`, `since_repair / counter_flights` and `repairs / REPAIRS_SCALE`;
+    `counter_flights` 0 reads `max_flights`. Accepts the single-row view too: a td whose
+    `observation` is (N, 9) is a window of one row.
     """
+    max_flights = counter_flights or max_flights
     obs, valid, flight = td["observation"], td["valid"], td["flight"]
     if obs.dim() == 2:
         obs, valid, flight = obs.unsqueeze(1), valid.reshape(-1, 1), flight.reshape(-1, 1)
@@ -169,6 +171,7 @@ class ActorCritic(Checkpointable):
         plan_inputs: bool = False,
         step_size: int = 10,
         cnn_rows: int = 0,
+        counter_flights: int = 0,
     ) -> None:
         super().__init__()
         for name, on in (("belief_inputs", belief_inputs), ("plan_inputs", plan_inputs)):
@@ -178,7 +181,9 @@ class ActorCritic(Checkpointable):
         self.belief_inputs, self.plan_inputs, self.step_size = belief_inputs, plan_inputs, step_size
         if cnn_rows < 0:
             raise ValueError(f"cnn_rows must be >= 0 (0: the whole window), got {cnn_rows}")
-        self.cnn_rows = cnn_rows
+        if counter_flights < 0:
+            raise ValueError(f"counter_flights must be >= 0 (0: max_flights), got {counter_flights}")
+        self.cnn_rows, self.counter_flights = cnn_rows, counter_flights
         extra = (2 if belief_inputs else 0) + (NUM_ACTIONS if plan_inputs else 0)
         self.trunk = SensorCNN(hidden, scalars=(3 if player_keys else 1) + extra)
         self._belief: BeliefPolicy | None = None  # built on first use: planning takes ~0.6 s
@@ -186,7 +191,15 @@ class ActorCritic(Checkpointable):
         self.critic = _layer_init(nn.Linear(hidden, 1), gain=1.0)
 
     # What a checkpoint stores of the model; the trunk's width is always the default's.
-    CONFIG_KEYS = ("max_flights", "player_keys", "belief_inputs", "plan_inputs", "step_size", "cnn_rows")
+    CONFIG_KEYS = (
+        "max_flights",
+        "player_keys",
+        "belief_inputs",
+        "plan_inputs",
+        "step_size",
+        "cnn_rows",
+        "counter_flights",
+    )
 
     @property
     def belief(self) -> BeliefPolicy:
@@ -212,7 +225,7 @@ class ActorCritic(Checkpointable):
         return torch.cat(extra, dim=-1).to(flat["observation"].dtype).reshape(*td.batch_size, -1)
 
     def features(self, td: TensorDict) -> torch.Tensor:
-        obs, valid, scalars = window_inputs(td, self.max_flights, self.player_keys)
+        obs, valid, scalars = window_inputs(td, self.max_flights, self.player_keys, self.counter_flights)
         if self.cnn_rows:  # the convolution's cost grows with the rows; the estimate reads them all
             obs, valid = obs[..., -self.cnn_rows :, :], valid[..., -self.cnn_rows :]
         extra = td.get(EXTRA_INPUTS_KEY) if EXTRA_INPUTS_KEY in td.keys() else self.extra_inputs(td)
