@@ -43,10 +43,10 @@ def test_the_oracles_planned_value_is_what_it_earns_in_the_simulator():
     episodes = run_episodes(env, OraclePolicy(params, repair_draws=True), episodes_per_env=1)
     figures = summarize(episodes)
     # The plan counts -1,000 for every failure (and the repair cost on a failing repair step);
-    # the server pays 0 for a failure on a step's first flight: the simulator earns about 25 more
-    # (4,961 on 12,288 engines of seeds 32-34 against 4,937 planned).
+    # the server pays 0 for a failure on a step's first flight: the simulator earns a little more
+    # (4,740 on 12,288 engines of seeds 32-34 against 4,732 planned; these 2,048: 4,694).
     assert abs(figures["mean_return"] - expected) < figures["ci95"] + 40, (figures, expected)
-    assert figures["mean_life"] > 500  # the plan that counts on the draws keeps engines long
+    assert figures["failure_rate"] > 0.02 and figures["mean_repairs"] > 2  # a plan that repairs and risks
     assert len(LOG_FACTOR_GRID) == fresh.numel() and abs(float(fresh.sum()) - 1) < 1e-9
 
 

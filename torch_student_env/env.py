@@ -328,8 +328,9 @@ class TorchStudentEnv:
       (N,) int64 and `episode_failed` (N,) bool: totals of the episodes that ended in this call
       (0 / False elsewhere);
     - with `privileged=True`: `health` (N,) float32, the hidden health of the current engines
-      (the profit of their next flight as a share of a just-repaired engine's: 1 after a repair,
-      failures come as it nears 0), `wear_rate` (N,) float32 (health lost per flight), and
+      (the profit of their next flight as a share of a just-repaired engine's: 1 after a repair;
+      failures follow a safety state that wears at the segment's mean rate, docs/simulator.md),
+      `wear_rate` (N,) float32 (health lost per flight), and
       `window_health` (N, W), the health of each window row.
 
     Every episode rule lives here, and the reference server and `compat` use it as it is:

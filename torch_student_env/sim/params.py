@@ -7,9 +7,11 @@ another `SimParams` to `make_env(sim_params=...)`. Tuples (not tensors) keep the
 hashable and device-free; `SimTables` turns them into tensors on the env's device once.
 
 Health is the engine's hidden state: the profit of its next flight as a share of the profit of a
-just-repaired engine. It falls by the engine's wear rate each flight, a repair sets it back to 1,
-and the engine fails, at random, more and more often as it nears 0 (after a repair, as it nears -0.2:
-a repair restores more safety than profit). Several `SimParams` that differ only in
+just-repaired engine (flattened below `profit_knee_health`). It falls by the engine's wear rate
+each flight, and a repair sets it back to 1. Failures follow a second hidden state, safety,
+restored with health but falling at the segment's mean wear rate (`safety_wear_share`): the
+engine fails, at random, more and more often as its safety nears 0 (after a repair, as it nears
+-0.2: a repair restores more safety than profit). Several `SimParams` that differ only in
 `VARIANT_FIELDS` form a plausible-model ensemble (`sim.variants`), one drawn per episode.
 """
 
