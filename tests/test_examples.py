@@ -143,6 +143,7 @@ def test_a_recipe_sets_its_flags_where_they_are_left_at_their_defaults(monkeypat
     assert default.plan_inputs and default.teacher == "belief"  # residual: the plan and its teacher
     scratch = module.with_recipe(module.Args(recipe="scratch"))
     assert not scratch.plan_inputs and scratch.teacher == "" and scratch.player_keys
+    assert scratch.counter_flights == 100 and default.counter_flights == 0
     assert module.with_recipe(module.Args(recipe="scratch", teacher="threshold")).teacher == "threshold"
     with pytest.raises(SystemExit, match="--recipe must be one of \\['residual', 'scratch'\\], got 'best'"):
         module.with_recipe(module.Args(recipe="best"))

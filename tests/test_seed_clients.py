@@ -138,9 +138,9 @@ def test_single_env_client_creates_steps_and_restores_by_id(server, tmp_path):
     assert "OK single" in _run(code, "1.0.1", tmp_path, server)
 
 
-# The engine of `reset(seed=7)` fails on the first flight of its 12th step when never repaired
+# The engine of `reset(seed=12)` fails on the first flight of its 12th step when never repaired
 # (flight 111); the real server answers that step of the single-engine protocol with HTTP 500.
-FIRST_FLIGHT_FAILURE_SEED = 7
+FIRST_FLIGHT_FAILURE_SEED = 12  # 7 before the refit of 2026-12-06
 
 
 @needs_seed

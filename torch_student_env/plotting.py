@@ -30,8 +30,8 @@ def plot_learning_curve(
     the baselines' held-out returns as labelled horizontal lines.
 
     With `zoom` = (low, high), e.g. the best rule's and the oracle's returns, a second panel
-    shows the same curve on that band, where the policies of interest differ by a few percent
-    that the full scale hides.
+    shows the same curve on that band (extended down to the curve's best point), where the
+    policies of interest differ by a few percent that the full scale hides.
     """
     fig = _figure(figsize=(13, 4.8) if zoom else (8, 4.8))
     axes = fig.subplots(1, 2 if zoom else 1)
@@ -44,7 +44,10 @@ def plot_learning_curve(
     band = (-np.inf, np.inf)
     if zoom:
         low, high = zoom
-        band = (low - 0.35 * (high - low), high + 0.35 * (high - low))
+        margin = 0.35 * (high - low)
+        # down to the curve's best point too when it is below the band (validation seeds are not
+        # the baselines' held-out ones), so the panel always shows where the policy stands
+        band = (min(low, float(mean.max()) if len(mean) else low) - margin, high + margin)
     for k, ax in enumerate(axes):
         ax.fill_between(steps, mean - ci, mean + ci, color="black", alpha=0.2, label="95 % CI")
         ax.plot(steps, mean, marker="o", markersize=4, color="black", label=f"{title} (greedy, validation seeds)")
