@@ -21,7 +21,7 @@ from tensordict import TensorDict
 
 from torch_student_env import make_env
 from torch_student_env.evaluation import paired_difference, run_episodes, summarize
-from torch_student_env.oracle import LOG_FACTOR_GRID, plan_values, segment_base_rate
+from torch_student_env.oracle import plan_index, plan_values
 from torch_student_env.policies import estimate_state, make_policy
 from torch_student_env.sim.engine import SimTables
 from torch_student_env.sim.params import SimParams
@@ -41,15 +41,10 @@ class QmdpPolicy:
     def __call__(self, td: TensorDict) -> torch.Tensor:
         _, rate, rate_std = estimate_state(td, self.params, self.tables, with_spread=True)
         rates = (rate + self.points * rate_std).clamp(min=1e-4)  # (K, N)
-        age, since, repairs = td["age"], td["since_repair"], td["repairs"]
-        steps = self.values.shape[0] - 1
-        t = torch.div(age, self.step_size, rounding_mode="floor").clamp(0, steps)
-        s = torch.div(since, self.step_size, rounding_mode="floor").clamp(0, steps)
-        base = segment_base_rate((age - since).double(), repairs > 0, self.tables)
-        grid = LOG_FACTOR_GRID
-        f = ((torch.log(rates.double() / base) - float(grid[0])) / float(grid[1] - grid[0])).round().long()
-        f = f.clamp(0, len(grid) - 1)
-        c = repairs.clamp(0, self.values.shape[2] - 1)
+        steps, classes = self.values.shape[0] - 1, self.values.shape[2]
+        t, c, s, f = plan_index(
+            td["age"], td["repairs"], td["since_repair"], rates, self.step_size, steps, classes, self.tables
+        )
         q = self.values[t.expand_as(f), :, c.expand_as(f), s.expand_as(f), f]  # (K, N, 3)
         return (q * self.weights).sum(0).argmax(-1)
 

@@ -66,6 +66,29 @@ def segment_base_rate(age_at_repair: torch.Tensor, repaired: torch.Tensor, table
     return torch.where(repaired, after, torch.as_tensor(p.wear_rate_new, dtype=after.dtype))
 
 
+def plan_index(
+    age: torch.Tensor,
+    repairs: torch.Tensor,
+    since: torch.Tensor,
+    rate: torch.Tensor,
+    step_size: int,
+    steps: int,
+    classes: int,
+    tables: SimTables,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The plan's coordinates (step t, repair class, steps since the repair, log-f index) of
+    engines at (flights flown, repairs, flights since the last repair, wear rate), for a plan of
+    `steps` + 1 steps and `classes` repair classes. `rate` may carry leading dims of its own (the
+    QMDP script's posterior points). No host sync: any device."""
+    t = torch.div(age, step_size, rounding_mode="floor").clamp(0, steps)
+    s = torch.div(since, step_size, rounding_mode="floor").clamp(0, steps)
+    base = segment_base_rate((age - since).double(), repairs > 0, tables)
+    log_factor = torch.log(rate.double().clamp(min=1e-9) / base)
+    grid = LOG_FACTOR_GRID
+    f = ((log_factor - float(grid[0])) / float(grid[1] - grid[0])).round().long().clamp(0, len(grid) - 1)
+    return t, repairs.clamp(0, classes - 1), s, f
+
+
 def plan(params: SimParams, step_size: int, max_flights: int, repair_draws: bool = False) -> torch.Tensor:
     """Best action (int8) for every (step t, repair class, steps since the repair, log-f index).
 
@@ -149,12 +172,7 @@ class OraclePolicy:
         wear rate): the true state for the oracle, an estimate of the rate for
         `policies.BeliefPolicy`. No host sync: any device."""
         table = self._on.setdefault(age.device, self.table.to(age.device))
-        steps = table.shape[0] - 1
-        t = torch.div(age, self.step_size, rounding_mode="floor").clamp(0, steps)
-        s = torch.div(since, self.step_size, rounding_mode="floor").clamp(0, steps)
-        base = segment_base_rate((age - since).double(), repairs > 0, self._tables)
-        log_factor = torch.log(rate.double().clamp(min=1e-9) / base)
-        grid = LOG_FACTOR_GRID
-        f = ((log_factor - float(grid[0])) / float(grid[1] - grid[0])).round().long().clamp(0, len(grid) - 1)
-        c = repairs.clamp(0, table.shape[1] - 1)
+        t, c, s, f = plan_index(
+            age, repairs, since, rate, self.step_size, table.shape[0] - 1, table.shape[1], self._tables
+        )
         return table[t, c, s, f].long()

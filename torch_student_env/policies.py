@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 from tensordict import TensorDict
 
-from torch_student_env.oracle import OraclePolicy
-from torch_student_env.sim.engine import SimTables, wear_rate_after_repair
+from torch_student_env.oracle import OraclePolicy, segment_base_rate
+from torch_student_env.sim.engine import SimTables
 from torch_student_env.sim.params import SimParams
 from torch_student_env.spec import DTAMB_COLUMN, SENSOR_NAMES, Action
 
@@ -145,7 +145,7 @@ def estimate_state(
     dtype = td["observation"].dtype
     repaired = repairs > 0
     start = (age - since).to(dtype)  # the flight of the last repair (0: the episode's start)
-    prior = torch.where(repaired, wear_rate_after_repair(start, tables), p.wear_rate_new).to(dtype)  # any device
+    prior = segment_base_rate(start, repaired, tables).to(dtype)  # any device
     spread = torch.where(repaired, p.wear_spread_repair, p.wear_spread_new)
     start_health = torch.where(repaired, 1.0, p.health_new).to(dtype)
     rows, row_noise = sensor_health_rows(td, p)  # (N, W), per-row noise std
