@@ -16,11 +16,10 @@ import time
 import torch
 from tensordict import TensorDict
 from tqdm.auto import tqdm
-from training import RunLogger, arg, final_report, parse_args, run_dir, run_results, save_checkpoint
+from training import RunLogger, Validator, arg, final_report, parse_args, run_dir, run_results, save_checkpoint
 
 from torch_student_env import make_env
 from torch_student_env.config import normalize_device
-from torch_student_env.evaluation import run_episodes, summarize
 from torch_student_env.models import QNetwork
 
 OBS_KEYS = ("observation", "valid", "flight")
@@ -102,6 +101,7 @@ def main(args: Args) -> dict:
     td = env.reset()
     buffer = ReplayBuffer(args.buffer_size, td.select(*OBS_KEYS), device)
     curve, global_step, next_eval, env_time = [], 0, args.eval_every, 0.0
+    validator = Validator(args.eval_envs, device)  # plays the baselines on the validation engines once
     start = time.perf_counter()
     bar = tqdm(total=args.total_steps, unit="step", desc="dqn_cnn", dynamic_ncols=True)
     while global_step < args.total_steps:
@@ -162,9 +162,8 @@ def main(args: Args) -> dict:
         bar.update(args.num_envs)
         if global_step >= next_eval or global_step >= args.total_steps:
             next_eval += args.eval_every
-            env_eval = make_env(num_envs=args.eval_envs, seed=5_000, device=device, fast=False)  # one episode each
-            stats = summarize(run_episodes(env_eval, q_net.act))
-            curve.append({"env_steps": global_step, "mean_return": stats["mean_return"], "ci95": stats["ci95"]})
+            stats = validator(q_net.act, global_step)
+            curve.append(stats)
             sps = global_step / (time.perf_counter() - start)
             log.scalars(
                 global_step, charts_validation_return=stats["mean_return"], charts_SPS=sps, charts_epsilon=epsilon
@@ -196,6 +195,7 @@ def main(args: Args) -> dict:
         best=best,
         extra={"train_seconds": wall, "env_steps": global_step},
         score_episodes=args.score_episodes,
+        references=validator.references(),
     )
     log.close()
     print((out / "eval.md").read_text())

@@ -22,12 +22,10 @@ from torchrl.modules import ProbabilisticActor, ValueOperator  # noqa: E402
 from torchrl.objectives import ClipPPOLoss  # noqa: E402
 from torchrl.objectives.value import GAE  # noqa: E402
 from tqdm.auto import tqdm
-from training import arg, final_report, parse_args, save_checkpoint
+from training import Validator, arg, final_report, parse_args, save_checkpoint
 
 from torch_student_env.adapters.torchrl import TorchRLStudentEnv
 from torch_student_env.config import normalize_device
-from torch_student_env.evaluation import run_episodes, summarize
-from torch_student_env.make import make_env
 from torch_student_env.models import SensorCNN
 from torch_student_env.spec import NUM_ACTIONS
 
@@ -95,6 +93,7 @@ def main(args: Args) -> None:
     def greedy(td):
         return logits(td.select(*IN_KEYS))["logits"].argmax(-1)
 
+    validator = Validator(256, device)  # plays the baselines on the validation engines once
     curve, steps, start = [], 0, time.perf_counter()
     bar = tqdm(total=args.total_steps, unit="step", desc="torchrl_ppo", dynamic_ncols=True)
     for i, batch in enumerate(collector):
@@ -114,9 +113,8 @@ def main(args: Args) -> None:
         collector.update_policy_weights_()
         bar.update(batch.numel())
         if (i + 1) % args.eval_every == 0 or steps >= args.total_steps:
-            env_eval = make_env(num_envs=256, seed=5_000, device=device, fast=False)  # one episode each: eager
-            stats = summarize(run_episodes(env_eval, greedy))
-            curve.append({"env_steps": steps, "mean_return": stats["mean_return"], "ci95": stats["ci95"]})
+            stats = validator(greedy, steps)
+            curve.append(stats)
             bar.set_postfix(sps=f"{steps / (time.perf_counter() - start):,.0f}", eval=f"{stats['mean_return']:,.0f}")
     collector.shutdown()
     bar.close()
@@ -139,6 +137,7 @@ def main(args: Args) -> None:
         device=device,
         extra={"train_seconds": wall, "env_steps": steps},
         score_episodes=args.score_episodes,
+        references=validator.references(),
     )
     print((out / "eval.md").read_text())
 

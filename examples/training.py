@@ -11,12 +11,17 @@ from typing import Any, TypeVar
 import torch
 
 from torch_student_env.evaluation import (
+    Episodes,
     evaluate_policies,
     evaluate_variants,
     markdown_table,
+    paired_difference,
     record_episode,
+    run_episodes,
+    summarize,
     worst_variant,
 )
+from torch_student_env.make import make_env
 from torch_student_env.policies import BASELINES, for_model, make_policy
 from torch_student_env.sim.variants import PLAUSIBLE
 
@@ -44,11 +49,56 @@ def arg(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse
     return dataclasses.field(default=default, metadata={"help": help})
 
 
+def check_counter_bins(counter_bins: int, player_keys: bool) -> None:
+    """Refuse, before anything is built, counter classes without the counters they are made of."""
+    if counter_bins < 0:
+        raise SystemExit(f"--counter-bins must be >= 0, got {counter_bins}")
+    if counter_bins and not player_keys:
+        raise SystemExit("--counter-bins reads the player-side counters: drop --no-player-keys or add --counter-bins 0")
+
+
 def save_checkpoint(path: Path, **state: Any) -> None:
     """Write atomically: a crash mid-save never leaves a truncated checkpoint behind."""
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
+
+
+VALIDATION_SEED = 5_000  # the learning curve's engines; the final table's are held out (10,000, 123)
+
+
+class Validator:
+    """The learning curve's points: the greedy policy on fixed engines (seed 5,000, one episode
+    each), and its difference to `belief` on the same engines, episode by episode. Paired, the
+    engines' luck cancels: the difference's CI is a third of the return's, so the zoomed panel
+    of the learning curve can show where the policy stands between the best rule and the oracle.
+    `belief`, the oracle and the rules are played once, at construction (a few seconds)."""
+
+    def __init__(self, num_envs: int, device: torch.device | str = "cpu", history: int | None = None) -> None:
+        self.env_kwargs = {"num_envs": num_envs, "seed": VALIDATION_SEED, "device": device, "fast": False}
+        if history is not None:
+            self.env_kwargs["history"] = history
+        names = ["belief", "oracle", *(name for name in BASELINES if BASELINES[name].rule)]
+        policies = {name: make_policy(name, seed=VALIDATION_SEED, device=device) for name in names}
+        self.returns = {name: self.play(policy).returns for name, policy in policies.items()}
+
+    def play(self, policy) -> Episodes:
+        """`policy`'s episodes on the validation engines (eager: one episode each is not worth a
+        compile)."""
+        return run_episodes(make_env(privileged=True, **self.env_kwargs), policy)
+
+    def references(self) -> dict[str, float]:
+        """Each baseline's mean return less `belief`'s on the validation engines (belief: 0)."""
+        belief = self.returns["belief"].double()
+        return {name: (returns.double() - belief).mean().item() for name, returns in self.returns.items()}
+
+    def __call__(self, policy, env_steps: int) -> dict[str, float]:
+        """One point of the curve: env steps, mean return ± 95 % CI, and `paired_diff` ±
+        `paired_ci95` to `belief`."""
+        episodes = self.play(policy)
+        stats = summarize(episodes)
+        point = {"env_steps": env_steps, "mean_return": stats["mean_return"], "ci95": stats["ci95"]}
+        return point | paired_difference(episodes.returns, self.returns["belief"])
 
 
 def final_report(
@@ -63,12 +113,14 @@ def final_report(
     variants: bool = False,
     history: int | None = None,
     score_episodes: int = 100,
+    references: dict[str, float] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Evaluate the `learned` policies (name -> policy; the first is plotted) against every
     baseline on held-out seeds; write eval.md/json and the PNGs. `variants`: also score each on
     every plausible model (`sim.variants.PLAUSIBLE`) and report its worst. `history`: every
     policy plays with that window (the client-side memory the learned ones trained with).
-    `score_episodes`: the challenge score's window (the challenge's is 100)."""
+    `score_episodes`: the challenge score's window (the challenge's is 100). `references`
+    (`Validator.references`): the learning curve's zoomed panel, paired with belief."""
     from torch_student_env.plotting import plot_episode, plot_learning_curve
 
     policies = dict(learned)
@@ -81,7 +133,8 @@ def final_report(
         seed=seed,
         device=device,
         progress=True,
-        paired_with="belief",
+        # belief: the player's reachable ceiling (the table's column); the rules: the verdict's bar
+        paired_with=("belief", *(name for name in BASELINES if BASELINES[name].rule)),
         history=history,
         score_episodes=score_episodes,
     )
@@ -114,9 +167,9 @@ def final_report(
     (out / "eval.json").write_text(json.dumps(report, indent=2))
     name, policy = next(iter(learned.items()))
     baselines = {k: v["mean_return"] for k, v in results.items() if k not in learned}
-    # where the policies of interest lie: from the best rule to the oracle (or belief, on few episodes)
-    zoom = (baselines[best_rule(results)], max(baselines["oracle"], baselines["belief"]))
-    plot_learning_curve(curve, baselines, out / "learning_curve.png", title=name.split(" ")[0], best=best, zoom=zoom)
+    plot_learning_curve(
+        curve, baselines, out / "learning_curve.png", title=name.split(" ")[0], best=best, paired=references
+    )
     trace = record_episode(policy, seed=seed + 1, device=device, history=history)
     plot_episode(trace, out / "episode.png", title=f"{name}, one engine")
     return results
@@ -129,25 +182,33 @@ def best_rule(results: dict[str, dict[str, float]]) -> str:
 
 
 def verdict(name: str, results: dict[str, dict[str, float]]) -> str:
-    """One line: policy `name` against the best rule (95 % CIs apart or not) and against
-    `belief`, paired episode by episode (`paired_with="belief"`)."""
+    """One line: policy `name` against the best rule and against `belief`. Where the results hold
+    paired differences (`evaluate_policies(paired_with=(...))`), "beats" means the paired 95 % CI
+    with the rule is above 0: the same engines, so the luck they share cancels. Otherwise it means
+    the two CIs are apart."""
     mine, rule = results[name], best_rule(results)
-    theirs = results[rule]
-    if mine["mean_return"] - mine["ci95"] > theirs["mean_return"] + theirs["ci95"]:
-        against_rule = "beats"
-    elif mine["mean_return"] + mine["ci95"] < theirs["mean_return"] - theirs["ci95"]:
-        against_rule = "is below"
+    theirs, paired = results[rule], mine.get("paired", {})
+    if rule in paired:
+        low, high = (paired[rule]["paired_diff"] + sign * paired[rule]["paired_ci95"] for sign in (-1, 1))
     else:
-        against_rule = "is within the CIs of"
+        low = mine["mean_return"] - mine["ci95"] - theirs["mean_return"] - theirs["ci95"]
+        high = mine["mean_return"] + mine["ci95"] - theirs["mean_return"] + theirs["ci95"]
+    against_rule = "beats" if low > 0 else "is below" if high < 0 else "is within the CIs of"
     gap = results["oracle"]["mean_return"] - theirs["mean_return"]
     closed = (mine["mean_return"] - theirs["mean_return"]) / gap if gap > 0 else float("nan")
     line = (
         f"{name} {against_rule} the best rule, {rule} ({mine['mean_return']:,.0f} vs {theirs['mean_return']:,.0f}: "
-        f"{100 * closed:.0f} % of the gap from it to the oracle)"
+        f"{100 * closed:.0f} % of the gap from it to the oracle"
+        + (f"; paired: {_signed(paired[rule])})" if rule in paired else ")")
     )
-    if "paired_diff" in mine:
-        line += f"; against belief, paired: {mine['paired_diff']:+,.0f} ± {mine['paired_ci95']:,.0f}"
+    if "belief" in paired or "paired_diff" in mine:
+        line += f"; against belief, paired: {_signed(paired.get('belief', mine))}"
     return line + "."
+
+
+def _signed(paired: dict[str, float]) -> str:
+    """A paired difference as `+d ± ci`."""
+    return f"{paired['paired_diff']:+,.0f} ± {paired['paired_ci95']:,.0f}"
 
 
 def run_dir(out: str, exp_name: str, seed: int, env_id: str = "TorchStudentEnv-v0") -> Path:

@@ -35,7 +35,8 @@ def _check_outputs(out: Path, name: str, logged: bool = True) -> dict:
     results = report["results"]
     baselines = {"random", "do_nothing", "time_based", "threshold", "belief", "oracle"}
     for r in results.values():
-        assert all(math.isfinite(v) for v in r.values())
+        assert all(math.isfinite(v) for v in r.values() if not isinstance(v, dict))
+        assert {"belief", "time_based", "threshold"} <= set(r["paired"])  # the verdict's references
     if report["variants"]:  # every policy on every plausible model, and the worst of each in the table
         from torch_student_env.sim.variants import PLAUSIBLE
 
@@ -137,15 +138,47 @@ def _ppo_module(monkeypatch):
     return module
 
 
+def _result(mean: float, ci: float, **paired: tuple[float, float]) -> dict:
+    """A row of `evaluate_policies`' results: mean ± CI, and paired (difference, CI) by reference."""
+    differences = {k: {"paired_diff": d, "paired_ci95": c} for k, (d, c) in paired.items()}
+    return {"mean_return": mean, "ci95": ci, "paired": differences}
+
+
+def test_the_verdict_judges_the_best_rule_by_the_paired_ci_and_reports_belief(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    from training import verdict
+
+    results = {
+        "oracle": _result(4745, 41),
+        "time_based": _result(4658, 38),
+        "threshold": _result(4519, 51),
+        "belief": _result(4740, 41),
+    }
+    # CIs overlap (4,731 - 41 < 4,658 + 38) but the paired CI is above 0: it beats the rule
+    results["me"] = _result(4731, 41, time_based=(73.0, 30.0), belief=(-9.0, 16.0))
+    line = verdict("me", results)
+    assert line.startswith("me beats the best rule, time_based (4,731 vs 4,658: 84 % of the gap")
+    assert "paired: +73 ± 30" in line and line.endswith("against belief, paired: -9 ± 16.")
+    results["me"] = _result(4680, 41, time_based=(22.0, 30.0), belief=(-60.0, 16.0))
+    assert verdict("me", results).startswith("me is within the CIs of the best rule, time_based")
+    results["me"] = _result(4600, 41, time_based=(-58.0, 30.0), belief=(-140.0, 16.0))
+    assert verdict("me", results).startswith("me is below the best rule")
+    # without paired results: the two CIs apart
+    results["me"] = {"mean_return": 4760.0, "ci95": 20.0}
+    assert verdict("me", results).startswith("me beats the best rule") and "belief" not in verdict("me", results)
+
+
 def test_a_recipe_sets_its_flags_where_they_are_left_at_their_defaults(monkeypatch):
     module = _ppo_module(monkeypatch)
     default = module.with_recipe(module.Args())
-    assert default.plan_inputs and default.teacher == "belief"  # residual: the plan and its teacher
-    scratch = module.with_recipe(module.Args(recipe="scratch"))
-    assert not scratch.plan_inputs and scratch.teacher == "" and scratch.player_keys
-    assert scratch.counter_flights == 100 and default.counter_flights == 0
-    assert module.with_recipe(module.Args(recipe="scratch", teacher="threshold")).teacher == "threshold"
-    with pytest.raises(SystemExit, match="--recipe must be one of \\['residual', 'scratch'\\], got 'best'"):
+    # scratch: the window and the counters (numbers and one-hot), undiscounted, no plan, no teacher
+    assert not default.plan_inputs and default.teacher == "" and default.player_keys and default.gamma == 1.0
+    assert default.counter_flights == 100 and default.counter_bins == 16
+    residual = module.with_recipe(module.Args(recipe="residual"))
+    assert residual.plan_inputs and residual.teacher == "belief" and residual.gamma == 0.99  # the plan and its teacher
+    assert residual.counter_flights == 0 and residual.counter_bins == 0
+    assert module.with_recipe(module.Args(recipe="residual", teacher="threshold")).teacher == "threshold"
+    with pytest.raises(SystemExit, match="--recipe must be one of \\['scratch', 'residual'\\], got 'best'"):
         module.with_recipe(module.Args(recipe="best"))
 
 
@@ -164,7 +197,8 @@ def test_ppo_main_returns_its_results_for_sweeps(tmp_path, monkeypatch):
     [
         (["--teacher", "oracle"], "reads the hidden state"),
         (["--teacher", "expert"], "unknown policy 'expert'"),
-        (["--no-player-keys"], "--plan-inputs reads the player-side counters"),
+        (["--no-player-keys"], "--counter-bins reads the player-side counters"),
+        (["--recipe", "residual", "--no-player-keys"], "--plan-inputs reads the player-side counters"),
     ],
 )
 def test_ppo_refuses_inputs_a_player_cannot_have(tmp_path, flags, message):
@@ -263,3 +297,22 @@ def test_torchrl_ppo_smoke(tmp_path):
     )
     report = _check_outputs(out, "torchrl_ppo", logged=False)
     assert report["env_steps"] == 256
+
+
+def test_sb3_ppo_smoke_and_its_saved_policy_plays_the_same(tmp_path, monkeypatch):
+    pytest.importorskip("stable_baselines3", reason="the SB3 recipe needs the [sb3] extra")
+    out = tmp_path / "sb3"
+    flags = ["--total-steps", "8192", "--eval-every", "4096", "--eval-envs", "8", "--final-eval-envs", "16"]
+    _run("examples/sb3_ppo.py", *flags, "--score-episodes", "8", "--out", str(out))
+    report = _check_outputs(out, "sb3_ppo", logged=False)
+    assert [c["env_steps"] for c in report["curve"]][-1] == 8192  # the curve ends where training does
+    assert all("paired_diff" in c for c in report["curve"])  # the zoomed panel's points
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    import sb3_ppo
+
+    from torch_student_env.evaluation import evaluate_policies
+
+    # checkpoint.pt is read with weights_only=True, and plays the held-out engines as in the report
+    policy = sb3_ppo.load_policy(out / "checkpoint.pt")
+    again = evaluate_policies({"sb3_ppo": policy}, num_envs=16, seed=10_000, history=10, score_episodes=8)
+    assert again["sb3_ppo"]["mean_return"] == report["results"]["sb3_ppo"]["mean_return"]

@@ -180,6 +180,20 @@ def test_paired_difference_by_hand_and_in_the_table():
         evaluate_policies({"fly": make_policy("do_nothing")}, num_envs=2, paired_with="rule")
 
 
+def test_paired_with_several_references_keeps_each_difference_and_the_first_as_the_column():
+    policies = {"fly": make_policy("do_nothing"), "rule": make_policy("time_based"), "belief": make_policy("belief")}
+    results = evaluate_policies(policies, num_envs=16, seed=5, stream_envs=1, paired_with=("belief", "rule"))
+    for r in results.values():
+        assert set(r["paired"]) == {"belief", "rule"}
+        assert r["paired_diff"] == r["paired"]["belief"]["paired_diff"]  # the first is the table's column
+        for ref in ("belief", "rule"):
+            gap = r["mean_return"] - results[ref]["mean_return"]
+            assert r["paired"][ref]["paired_diff"] == pytest.approx(gap, abs=1e-6)
+    assert results["rule"]["paired"]["rule"] == {"paired_diff": 0.0, "paired_ci95": 0.0}
+    with pytest.raises(ValueError, match="'nobody' is not one of the policies"):
+        evaluate_policies(policies, num_envs=2, paired_with=("belief", "nobody"))
+
+
 def test_run_episodes_counts_only_first_k_per_env():
     env = make_env(num_envs=4, seed=1)
     eps = run_episodes(env, make_policy("random", env), episodes_per_env=3)
@@ -340,3 +354,50 @@ def test_counter_flights_sets_the_unit_of_the_counters_and_old_configs_keep_the_
     assert ActorCritic.from_config(old | {"counter_flights": 100}).config()["counter_flights"] == 100
     with pytest.raises(ValueError, match="counter_flights must be >= 0"):
         ActorCritic(counter_flights=-1)
+
+
+def test_counter_bins_read_since_repair_in_steps_and_repairs_one_hot_with_an_open_last_class():
+    from torch_student_env.models import counter_one_hot
+
+    td = TensorDict(
+        {"since_repair": torch.tensor([0, 9, 10, 75, 400]), "repairs": torch.tensor([0, 1, 2, 3, 9])}, batch_size=[5]
+    )
+    one_hot = counter_one_hot(td, step_size=10, bins=4)
+    assert one_hot.shape == (5, 8)
+    # since_repair // 10, the last class open: 0, 0, 1, 3 (7 steps), 3 (40 steps); repairs 0, 1, 2, 3, 3 (9)
+    assert one_hot[:, :4].argmax(-1).tolist() == [0, 0, 1, 3, 3]
+    assert one_hot[:, 4:].argmax(-1).tolist() == [0, 1, 2, 3, 3]
+    assert (one_hot.sum(-1) == 2).all()
+    model = ActorCritic(player_keys=True, counter_bins=4, cnn_rows=10)
+    env = make_env(num_envs=3, seed=2)
+    td = env.reset()
+    assert model.get_value(td).shape == (3,)
+    assert ActorCritic.from_config(model.config()).counter_bins == 4
+    assert ActorCritic.from_config({"player_keys": True}).counter_bins == 0  # an older checkpoint's config
+    with pytest.raises(ValueError, match="counter_bins must be >= 0 and needs player_keys, got 4"):
+        ActorCritic(counter_bins=4)
+    with pytest.raises(ValueError, match="got -1"):
+        ActorCritic(player_keys=True, counter_bins=-1)
+
+
+def test_the_learning_curve_zooms_on_belief_the_oracle_and_the_best_rule(tmp_path):
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("matplotlib", reason="plots need the [examples] extra")
+    from PIL import Image
+
+    from torch_student_env.plotting import plot_learning_curve, zoom_band
+
+    references = {"belief": 0.0, "oracle": 9.0, "time_based": -118.0, "threshold": -230.0, "do_nothing": -2850.0}
+    diff = np.array([-2900.0, -140.0, -60.0, -30.0, -10.0])  # from random to near belief
+    shown, (low, high) = zoom_band(references, diff)
+    assert shown == {"belief": 0.0, "oracle": 9.0, "time_based": -118.0}  # the best rule only
+    assert low < -118.0 and high > 9.0  # every line and the curve's best point are inside
+    assert low > -2900.0 and low > -230.0  # the first point and the lower rules are not: they would squash it
+    curve = [{"env_steps": 100 * i, "mean_return": 4744.0 + d, "ci95": 80.0, "paired_diff": d, "paired_ci95": 20.0}
+             for i, d in enumerate(diff)]  # fmt: skip
+    baselines = {"oracle": 4753.0, "belief": 4744.0, "time_based": 4626.0}
+    two = plot_learning_curve(curve, baselines, tmp_path / "two.png", paired=references)
+    one = plot_learning_curve([{k: c[k] for k in ("env_steps", "mean_return", "ci95")} for c in curve],
+                              baselines, tmp_path / "one.png", paired=references)  # fmt: skip
+    # an old run's curve has no paired points: one panel, as before
+    assert Image.open(two).size[0] > 1.5 * Image.open(one).size[0]

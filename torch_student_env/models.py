@@ -82,6 +82,17 @@ def window_inputs(
     return obs, valid, torch.stack(scalars, dim=-1)
 
 
+def counter_one_hot(td: TensorDict | Mapping[str, torch.Tensor], step_size: int, bins: int) -> torch.Tensor:
+    """(*B, 2 * bins): `since_repair` in steps of `step_size` flights and `repairs`, each one-hot
+    over `bins` classes (the last holds everything beyond). A schedule "repair after k(r) steps
+    when r repairs are done" is then a sum of one weight per class in the logits, where scaled
+    counters ask a ReLU layer to carve the same steps out of a line."""
+    since = torch.div(td["since_repair"], step_size, rounding_mode="floor").clamp(0, bins - 1)
+    repairs = td["repairs"].clamp(0, bins - 1)
+    one_hot = nn.functional.one_hot
+    return torch.cat((one_hot(since.long(), bins), one_hot(repairs.long(), bins)), dim=-1)
+
+
 class SensorCNN(nn.Module):
     """Conv1d trunk over time: (N, W, 9) + valid (N, W) + scalars (N, S) -> features (N, hidden)."""
 
@@ -172,6 +183,7 @@ class ActorCritic(Checkpointable):
         step_size: int = 10,
         cnn_rows: int = 0,
         counter_flights: int = 0,
+        counter_bins: int = 0,
     ) -> None:
         super().__init__()
         for name, on in (("belief_inputs", belief_inputs), ("plan_inputs", plan_inputs)):
@@ -183,8 +195,10 @@ class ActorCritic(Checkpointable):
             raise ValueError(f"cnn_rows must be >= 0 (0: the whole window), got {cnn_rows}")
         if counter_flights < 0:
             raise ValueError(f"counter_flights must be >= 0 (0: max_flights), got {counter_flights}")
-        self.cnn_rows, self.counter_flights = cnn_rows, counter_flights
-        extra = (2 if belief_inputs else 0) + (NUM_ACTIONS if plan_inputs else 0)
+        if counter_bins < 0 or (counter_bins and not player_keys):
+            raise ValueError(f"counter_bins must be >= 0 and needs player_keys, got {counter_bins}")
+        self.cnn_rows, self.counter_flights, self.counter_bins = cnn_rows, counter_flights, counter_bins
+        extra = (2 if belief_inputs else 0) + (NUM_ACTIONS if plan_inputs else 0) + 2 * counter_bins
         self.trunk = SensorCNN(hidden, scalars=(3 if player_keys else 1) + extra)
         self._belief: BeliefPolicy | None = None  # built on first use: planning takes ~0.6 s
         self.actor = _layer_init(nn.Linear(hidden, NUM_ACTIONS), gain=0.01)
@@ -199,6 +213,7 @@ class ActorCritic(Checkpointable):
         "step_size",
         "cnn_rows",
         "counter_flights",
+        "counter_bins",
     )
 
     @property
@@ -231,6 +246,8 @@ class ActorCritic(Checkpointable):
         extra = td.get(EXTRA_INPUTS_KEY) if EXTRA_INPUTS_KEY in td.keys() else self.extra_inputs(td)
         if extra is not None:
             scalars = torch.cat((scalars, extra.to(scalars.dtype)), dim=-1)
+        if self.counter_bins:
+            scalars = torch.cat((scalars, counter_one_hot(td, self.step_size, self.counter_bins).to(scalars.dtype)), -1)
         return self.trunk(obs, valid, scalars)
 
     def get_value(self, td: TensorDict) -> torch.Tensor:

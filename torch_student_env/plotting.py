@@ -24,52 +24,75 @@ def plot_learning_curve(
     path: str | Path,
     title: str = "PPO + 1D-CNN",
     best: dict[str, float] | None = None,
-    zoom: tuple[float, float] | None = None,
+    paired: dict[str, float] | None = None,
 ) -> Path:
     """Validation return (mean, 95 % CI band) against env steps; the best checkpoint as a star;
     the baselines' held-out returns as labelled horizontal lines.
 
-    With `zoom` = (low, high), e.g. the best rule's and the oracle's returns, a second panel
-    shows the same curve on that band (extended down to the curve's best point), where the
-    policies of interest differ by a few percent that the full scale hides.
+    With `paired` (each baseline's mean return less `belief`'s on the validation engines, as
+    `examples/training.Validator.references` gives) and curve points that hold `paired_diff` ±
+    `paired_ci95`, a second panel shows the curve as its difference to `belief` on the same
+    engines, against those references: the band from the best rule to the oracle, a few percent
+    of the return that the full scale and the unpaired CI hide.
     """
-    fig = _figure(figsize=(13, 4.8) if zoom else (8, 4.8))
-    axes = fig.subplots(1, 2 if zoom else 1)
-    axes = list(axes) if zoom else [axes]
+    paired = paired if paired and curve and all("paired_diff" in c for c in curve) else None
+    fig = _figure(figsize=(13, 4.8) if paired else (8, 4.8))
+    axes = fig.subplots(1, 2 if paired else 1)
+    axes = list(axes) if paired else [axes]
     steps = np.array([c["env_steps"] for c in curve])
-    mean = np.array([c["mean_return"] for c in curve])
-    ci = np.array([c["ci95"] for c in curve])
     colors = ["tab:green", "tab:purple", "tab:blue", "tab:orange", "tab:red", "tab:brown", "tab:gray", "tab:olive"]
-    ranked = sorted(baselines.items(), key=lambda kv: -kv[1])
-    band = (-np.inf, np.inf)
-    if zoom:
-        low, high = zoom
-        margin = 0.35 * (high - low)
-        # down to the curve's best point too when it is below the band (validation seeds are not
-        # the baselines' held-out ones), so the panel always shows where the policy stands
-        band = (min(low, float(mean.max()) if len(mean) else low) - margin, high + margin)
-    for k, ax in enumerate(axes):
-        ax.fill_between(steps, mean - ci, mean + ci, color="black", alpha=0.2, label="95 % CI")
-        ax.plot(steps, mean, marker="o", markersize=4, color="black", label=f"{title} (greedy, validation seeds)")
-        if best is not None and best.get("env_steps"):
-            ax.plot(best["env_steps"], best["mean_return"], "*", color="gold", markersize=16, markeredgecolor="black",
-                    label=f"best checkpoint ({best['mean_return']:,.0f} at {best['env_steps']:,} steps)")  # fmt: skip
-        for (name, value), color in zip(ranked, colors, strict=False):
-            ax.axhline(value, linestyle="--", linewidth=1.2, color=color, label=f"{name} ({value:,.0f})")
-            if k == 1 and band[0] <= value <= band[1]:  # the zoomed panel names the lines it shows
-                ax.text(0.99, value, f"{name} ", transform=ax.get_yaxis_transform(), ha="right", va="bottom",
-                        fontsize=8, color=color)  # fmt: skip
-        ax.set_xlabel("env steps (1 step = 10 flights)")
-        ax.grid(alpha=0.3)
+    ranked = sorted(baselines, key=lambda name: -baselines[name])
+    color_of = dict(zip(ranked, colors, strict=False))
+    _curve_panel(axes[0], steps, curve, "mean_return", "ci95", f"{title} (greedy, validation seeds)")
+    if best is not None and best.get("env_steps"):
+        axes[0].plot(best["env_steps"], best["mean_return"], "*", color="gold", markersize=16, markeredgecolor="black",
+                     label=f"best checkpoint ({best['mean_return']:,.0f} at {best['env_steps']:,} steps)")  # fmt: skip
+    for name in ranked:
+        value = baselines[name]
+        axes[0].axhline(value, linestyle="--", linewidth=1.2, color=color_of[name], label=f"{name} ({value:,.0f})")
     axes[0].set_ylabel("mean episode return")
-    axes[0].set_title("Learning curve")
+    axes[0].set_title("Learning curve (baselines: held-out seeds)")
     axes[0].legend(fontsize=8, loc="best")
-    if zoom:
-        axes[1].set_ylim(*band)
-        axes[1].set_title("zoomed on the band from the best rule to the oracle")
+    if paired:
+        ax = axes[1]
+        diff = _curve_panel(ax, steps, curve, "paired_diff", "paired_ci95", title)
+        shown, band = zoom_band(paired, diff)
+        for name, value in shown.items():
+            ax.axhline(value, linestyle="--", linewidth=1.2, color=color_of.get(name, "tab:gray"))
+            ax.text(0.99, value, f"{name} ({value:+,.0f}) ", transform=ax.get_yaxis_transform(), ha="right",
+                    va="bottom", fontsize=8, color=color_of.get(name, "tab:gray"))  # fmt: skip
+        ax.set_ylim(*band)
+        ax.set_ylabel("mean return − belief's, same engines")
+        ax.set_title("zoomed: paired with belief on the validation engines")
     path = Path(path)
     fig.savefig(path, dpi=120)
     return path
+
+
+def zoom_band(paired: dict[str, float], diff: np.ndarray) -> tuple[dict[str, float], tuple[float, float]]:
+    """The zoomed panel's lines and y-range: `belief` (0), the oracle and the best of the other
+    references (the rules), and a range that holds them and the upper half of the curve's points
+    (the first points, near random, would squash the band the policies of interest lie in)."""
+    rules = {name: value for name, value in paired.items() if name not in ("belief", "oracle")}
+    shown = {name: paired[name] for name in ("belief", "oracle") if name in paired}
+    if rules:
+        best_rule = max(rules, key=rules.get)
+        shown[best_rule] = rules[best_rule]
+    low = min(min(shown.values()), float(np.median(diff)))
+    high = max(max(shown.values()), float(diff.max()))
+    margin = 0.3 * (high - low) + 1.0
+    return shown, (low - margin, high + margin)
+
+
+def _curve_panel(ax, steps: np.ndarray, curve: list[dict[str, float]], key: str, ci_key: str, label: str) -> np.ndarray:
+    """One panel's curve of `key` with its `ci_key` band; returns the curve's values."""
+    values = np.array([c[key] for c in curve])
+    ci = np.array([c[ci_key] for c in curve])
+    ax.fill_between(steps, values - ci, values + ci, color="black", alpha=0.2, label="95 % CI")
+    ax.plot(steps, values, marker="o", markersize=4, color="black", label=label)
+    ax.set_xlabel("env steps (1 step = 10 flights)")
+    ax.grid(alpha=0.3)
+    return values
 
 
 def plot_episode(trace: dict[str, np.ndarray], path: str | Path, title: str = "one engine's episode") -> Path:

@@ -10,7 +10,7 @@ count give the same episodes for every policy: comparisons are paired, not just 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -175,7 +175,7 @@ def evaluate_policies(
     device: torch.device | str = "cpu",
     progress: bool = False,
     stream_envs: int = 4,
-    paired_with: str | None = None,
+    paired_with: str | Sequence[str] | None = None,
     score_episodes: int = 100,
     **env_kwargs,
 ) -> dict[str, dict[str, float]]:
@@ -189,12 +189,16 @@ def evaluate_policies(
 
     `paired_with` names one of `policies`: each result then also holds `paired_diff` ± `paired_ci95`,
     its mean return less that policy's, episode by episode on the same engines (`paired_difference`).
+    Several names: the first gives `paired_diff` ± `paired_ci95`, and `paired[name]` holds the
+    difference to each (`{"paired_diff", "paired_ci95"}`).
 
     The env is built with `privileged=True` so the oracle can run; policies that read only the
     observation keys are unaffected.
     """
-    if paired_with is not None and paired_with not in policies:
-        raise ValueError(f"paired_with={paired_with!r} is not one of the policies {list(policies)}")
+    references = [paired_with] if isinstance(paired_with, str) else list(paired_with or ())
+    for reference in references:
+        if reference not in policies:
+            raise ValueError(f"paired_with={reference!r} is not one of the policies {list(policies)}")
     results, returns = {}, {}
     for name, policy in policies.items():
         env = make_env(num_envs=num_envs, seed=seed, device=device, privileged=True, **one_episode_each(env_kwargs))
@@ -205,9 +209,11 @@ def evaluate_policies(
             policy, num_envs=stream_envs, last=score_episodes, seed=seed + 1, device=device, **env_kwargs
         )
         results[name] |= challenge_score(stream, last=score_episodes)
-    if paired_with is not None:
+    if references:
         for name in policies:
-            results[name] |= paired_difference(returns[name], returns[paired_with])
+            results[name] |= paired_difference(returns[name], returns[references[0]])
+            if not isinstance(paired_with, str):
+                results[name]["paired"] = {ref: paired_difference(returns[name], returns[ref]) for ref in references}
     return results
 
 
