@@ -3,13 +3,14 @@
     pip install -e ".[sb3,examples]"
     python examples/sb3_ppo.py                 # < 10 min on a 2-core CPU
 
-SB3's own `PPO("MultiInputPolicy", VecNormalize(SB3VecEnv(player_keys=True)))` with the settings
-that matter here (README, "Stable-Baselines3" measures each):
-- `gamma=1`: the challenge scores the undiscounted sum of an episode's rewards, and a repair pays
-  its cost now for profit many steps later, which a discount undervalues;
-- the counters (`player`: age, since_repair, repairs) read next to a short window, both
-  normalised by `VecNormalize`, rewards scaled by a constant (`--reward-scale`) instead of by a
-  running return estimate.
+SB3's own `PPO("MultiInputPolicy", VecNormalize(SB3VecEnv(player_keys=True)))`, with what
+mattered (README, "Stable-Baselines3", measures each):
+- the counters (`player`: age, since_repair, repairs) also one-hot (`CounterClasses`): the best
+  schedule repairs after a number of flights that shrinks with the repairs, one weight per class
+  one-hot, where the MLP on the counters as numbers learns a fixed period (the time-based rule);
+- `gamma=1`: the challenge scores the undiscounted sum of an episode's rewards;
+- rewards times a constant (`--reward-scale`) instead of VecNormalize's running return scaling.
+The window (10 rows) and the counters are standardised by VecNormalize.
 
 Writes to --out: eval.md (the policy against every baseline on held-out seeds), eval.json,
 learning_curve.png and episode.png, and checkpoint.pt (the weights and the observation statistics,

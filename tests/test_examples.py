@@ -177,6 +177,7 @@ def test_a_recipe_sets_its_flags_where_they_are_left_at_their_defaults(monkeypat
     residual = module.with_recipe(module.Args(recipe="residual"))
     assert residual.plan_inputs and residual.teacher == "belief" and residual.gamma == 0.99  # the plan and its teacher
     assert residual.counter_flights == 0 and residual.counter_bins == 0
+    assert default.total_steps == 5_400_000 and residual.total_steps == 3_600_000
     assert module.with_recipe(module.Args(recipe="residual", teacher="threshold")).teacher == "threshold"
     with pytest.raises(SystemExit, match="--recipe must be one of \\['scratch', 'residual'\\], got 'best'"):
         module.with_recipe(module.Args(recipe="best"))
@@ -240,7 +241,7 @@ def test_evaluate_script_on_checkpoint_and_baselines(tmp_path):
     """A checkpoint of the plan-input model with kickstarting and a longer window scores through
     the evaluator, which rebuilds the model and the window from the checkpoint's `model` config."""
     out = tmp_path / "ppo"
-    flags = ["--plan-inputs", "--kickstart-fraction", "1", "--history", "20"]
+    flags = ["--recipe", "residual", "--kickstart-fraction", "1", "--history", "20"]  # plan input, belief teacher
     _run("examples/ppo_cnn.py", *tiny_ppo(384), *flags, "--out", str(out))
     assert "every policy with a window of 20 rows" in (out / "eval.md").read_text()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -59,7 +59,8 @@ def plot_learning_curve(
         shown, band = zoom_band(paired, diff)
         for name, value in shown.items():
             ax.axhline(value, linestyle="--", linewidth=1.2, color=color_of.get(name, "tab:gray"))
-            ax.text(0.99, value, f"{name} ({value:+,.0f}) ", transform=ax.get_yaxis_transform(), ha="right",
+            # at the left, where the curve is still far below the band
+            ax.text(0.01, value, f" {name} ({value:+,.0f})", transform=ax.get_yaxis_transform(), ha="left",
                     va="bottom", fontsize=8, color=color_of.get(name, "tab:gray"))  # fmt: skip
         ax.set_ylim(*band)
         ax.set_ylabel("mean return − belief's, same engines")
