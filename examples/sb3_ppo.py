@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 from training import (
     Validator,
     arg,
@@ -203,8 +204,10 @@ class Validation(BaseCallback):
         self.args, self.classes, self.curve, self.next_eval = args, classes, [], 0
         self.validator = Validator(args.eval_envs, history=args.history)
         self.best = {"mean_return": float("-inf"), "env_steps": 0}
+        self.bar = tqdm(total=args.total_steps, unit="step", desc="sb3_ppo", dynamic_ncols=True)
 
     def _on_step(self) -> bool:
+        self.bar.update(self.model.num_timesteps - self.bar.n)
         if self.num_timesteps >= self.next_eval:
             self.next_eval += self.args.eval_every
             self.evaluate()
@@ -214,7 +217,7 @@ class Validation(BaseCallback):
         policy = as_policy(self.model, self.training_env, self.classes, self.args.player_keys)
         point = self.validator(policy, self.num_timesteps)
         self.curve.append(point)
-        print(
+        self.bar.write(
             f"{self.num_timesteps:>10,} steps: validation return {point['mean_return']:,.0f}, "
             f"{point['paired_diff']:+,.0f} ± {point['paired_ci95']:,.0f} to belief"
         )
@@ -235,6 +238,7 @@ def main(args: Args) -> dict:
     model.learn(args.total_steps, callback=validation, progress_bar=False)
     if validation.curve[-1]["env_steps"] != model.num_timesteps:  # the curve ends where training does
         validation.evaluate()
+    validation.bar.close()
     wall = time.perf_counter() - start
     save_policy(out / "checkpoint.pt", args, model, venv)
     print(f"trained {model.num_timesteps:,} env steps in {wall:.0f} s")
