@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from torch_student_env import make_env
+from torch_student_env import Action, make_env
 from torch_student_env.evaluation import run_episodes, summarize
 from torch_student_env.policies import BeliefPolicy, make_policy, sensor_health
 
@@ -131,3 +131,23 @@ def test_averaging_the_plan_over_no_spread_is_the_belief_policy():
     command = [sys.executable, str(script), "--episodes", "64", "--history", "30", "--widen", "1e-6"]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     assert "| QMDP, spread × 1e-06 |" in out and out.rstrip().endswith("| +0.0 ± 0.0 |")
+
+
+def test_the_counter_schedule_reads_the_counters_alone():
+    from torch_student_env.policies import CounterSchedulePolicy
+
+    env = make_env(num_envs=64, seed=8)
+    schedule, td = CounterSchedulePolicy(), env.reset()
+    repairs_at: dict[int, set[int]] = {}
+    for _ in range(30):
+        action = schedule(td)
+        blind = td.clone()
+        blind["observation"].normal_()  # other rows, the same counters: the same actions
+        assert torch.equal(schedule(blind), action)
+        for r, since in zip(td["repairs"][action == Action.REPAIR].tolist(),
+                            td["since_repair"][action == Action.REPAIR].tolist(), strict=True):  # fmt: skip
+            repairs_at.setdefault(r, set()).add(since)
+        td = env.step(action)
+    # a schedule: engines with the same repair count repair after the same flights, whatever
+    # their own wear; several repairs are planned
+    assert len(repairs_at) >= 3 and all(len(flights) == 1 for flights in repairs_at.values())

@@ -189,6 +189,24 @@ class BeliefPolicy:
         return self.oracle.act(td["age"], td["repairs"], td["since_repair"], rate)
 
 
+class CounterSchedulePolicy:
+    """The oracle's plan played at the segment's mean wear rate (`oracle.segment_base_rate`):
+    a function of the player-side counters alone, never of the rows. On the fitted model it is
+    level with `belief` (README, "Baselines"): what a learned policy needs is this schedule, and
+    the sensors add nothing measurable to it. Not a `BASELINES` entry: it plans on the model,
+    so it is not a rule, and `belief` is already the reference for what a player can reach."""
+
+    def __init__(self, params: SimParams | None = None, step_size: int = 10, max_flights: int = 1000) -> None:
+        self.params = params or SimParams()
+        self.oracle = OraclePolicy(self.params, step_size, max_flights)
+        self._tables = SimTables(self.params, torch.device("cpu"))
+
+    def __call__(self, td: TensorDict) -> torch.Tensor:
+        age, repairs, since = td["age"], td["repairs"], td["since_repair"]
+        rate = segment_base_rate((age - since).double(), repairs > 0, self._tables)
+        return self.oracle.act(age, repairs, since, rate)
+
+
 @dataclass(frozen=True)
 class PolicySettings:
     """What a baseline is built from: the env's step size and flight limit, the model it reads
