@@ -162,7 +162,29 @@ def estimate_state(
     return (health, rate, ((1 - gain) * var_prior).sqrt()) if with_spread else (health, rate)
 
 
-class BeliefPolicy:
+class CounterSchedulePolicy:
+    """The oracle's plan played at the segment's mean wear rate (`oracle.segment_base_rate`):
+    a function of the player-side counters alone, never of the rows. On the fitted model it is
+    level with `belief` (README, "Baselines"): what a learned policy needs is this schedule, and
+    the sensors add nothing measurable to it. Not a `BASELINES` entry: it plans on the model,
+    so it is not a rule, and `belief` is already the reference for what a player can reach.
+    `BeliefPolicy` plays the same plan at a rate refined by the rows (`rate`)."""
+
+    def __init__(self, params: SimParams | None = None, step_size: int = 10, max_flights: int = 1000) -> None:
+        self.params = params or SimParams()
+        self.oracle = OraclePolicy(self.params, step_size, max_flights)
+        self._tables = SimTables(self.params, torch.device("cpu"))
+
+    def rate(self, td: TensorDict) -> torch.Tensor:
+        """The wear rate (N,) the plan is played at: the segment's mean, from the counters."""
+        age, since = td["age"], td["since_repair"]
+        return segment_base_rate((age - since).double(), td["repairs"] > 0, self._tables)
+
+    def __call__(self, td: TensorDict) -> torch.Tensor:
+        return self.oracle.act(td["age"], td["repairs"], td["since_repair"], self.rate(td))
+
+
+class BeliefPolicy(CounterSchedulePolicy):
     """The oracle's plan, played at a state estimated from what a player can know: the sensor rows
     and the player-side counters (`age`, `since_repair`, `repairs`), never the hidden state.
 
@@ -175,36 +197,13 @@ class BeliefPolicy:
     the privileged oracle and this policy is the price of information.
     """
 
-    def __init__(self, params: SimParams | None = None, step_size: int = 10, max_flights: int = 1000) -> None:
-        self.params = params or SimParams()
-        self.oracle = OraclePolicy(self.params, step_size, max_flights)
-        self._tables = SimTables(self.params, torch.device("cpu"))
-
     def estimate(self, td: TensorDict) -> tuple[torch.Tensor, torch.Tensor]:
         """(health, wear rate) (N,) estimated from the rows and the player-side counters."""
         return estimate_state(td, self.params, self._tables)
 
-    def __call__(self, td: TensorDict) -> torch.Tensor:
-        _, rate = self.estimate(td)
-        return self.oracle.act(td["age"], td["repairs"], td["since_repair"], rate)
-
-
-class CounterSchedulePolicy:
-    """The oracle's plan played at the segment's mean wear rate (`oracle.segment_base_rate`):
-    a function of the player-side counters alone, never of the rows. On the fitted model it is
-    level with `belief` (README, "Baselines"): what a learned policy needs is this schedule, and
-    the sensors add nothing measurable to it. Not a `BASELINES` entry: it plans on the model,
-    so it is not a rule, and `belief` is already the reference for what a player can reach."""
-
-    def __init__(self, params: SimParams | None = None, step_size: int = 10, max_flights: int = 1000) -> None:
-        self.params = params or SimParams()
-        self.oracle = OraclePolicy(self.params, step_size, max_flights)
-        self._tables = SimTables(self.params, torch.device("cpu"))
-
-    def __call__(self, td: TensorDict) -> torch.Tensor:
-        age, repairs, since = td["age"], td["repairs"], td["since_repair"]
-        rate = segment_base_rate((age - since).double(), repairs > 0, self._tables)
-        return self.oracle.act(age, repairs, since, rate)
+    def rate(self, td: TensorDict) -> torch.Tensor:
+        """The wear rate (N,) the plan is played at: the estimate from the rows and the counters."""
+        return self.estimate(td)[1]
 
 
 @dataclass(frozen=True)
