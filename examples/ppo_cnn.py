@@ -175,11 +175,6 @@ def main(args: Args) -> dict | None:
     out = run_dir(args.out, "ppo_cnn", args.seed)
     out.mkdir(parents=True, exist_ok=True)
     log = RunLogger(out, dataclasses.asdict(args), args.track) if lead else None
-    validator = Validator(args.eval_envs, device, args.history) if lead else None  # plays the baselines once
-    torch.manual_seed(args.seed)  # the same on every rank: identical initial weights
-    batch_size = args.num_envs * args.num_steps
-    num_updates = max(1, args.total_steps // (batch_size * world))  # --total-steps counts all ranks
-
     env = make_env(
         num_envs=args.num_envs,
         step_size=args.step_size,
@@ -189,7 +184,17 @@ def main(args: Args) -> dict | None:
         fast=args.fast,
         env_offset=rank * args.num_envs,
         validate_actions=False,  # sampled from the policy's 3 logits: always valid, and no sync on GPU
+        # The first step waits for the compiled step if it is still building (a cold cache): eager
+        # and compiled steps agree to float rounding, not bit for bit, so a run replays exactly
+        # from its seed only if it steps one way from the start.
+        wait_compiled=True,
     )
+    first_td = env.reset()  # a cold cache's build starts here, while the validator plays its baselines
+    validator = Validator(args.eval_envs, device, args.history) if lead else None  # plays the baselines once
+    torch.manual_seed(args.seed)  # the same on every rank: identical initial weights
+    batch_size = args.num_envs * args.num_steps
+    num_updates = max(1, args.total_steps // (batch_size * world))  # --total-steps counts all ranks
+
     agent = ActorCritic(
         max_flights=env.config.max_steps_per_episode,
         player_keys=args.player_keys,
@@ -209,7 +214,7 @@ def main(args: Args) -> dict | None:
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     teacher = make_policy(args.teacher, env) if args.teacher else None
     kickstart_updates = args.kickstart_fraction * num_updates if teacher is not None else 0.0
-    rollout, td = new_rollout(env.reset(), agent, args.num_steps)
+    rollout, td = new_rollout(first_td, agent, args.num_steps)
 
     run = {
         "update": 0,

@@ -14,6 +14,10 @@ from torch_student_env import make_env
 # the "fast" path below), and test_fast_path holds it equal to eager; the default itself is
 # tested there with this variable unset. Subprocesses (examples, servers) inherit it.
 os.environ.setdefault("TORCH_STUDENT_ENV_FAST", "0")
+# ... and the envs that do compile wait for their library, so that a "fast" test runs the compiled
+# step from its first step instead of eagerly while it builds (test_fast_path tests the build in
+# the background with this unset).
+os.environ.setdefault("TORCH_STUDENT_ENV_WAIT_COMPILED", "1")
 
 # Under pytest-xdist (the README's command: one worker per core), each worker is a process of its
 # own: one intra-op thread each, or the workers' threads would fight over the cores.

@@ -1,15 +1,16 @@
-"""The compiled fast path: equal to eager, one library per configuration whatever the number of
-engines, on by default on the CPU, and an eager fallback with one warning where compiling fails."""
+"""The compiled fast path: built in the background while the env steps eagerly, equal to eager,
+one library per configuration whatever the number of engines, on by default on the CPU. How builds
+are shared, interrupted and refused: tests/test_builds.py."""
 
 from __future__ import annotations
 
-import warnings
+import logging
 
 import pytest
 import torch
 
 from torch_student_env import compiled, make_env
-from torch_student_env.config import FAST_ENV_VAR
+from torch_student_env.config import FAST_ENV_VAR, WAIT_COMPILED_ENV_VAR
 
 pytestmark = pytest.mark.compiles
 
@@ -31,6 +32,34 @@ def _play_both(eager, fast, steps: int, n: int, gen: torch.Generator) -> tuple[i
         ended += int(a["done"].sum())
         quiet += int(not a["done"].any())
     return ended, quiet
+
+
+def test_a_new_configuration_steps_eagerly_at_once_then_moves_to_its_library(monkeypatch, caplog):
+    """Nobody waits for the compiler: with the configuration's library missing, the first steps
+    run eagerly while a separate process builds it; the env moves to it between two steps, and
+    the episodes go on as eager ones do. Runs first: the tests below load what it built."""
+    monkeypatch.delenv(WAIT_COMPILED_ENV_VAR, raising=False)
+    kwargs = dict(num_envs=48, seed=12, privileged=True)
+    eager, fast = make_env(fast=False, **kwargs), make_env(fast=True, **kwargs)
+    assert not fast.config.wait_compiled
+    compiled.library_path(fast._step.key).unlink(missing_ok=True)  # a cold cache, for this configuration
+    monkeypatch.setattr(compiled, "_loaded", {})
+    started = compiled.stats.started
+    with caplog.at_level(logging.INFO, logger="torch_student_env"):
+        a, b = eager.reset(), fast.reset()
+        assert fast.step_kind == "building" and compiled.stats.started == started + 1
+        gen = torch.Generator().manual_seed(48)
+        for _ in range(3):  # eager on both sides: the same code, the same numbers
+            actions = torch.multinomial(torch.tensor([0.84, 0.15, 0.01]), 48, replacement=True, generator=gen)
+            a, b = eager.step(actions), fast.step(actions)
+            assert torch.equal(a["observation"], b["observation"]) and torch.equal(a["reward"], b["reward"])
+        assert fast._step.eager_steps >= 3
+        assert fast.wait_compiled() == "compiled"
+        ended, _ = _play_both(eager, fast, 40, 48, gen)  # the same episodes go on, compiled
+    assert ended > 0 and compiled.stats.started == started + 1 and compiled.library_path(fast._step.key).exists()
+    messages = [r.getMessage() for r in caplog.records if r.name == "torch_student_env"]
+    assert sum("in the background" in m for m in messages) == 1
+    assert sum("now runs compiled" in m for m in messages) == 1
 
 
 @pytest.mark.parametrize("n", [48, 1, 5, 257])  # 257: a library of its own (from compiled.STATIC_MIN_ENVS)
@@ -84,68 +113,6 @@ def test_fast_path_is_the_default_on_cpu_at_every_size(monkeypatch):
     assert not make_env(num_envs=4, fast=False).config.fast
     monkeypatch.setenv(FAST_ENV_VAR, "0")
     assert not make_env(num_envs=4).config.fast and make_env(num_envs=4, fast=True).config.fast
-
-
-def test_a_machine_that_cannot_compile_steps_eagerly_after_one_warning(monkeypatch, tmp_path):
-    """No C++ compiler, no inductor: the compile raises, the env warns once (saying why) and
-    plays exactly the eager episodes; nothing raises."""
-
-    def no_compiler(*args, **kwargs):
-        raise OSError("no C++ compiler found (simulated)")
-
-    # The first step of compiling fails (a build without the compiler's export fails there too),
-    # which spares the suite a 5-15 s trace: the fallback is the same whichever step raises.
-    monkeypatch.setenv(compiled.CACHE_ENV_VAR, str(tmp_path))  # nothing cached: it must compile
-    monkeypatch.setattr(torch.export, "export", no_compiler)
-    monkeypatch.setattr(compiled, "_loaded", {})
-    from torch_student_env import env as env_module
-
-    monkeypatch.setattr(env_module, "_warned", set())
-    eager = make_env(num_envs=6, seed=3, fast=False, history=7)
-    fast = make_env(num_envs=6, seed=3, fast=True, history=7)
-    eager.reset(), fast.reset()
-    with pytest.warns(RuntimeWarning, match="could not compile the env step .*no C\\+\\+ compiler") as caught:
-        for _ in range(3):
-            actions = torch.tensor([0, 1, 2, 0, 1, 0])
-            a, b = eager.step(actions), fast.step(actions)
-            assert torch.equal(a["observation"], b["observation"]) and torch.equal(a["reward"], b["reward"])
-    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
-    # another env of the same process: the same reason is not repeated
-    again = make_env(num_envs=2, seed=3, fast=True, history=7)
-    again.reset()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        again.step(torch.zeros(2, dtype=torch.int64))
-    assert not list(tmp_path.glob("*.pt2"))  # nothing half-written is left to load later
-
-
-def test_a_corrupt_cached_library_is_compiled_again(monkeypatch, tmp_path):
-    """A truncated file where the library should be is replaced, not trusted."""
-    monkeypatch.setenv(compiled.CACHE_ENV_VAR, str(tmp_path))
-    monkeypatch.setattr(compiled, "_loaded", {})
-    calls = []
-
-    def fake_compile(key, step, example, path):
-        calls.append(path)
-        raise compiled.CompileUnavailable("simulated: compiling is refused here")
-
-    env = make_env(num_envs=3, seed=0, fast=True, history=7)
-    env.reset()
-    key_path = None
-
-    def capture(key):
-        nonlocal key_path
-        key_path = original(key)
-        key_path.parent.mkdir(parents=True, exist_ok=True)
-        key_path.write_bytes(b"not a library")
-        return key_path
-
-    original = compiled._library_path
-    monkeypatch.setattr(compiled, "_library_path", capture)
-    monkeypatch.setattr(compiled, "_compile", fake_compile)
-    with pytest.warns(RuntimeWarning, match="simulated: compiling is refused"):
-        env.step(torch.zeros(3, dtype=torch.int64))
-    assert calls == [key_path] and not key_path.exists()  # the bad file was removed, then recompiled
 
 
 def test_the_compiled_step_reads_state_of_any_layout():

@@ -103,6 +103,9 @@ FAST_PATH_MIN_ENVS = 8192
 # "0" makes eager the default everywhere (fast= still chooses per env): for runs that make many
 # short-lived configurations, such as this project's test suite, where each would compile once.
 FAST_ENV_VAR = "TORCH_STUDENT_ENV_FAST"
+# "1" makes wait_compiled=True the default: fast envs wait for their compiled step instead of
+# stepping eagerly while it builds (tests and benchmarks of the compiled step, reproducible runs).
+WAIT_COMPILED_ENV_VAR = "TORCH_STUDENT_ENV_WAIT_COMPILED"
 
 
 def default_fast(device: torch.device, num_envs: int) -> bool:
@@ -126,13 +129,20 @@ class EnvConfig:
     `fast` compiles the whole step (the simulator's kernel and the env's window update) into one
     graph. It applies to the embedded simulator only. On the CPU the graph is compiled ahead of
     time and kept on disk (`compiled`: one library for every count below 256 engines, one per
-    count from there): the first env of a configuration compiles for about 30 s (one log line
-    says so), later ones and later processes load it in under a second, and a machine that
-    cannot compile steps eagerly after one warning. None (default) turns it on for CPU envs, and on accelerators from
-    `FAST_PATH_MIN_ENVS` engines (there `torch.compile` makes one graph per shape); the
-    environment variable `TORCH_STUDENT_ENV_FAST=0` makes eager the default. A fast accelerator
-    env raises `torch._dynamo.config.recompile_limit`, a process-wide setting, to at least
-    `env.FAST_PATH_GRAPHS` (64); it never lowers it.
+    count from there), and nobody waits for it: the first env of a configuration steps eagerly
+    at once while a separate process builds the library (20-60 s on a cold cache), and moves to
+    it between two steps once it is ready; later envs and processes load it in under a second
+    (`env.step_kind` says which runs). `wait_compiled=True` waits for the library at the first
+    step instead (the build starts at the first reset) (None: `TORCH_STUDENT_ENV_WAIT_COMPILED=1` says so, else no): eager and
+    compiled steps agree to float rounding, not bit for bit, so a run that must replay exactly
+    from its seed whatever the cache holds asks for it. A machine that
+    cannot compile steps eagerly after one warning, and remembers it. `python -m
+    torch_student_env.build` builds the common configurations ahead of time. `fast=None`
+    (default) turns it on for CPU envs, and on accelerators from `FAST_PATH_MIN_ENVS` engines
+    (there `torch.compile` makes one graph per shape, on the first step); the environment
+    variable `TORCH_STUDENT_ENV_FAST=0` makes eager the default. A fast accelerator env raises
+    `torch._dynamo.config.recompile_limit`, a process-wide setting, to at least
+    `fast_path.FAST_PATH_GRAPHS` (64); it never lowers it.
     `env_offset` makes this env's engine i the engine `env_offset + i` of one big env with the
     same seed: shards of a run on several processes or devices reproduce one large env.
     `device` is normalised (`normalize_device`): "cuda" becomes "cuda:<current>", "cpu:0" "cpu".
@@ -157,6 +167,7 @@ class EnvConfig:
     seed: int | None = None
     validate_actions: bool = True
     fast: bool | None = None
+    wait_compiled: bool | None = None
     env_offset: int = 0
     final_observation: bool = True
     sim_params: SimParams = field(default_factory=SimParams)
@@ -186,6 +197,10 @@ class EnvConfig:
             raise ValueError(f"autoreset_mode must be one of {names}, got {self.autoreset_mode!r}") from None
         if self.fast is None:
             object.__setattr__(self, "fast", default_fast(self.device, self.num_envs))
+        if self.wait_compiled is None:
+            object.__setattr__(self, "wait_compiled", os.environ.get(WAIT_COMPILED_ENV_VAR, "0").strip() == "1")
+        if not isinstance(self.wait_compiled, bool):
+            raise TypeError(f"wait_compiled must be a bool, got {self.wait_compiled!r}")
         if not isinstance(self.final_observation, bool):
             raise TypeError(f"final_observation must be a bool, got {self.final_observation!r}")
         if not isinstance(self.sim_params, SimParams):

@@ -1,11 +1,12 @@
-"""`TorchStudentEnv`: N engines stepped together, TensorDict batches out, auto-reset inside `step`."""
+"""`TorchStudentEnv`: N engines stepped together, TensorDict batches out, auto-reset inside `step`.
+
+The public API: validation, the TensorDict outputs, checkpoints. The episode rules are pure
+functions in `episode`; how a step runs (eager, compiled) is `fast_path`'s choice.
+"""
 
 from __future__ import annotations
 
-import functools
-import warnings
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from numbers import Integral
 from typing import Any
 
@@ -13,7 +14,6 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
-from torch_student_env import compiled
 from torch_student_env.backends.base import Backend
 from torch_student_env.config import (
     MAX_ENV_OFFSET,
@@ -25,275 +25,9 @@ from torch_student_env.config import (
     check_step_size,
     same_device,
 )
-from torch_student_env.eager import below_autograd
-from torch_student_env.spec import HEALTH_COLUMN, NUM_ACTIONS, NUM_FEATURES, ROW_WIDTH, Action, AutoresetMode
-from torch_student_env.types import Transition
-from torch_student_env.window import push_rows
-
-_REPAIR = int(Action.REPAIR)  # a plain int: compiled code compares IntEnums as False
-
-
-@dataclass(frozen=True)
-class EpisodeBuffers:
-    """What the env keeps per engine between steps (the backend keeps the engines themselves).
-
-    Engines are the first dimension of the window (the simulator keeps them last): each engine's
-    window is one contiguous (W, 10) block, so shifting rows in is a contiguous copy per engine,
-    and the (N, W, 9) observation handed out is a view of it (`window.push_rows`).
-    """
-
-    window: torch.Tensor  # (N, W, 10) float32: the 9 features + hidden health of the last W rows
-    window_flight: torch.Tensor  # (N, W) int64: flight index of each row, -1 = padding; oldest first
-    active: torch.Tensor  # (N,) bool: in an episode (False: finished, awaiting its restart)
-    last_terminated: torch.Tensor  # (N,) bool: flags that engines not flown repeat
-    last_truncated: torch.Tensor  # (N,) bool
-    return_so_far: torch.Tensor  # (N,) float32: reward of the current episode
-    age: torch.Tensor  # (N,) int64: flights flown in the current episode (the server's counter)
-    since_repair: torch.Tensor  # (N,) int64: flights since the last repair (or the start)
-    repairs: torch.Tensor  # (N,) int64: repairs done in the current episode
-
-
-def empty_buffers(num_envs: int, history: int, device: torch.device) -> EpisodeBuffers:
-    """Buffers before the first reset: padding everywhere, no engine active."""
-    flags = torch.zeros(num_envs, dtype=torch.bool, device=device)
-    counts = torch.zeros(num_envs, dtype=torch.int64, device=device)
-    return EpisodeBuffers(
-        window=torch.zeros(num_envs, history, ROW_WIDTH, device=device),
-        window_flight=torch.full((num_envs, history), -1, dtype=torch.int64, device=device),
-        active=flags,
-        last_terminated=flags,
-        last_truncated=flags,
-        return_so_far=torch.zeros(num_envs, device=device),
-        age=counts,
-        since_repair=counts,
-        repairs=counts,
-    )
-
-
-def restart_episodes(buffers: EpisodeBuffers, mask: torch.Tensor, first_rows: torch.Tensor) -> EpisodeBuffers:
-    """Masked engines get a fresh window (padding, then their reset row, flight 0) and bookkeeping.
-
-    `first_rows` (N, 10) as the backend returns them.
-    """
-    window, window_flight = buffers.window, buffers.window_flight
-    # Selects on the slot index rather than a concatenated fresh window: nothing extra to allocate.
-    newest = torch.arange(window.shape[1], device=window.device) == window.shape[1] - 1  # (W,)
-    # contiguous rows: the backend's are a view of engines-last memory, which `where` would copy
-    fresh = torch.where(newest.unsqueeze(1), first_rows.contiguous().unsqueeze(1), 0.0)  # (N, W, 10)
-    return EpisodeBuffers(
-        window=torch.where(mask.view(-1, 1, 1), fresh, window),
-        window_flight=torch.where(mask.unsqueeze(1), torch.where(newest, 0, -1), window_flight),
-        active=buffers.active | mask,
-        last_terminated=buffers.last_terminated & ~mask,
-        last_truncated=buffers.last_truncated & ~mask,
-        return_so_far=torch.where(mask, 0.0, buffers.return_so_far),
-        age=torch.where(mask, 0, buffers.age),
-        since_repair=torch.where(mask, 0, buffers.since_repair),
-        repairs=torch.where(mask, 0, buffers.repairs),
-    )
-
-
-def window_step(
-    buffers: EpisodeBuffers,
-    transition: Transition,
-    actions: torch.Tensor,
-    stepped: torch.Tensor,
-    first_rows: torch.Tensor | None,
-    final_observation: bool = True,
-) -> tuple[EpisodeBuffers, dict[str, torch.Tensor]]:
-    """The env's side of a step: push the flown rows, count, build the outputs, restart the ended.
-
-    `stepped` (N,) are the engines that flew (in an episode and asked to step); the others earn 0
-    and repeat their last flags. `first_rows` (N, 10) are the backend's fresh episodes (same-step
-    autoreset), or None to leave the ended engines inactive (the same thing when none ended).
-    The player-side counters are counted here from the actions and the backend's flight counter,
-    which is all a client of the real server has. `final_observation=False` leaves out the
-    `FINAL_KEYS`. A pure function of tensors, so the fast path compiles it whole.
-    """
-    n_new = transition.row_flown.sum(1)  # 0 for engines that did not fly
-    # the simulator's rows are a view of engines-last memory: one copy of K rows makes the W-row shift contiguous
-    window = push_rows(buffers.window, transition.rows.contiguous(), n_new)
-    window_flight = push_rows(buffers.window_flight, transition.row_flight, n_new)
-    terminated = torch.where(stepped, transition.terminated, buffers.last_terminated)
-    truncated = torch.where(stepped, transition.truncated, buffers.last_truncated)
-    reward = torch.where(stepped, transition.reward, 0.0)
-    ended = transition.ended(stepped)  # finished in this call
-    age = torch.where(stepped, transition.flights, buffers.age)
-    repaired = stepped & (actions == _REPAIR)  # paid before the step's flights
-    since_repair = torch.where(repaired, 0, buffers.since_repair) + (age - buffers.age)
-    repairs = buffers.repairs + repaired.long()
-    return_so_far = buffers.return_so_far + reward
-    out = {
-        "reward": reward,
-        "terminated": terminated,
-        "truncated": truncated,
-        "done": terminated | truncated,
-        "new_rows": n_new,
-        "flew": stepped,
-        # the real server answers this with an error and no row (docs/protocol.md)
-        "failed_first_flight": ended & transition.failed & (n_new == 0),
-        "episode_ended": ended,
-        "episode_return": torch.where(ended, return_so_far, 0.0),
-        "episode_length": torch.where(ended, age, 0),
-        "episode_repairs": torch.where(ended, repairs, 0),
-        "episode_failed": ended & transition.failed,
-    }
-    if final_observation:  # by far the largest outputs: (N, W, 9) written every step, mostly zeros
-        out["final_observation"] = torch.where(ended.view(-1, 1, 1), window[..., :NUM_FEATURES], 0.0)
-        out["final_valid"] = ended.unsqueeze(1) & (window_flight >= 0)
-        out["final_flight"] = torch.where(ended.unsqueeze(1), window_flight, -1)
-        out["final_since_repair"] = torch.where(ended, since_repair, 0)
-    buffers = EpisodeBuffers(
-        window=window,
-        window_flight=window_flight,
-        active=buffers.active if first_rows is not None else buffers.active & ~ended,
-        last_terminated=terminated,
-        last_truncated=truncated,
-        return_so_far=return_so_far,
-        age=age,
-        since_repair=since_repair,
-        repairs=repairs,
-    )
-    if first_rows is not None:
-        buffers = restart_episodes(buffers, ended, first_rows)
-    out["return_so_far"] = buffers.return_so_far  # of the current episode: 0 for one restarted here
-    return buffers, out
-
-
-StepFn = Callable[[EpisodeBuffers, torch.Tensor, torch.Tensor, int], tuple[EpisodeBuffers, dict[str, torch.Tensor]]]
-
-
-def _pure_step(kernel, constants, sim, buffers, actions, mask, step_size, reset_ended, final_observation):
-    """A backend's pure kernel, then `window_step`: the whole step as a function of tensors."""
-    stepped = buffers.active & mask
-    sim, transition, first_rows = kernel(sim, actions, stepped, step_size, reset_ended, *constants)
-    return (sim, *window_step(buffers, transition, actions, stepped, first_rows, final_observation))
-
-
-# The JIT path for accelerators: one compiled function for every fast env; envs of the same shapes
-# and constants share its graph (dynamo guards on the kernel, the shapes and the constants'
-# values, not on the env). CPU envs use the ahead-of-time library of `compiled` instead.
-@functools.cache
-def _jit_step() -> Callable:
-    """`torch.compile(_pure_step)`, made on first use (importing the compiler costs a second)."""
-    return torch.compile(_pure_step, dynamic=False)
-
-
-# Each distinct (num_envs, step_size, history, device, params, options) is one graph; dynamo's default of 8
-# per function would silently fall back to eager after 8 configurations in one process.
-FAST_PATH_GRAPHS = 64
-_warned: set[str] = set()  # compile failures already reported in this process
-
-
-def compose_step(
-    backend: Backend, reset_ended: bool, fast: bool, final_observation: bool = True, step_size: int = 10
-) -> StepFn:
-    """The whole step, `(buffers, actions, mask, step_size) -> (buffers, outputs)`: the backend's
-    transition of the engines in an episode and in `mask` (with the restart of ended engines when
-    `reset_ended`), then `window_step`.
-
-    A backend with a pure kernel (the embedded simulator) is composed as one pure function of
-    tensors: the simulator's state goes in and out explicitly. When `fast`, that function is
-    compiled: on CPU ahead of time for any number of engines (`compiled`, for the configured
-    `step_size`; other per-call step sizes run eagerly), elsewhere by `torch.compile`. Others
-    (the remote backend) run their transition eagerly.
-    """
-    kernel = backend.kernel
-    if kernel is None:
-
-        def eager_step(buffers, actions, mask, step_size):
-            stepped = buffers.active & mask
-            transition, first_rows = backend.transition(actions, stepped, step_size, reset_ended)
-            with below_autograd():
-                return window_step(buffers, transition, actions, stepped, first_rows, final_observation)
-
-        return eager_step
-
-    constants = backend.kernel_constants()
-
-    def eager(buffers, actions, mask, step_size):
-        with below_autograd():
-            backend.sim, buffers, out = _pure_step(
-                kernel, constants, backend.sim, buffers, actions, mask, step_size, reset_ended, final_observation
-            )
-        return buffers, out
-
-    if not fast:
-        return eager
-    if backend.device.type != "cpu":
-        import torch._dynamo.config as dynamo_config
-
-        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, FAST_PATH_GRAPHS)
-
-        def jit_step(buffers, actions, mask, step_size):
-            args = (kernel, constants, backend.sim, buffers, actions, mask, step_size, reset_ended, final_observation)
-            backend.sim, buffers, out = _jit_step()(*args)
-            return buffers, out
-
-        return jit_step
-
-    runner: dict[str, Any] = {}  # loaded on the first step, when the state's layout exists
-
-    def aot_step(buffers, actions, mask, k):
-        if k != step_size or runner.get("failed"):
-            return eager(buffers, actions, mask, k)
-        if "run" not in runner:
-            try:
-                loaded = _load_compiled(backend, reset_ended, final_observation, step_size, buffers)
-                runner["run"], runner["names"] = loaded
-            except compiled.CompileUnavailable as err:
-                runner["failed"] = True
-                reason = str(err)
-                if reason not in _warned:
-                    _warned.add(reason)
-                    warnings.warn(
-                        f"torch_student_env could not compile the env step ({reason}); stepping eagerly, "
-                        "which is several times slower at small batches. make_env(fast=False) asks for that "
-                        "without this warning.",
-                        RuntimeWarning,
-                        stacklevel=3,
-                    )
-                return eager(buffers, actions, mask, k)
-        # The library was compiled for contiguous inputs and does not check strides: a state
-        # tensor laid out otherwise (a restart's window follows the simulator's engines-last
-        # rows) would be read wrongly. `contiguous` returns a contiguous tensor as it is.
-        inputs = [t.contiguous() for t in (*compiled.flatten(backend.sim), *compiled.flatten(buffers))]
-        flat = runner["run"]([*inputs, actions.contiguous(), mask.contiguous()])
-        backend.sim, start = compiled.unflatten(backend.sim, flat)
-        buffers, start = compiled.unflatten(buffers, flat, start)
-        return buffers, dict(zip(runner["names"][start:], flat[start:], strict=True))
-
-    return aot_step
-
-
-def _load_compiled(backend, reset_ended: bool, final_observation: bool, step_size: int, buffers: EpisodeBuffers):
-    """The compiled step of this configuration (`compiled.load_or_compile`) and its output names."""
-    kernel, constants = backend.kernel, backend.kernel_constants()
-    sim_like = backend.sim
-
-    def flat_step(flat):
-        sim, start = compiled.unflatten(sim_like, flat)
-        state, start = compiled.unflatten(buffers, flat, start)
-        actions, mask = flat[start], flat[start + 1]
-        args = (sim, state, actions, mask, step_size, reset_ended, final_observation)
-        sim, state, out = _pure_step(kernel, constants, *args)
-        carried = [*compiled.flatten(sim), *compiled.flatten(state)]
-        return {f"state.{i}": t for i, t in enumerate(carried)} | out
-
-    key = compiled.StepKey(
-        step_size=step_size,
-        history=buffers.window.shape[1],
-        reset_ended=reset_ended,
-        final_observation=final_observation,
-        num_envs=backend.num_envs if backend.num_envs >= compiled.STATIC_MIN_ENVS else None,
-        device_type=backend.device.type,
-        constants=repr((constants[0], constants[1].variants)),
-    )
-    actions = torch.zeros(backend.num_envs, dtype=torch.int64, device=backend.device)
-    # contiguous, as every call's inputs are (a library compiled for one engine count is traced on these)
-    example = [t.contiguous() for t in (*compiled.flatten(sim_like), *compiled.flatten(buffers))]
-    example += [actions, actions >= 0]
-    return compiled.load_or_compile(key, flat_step, example)
+from torch_student_env.episode import EpisodeBuffers, empty_buffers, restart_episodes
+from torch_student_env.fast_path import CompiledStep, compose_step
+from torch_student_env.spec import HEALTH_COLUMN, NUM_ACTIONS, NUM_FEATURES, Action, AutoresetMode
 
 
 def _features(window: torch.Tensor) -> torch.Tensor:
@@ -358,7 +92,15 @@ class TorchStudentEnv:
         self._buffers = empty_buffers(self.num_envs, self.history, self.device)
         self.autoreset_mode = AutoresetMode(config.autoreset_mode)
         reset_ended = self.autoreset_mode is AutoresetMode.SAME_STEP
-        self._step = compose_step(backend, reset_ended, config.fast, config.final_observation, config.step_size)
+        self._step = compose_step(
+            backend,
+            reset_ended,
+            config.fast,
+            config.final_observation,
+            config.step_size,
+            config.history,
+            config.wait_compiled,
+        )
         self._everyone = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
         self._batch_size = torch.Size([self.num_envs])
         self._seed = config.seed
@@ -391,6 +133,8 @@ class TorchStudentEnv:
             reset_mask = self._as_mask(mask)
         first_rows = self.backend.reset(None if mask is None else reset_mask)
         self._buffers = restart_episodes(self._buffers, reset_mask, first_rows)
+        if not self._has_reset and isinstance(self._step, CompiledStep):
+            self._step.prepare()  # a fast env's library: loaded, or built in the background from now on
         self._has_reset = True
         return self._observation_td()
 
@@ -440,6 +184,26 @@ class TorchStudentEnv:
             env_indices = self.config.env_offset + torch.arange(self.num_envs, dtype=torch.int64)
         env_indices = self._as_ints("env_indices", env_indices, 0, MAX_ENV_OFFSET)
         self.backend.seed_engines(mask, seeds.to(self.device), env_indices.to(self.device))
+
+    @property
+    def step_kind(self) -> str:
+        """How `step` runs now: "eager" (not fast, or a backend without a kernel), "building"
+        (eager while the compiled step is built in the background), "compiled" (the compiled
+        library), "unavailable" (eager: this machine cannot compile) or "jit" (`torch.compile`, on
+        accelerators)."""
+        if isinstance(self._step, CompiledStep):
+            return self._step.status
+        return "jit" if self.config.fast and self.backend.kernel is not None else "eager"
+
+    def wait_compiled(self, timeout: float | None = None) -> str:
+        """Wait up to `timeout` seconds (None: until it ends) for this env's compiled step to be
+        built, and step through it from now on if it is ready; returns `step_kind`. Nothing needs
+        this: a fast env moves to its library by itself once it is ready."""
+        if not self._has_reset:
+            raise RuntimeError("call reset() before wait_compiled(): the build starts there")
+        if isinstance(self._step, CompiledStep):
+            self._step.wait(timeout)
+        return self.step_kind
 
     @property
     def has_reset(self) -> bool:

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         app = create_app(tokens, limits, expose_health=not args.hide_health, db=args.db, durable=args.durable)
     except StoreError as err:
         raise SystemExit(f"error: {err}") from None
-    app.state.server.warm_up()  # the compiled step, before the port opens
+    app.state.server.warm_up()  # the compiled step loaded, or its build started, before the port opens
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 

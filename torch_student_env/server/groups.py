@@ -44,7 +44,8 @@ def new_group(
 ) -> Group:
     """A group of fresh engines, every one ready (a client's reset starts its next episode)."""
     options = client_env_options(auto_reset, hidden_state, max_steps_per_episode)
-    env = make_env(num_envs=num_envs, seed=secrets.randbits(62), sim_params=params, **options)
+    # never waits for a compiled step, whatever the environment says: a request is answered now
+    env = make_env(num_envs=num_envs, seed=secrets.randbits(62), sim_params=params, wait_compiled=False, **options)
     env.reset()
     replays = [Replay(secrets.token_hex(8)) for _ in range(num_envs)]
     return Group(secrets.token_hex(6), env, max_steps_per_episode, auto_reset, replays)

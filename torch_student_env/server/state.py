@@ -81,8 +81,9 @@ class ServerState:
         return group
 
     def warm_up(self) -> None:
-        """Compile (or load) the step of the groups most requests make (the client's default
-        flight limit and step size) before serving: a first request would otherwise wait for it.
+        """Load the compiled step of the groups most requests make (the client's default flight
+        limit and step size), or start building it in the background, before serving. No request
+        ever waits for it: groups step eagerly until it is ready (`fast_path.CompiledStep`).
         Groups with or without auto-reset share that step."""
         group = groups.new_group(4, self.limits.default_steps_per_episode, True, self.expose_health, self.params)
         group.env.step([0, 0, 0, 0])
