@@ -88,7 +88,8 @@ def main(args: Args) -> dict:
     device = normalize_device(args.device)  # "cuda" -> "cuda:0", "cpu:0" -> "cpu"
     torch.manual_seed(args.seed)
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    env = make_env(num_envs=args.num_envs, device=device, seed=args.seed)
+    # wait_compiled: a cold cache's first step waits for the compiled step, so a seed replays exactly
+    env = make_env(num_envs=args.num_envs, device=device, seed=args.seed, wait_compiled=True)
     log = RunLogger(out, dataclasses.asdict(args), args.track)
     best = {"mean_return": float("-inf"), "env_steps": 0}  # by validation return
     q_net = QNetwork(max_flights=env.config.max_steps_per_episode).to(device)

@@ -194,3 +194,40 @@ def test_a_build_spec_names_the_library_of_its_configuration(monkeypatch):
     assert built[0][0] == step.key and built[0][1] > 2
     with pytest.raises(ValueError, match="the spec describes"):
         fast_path.build_from_spec(spec | {"max_steps_per_episode": 91})
+
+
+def test_the_build_command_covers_the_main_job_compat_and_the_server(monkeypatch):
+    """`python -m torch_student_env.build` builds what people use: each configuration below is
+    made the way its user makes it, and its library is one the command builds."""
+    from torch_student_env.build import COMMON, _env_options
+    from torch_student_env.compat import StudentGymEnv, StudentGymEnvVectorized
+    from torch_student_env.server.groups import new_group
+    from torch_student_env.sim.params import SimParams
+
+    monkeypatch.delenv(FAST_ENV_VAR, raising=False)
+    built = {make_env(seed=0, **_env_options(options))._step.key for options in COMMON.values()}
+    ppo = sys.modules.get("ppo_cnn_example")
+    if ppo is None:
+        import importlib.util
+
+        monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "examples"))
+        spec = importlib.util.spec_from_file_location("ppo_cnn_example", Path(__file__).parents[1] / "examples" / "ppo_cnn.py")
+        ppo = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = ppo
+        spec.loader.exec_module(ppo)
+    args = ppo.with_recipe(ppo.Args())
+    main_job = make_env(num_envs=args.num_envs, step_size=args.step_size, history=args.history)
+    users = {
+        "the main job": main_job,
+        "make_env(4)": make_env(4),
+        "make_env(64)": make_env(64),
+        "compat's vectorized env": StudentGymEnvVectorized(num_envs=4)._env,
+        "compat's vectorized env, auto_reset=False": StudentGymEnvVectorized(num_envs=4, auto_reset=False)._env,
+        "compat's single engine": StudentGymEnv()._vec._env,
+        "a server group": new_group(4, 1000, True, True, SimParams()).env,
+    }
+    for name, env in users.items():
+        assert env.config.fast and env._step.key in built, name
+    out = subprocess.run([sys.executable, "-m", "torch_student_env.build", "--list"], capture_output=True, text=True)
+    assert out.returncode == 0 and len(out.stdout.splitlines()) == len(COMMON)
+    assert all(line.split()[0] in ("built", "not") for line in out.stdout.splitlines())

@@ -18,27 +18,25 @@ import time
 from typing import Any
 
 # The make_env options of the configurations people use. Engine counts below
-# compiled.STATIC_MIN_ENVS share one library, so "4 and 64 engines" is one build.
+# compiled.STATIC_MIN_ENVS share one library, so "4 and 64 engines" is one build, and so do the
+# seed client's envs (compat) and the reference server's groups, with or without auto-reset: the
+# client's view of an env (`client_view.client_env_options`) is one configuration.
 COMMON: dict[str, dict[str, Any]] = {
     "make_env() at 4 and 64 engines": {"num_envs": 4},
-    "the main job (examples/ppo_cnn.py)": {"num_envs": 64, "history": 100, "validate_actions": False},
-    "compat, the seed client's vectorized env": {"client": True, "num_envs": 4, "auto_reset": False},
-    "compat, the seed client's single engine": {"client": True, "num_envs": 1, "auto_reset": True},
-    "a reference server's group": {"client": True, "num_envs": 4, "auto_reset": True, "server": True},
+    "the main job (examples/ppo_cnn.py)": {"num_envs": 64, "history": 100},
+    "compat (the seed client's envs) and the reference server's groups": {"client": True, "num_envs": 4},
 }
 _MAX_SPEC_BYTES = 1 << 20  # a spec is a few kB: bounded before parsing
 
 
 def _env_options(options: dict[str, Any]) -> dict[str, Any]:
-    """`make_env` options of one COMMON entry: client-style ones through `client_view`, which owns them."""
+    """`make_env` options of one COMMON entry: the client's view through `client_view`, which owns it."""
     options = dict(options)
     if options.pop("client", False):
         from torch_student_env.client_view import client_env_options
-        from torch_student_env.server.config import CLIENT_MAX_STEPS_PER_EPISODE
+        from torch_student_env.server.config import CLIENT_STEPS_PER_EPISODE
 
-        server = options.pop("server", False)
-        auto_reset = options.pop("auto_reset")
-        options |= client_env_options(auto_reset, hidden_state=server, max_steps_per_episode=CLIENT_MAX_STEPS_PER_EPISODE)
+        options |= client_env_options(True, hidden_state=False, max_steps_per_episode=CLIENT_STEPS_PER_EPISODE)
     return options
 
 

@@ -76,8 +76,8 @@ def server_process(tokens: list[str], *flags: str, port: int = 0, timeout: float
     """`python -m torch_student_env.server` on 127.0.0.1 accepting `tokens`, until the block exits.
 
     `port=0` picks a free port; `flags` are extra command-line options of the server (scores
-    are kept in memory unless they name a `--db` file). `timeout` covers a cold start, where the
-    server compiles its groups' step (about 30 s, once per machine) before it opens its port.
+    are kept in memory unless they name a `--db` file). The server opens its port in seconds even
+    on a cold cache: its groups' compiled step builds in the background (`fast_path`).
     """
     port = port or free_port()
     if "--db" not in flags:  # scores in memory unless asked: a test never leaves a file behind
