@@ -163,7 +163,10 @@ def no_compiler(cache: str) -> dict:
         cxx = Path(tmp) / "broken-g++"
         cxx.write_text('#!/bin/sh\n[ "$1" = "--version" ] && echo stand-in && exit 0\nexit 1\n')
         cxx.chmod(0o755)
-        return {"first process": run(NO_COMPILER, cache, CXX=str(cxx)), "second process": run(NO_COMPILER, cache, CXX=str(cxx))}
+        return {
+            "first process": run(NO_COMPILER, cache, CXX=str(cxx)),
+            "second process": run(NO_COMPILER, cache, CXX=str(cxx)),
+        }
 
 
 def main() -> None:

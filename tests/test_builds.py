@@ -211,7 +211,9 @@ def test_the_build_command_covers_the_main_job_compat_and_the_server(monkeypatch
         import importlib.util
 
         monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "examples"))
-        spec = importlib.util.spec_from_file_location("ppo_cnn_example", Path(__file__).parents[1] / "examples" / "ppo_cnn.py")
+        spec = importlib.util.spec_from_file_location(
+            "ppo_cnn_example", Path(__file__).parents[1] / "examples" / "ppo_cnn.py"
+        )
         ppo = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = ppo
         spec.loader.exec_module(ppo)

@@ -67,7 +67,7 @@ def test_a_new_configuration_steps_eagerly_at_once_then_moves_to_its_library(mon
 
 @pytest.mark.parametrize("n", [48, 1, 5, 257])  # 257: a library of its own (from compiled.STATIC_MIN_ENVS)
 def test_fast_path_matches_eager_at_any_number_of_engines(n):
-    before = len(compiled._loaded)
+    before, failed = len(compiled._loaded), compiled.stats.failed
     eager = make_env(num_envs=n, seed=12, fast=False, privileged=True)
     fast = make_env(num_envs=n, seed=12, fast=True, privileged=True)
     assert fast.config.fast and not eager.config.fast
@@ -84,7 +84,7 @@ def test_fast_path_matches_eager_at_any_number_of_engines(n):
         other.reset()
         other.step(torch.zeros(n + 3, dtype=torch.int64))
     assert len(compiled._loaded) - before <= 1
-    assert compiled.stats.failed == 0
+    assert compiled.stats.failed == failed
 
 
 def test_fast_path_windows_match_eager_across_frozen_engines_and_partial_resets():

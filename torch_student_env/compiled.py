@@ -152,7 +152,10 @@ def _compiler_identity() -> str:
 
 def _no_compiler_path() -> Path:
     """Where a failed compiler check is remembered, for this torch, Python, machine and compiler."""
-    return cache_dir() / f"no-compiler-{_digest(torch.__version__, sys.version, platform.machine(), _compiler_identity())}.txt"
+    return (
+        cache_dir()
+        / f"no-compiler-{_digest(torch.__version__, sys.version, platform.machine(), _compiler_identity())}.txt"
+    )
 
 
 def _failure_path(key: StepKey) -> Path:
@@ -264,7 +267,9 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def build(key: StepKey, step: Callable[[list[torch.Tensor]], dict[str, torch.Tensor]], example: list[torch.Tensor]) -> None:
+def build(
+    key: StepKey, step: Callable[[list[torch.Tensor]], dict[str, torch.Tensor]], example: list[torch.Tensor]
+) -> None:
     """Compile `key`'s library to disk unless it is there; the build process's work.
 
     `step(flat) -> dict` is the step on a flat list of tensors whose first dimension is the
@@ -343,7 +348,9 @@ class Build:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Detached (its own session): a script that ends before the build still leaves the library
         # for its next run, and a Ctrl-C meant for the script does not kill the build.
-        detach = {"start_new_session": True} if os.name != "nt" else {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+        detach = (
+            {"start_new_session": True} if os.name != "nt" else {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+        )
         with open(self.log_path, "wb") as out:  # torch's warnings and inductor's chatter go here
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "torch_student_env.build", "--spec", "-"],

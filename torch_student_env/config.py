@@ -133,9 +133,9 @@ class EnvConfig:
     at once while a separate process builds the library (20-60 s on a cold cache), and moves to
     it between two steps once it is ready; later envs and processes load it in under a second
     (`env.step_kind` says which runs). `wait_compiled=True` waits for the library at the first
-    step instead (the build starts at the first reset) (None: `TORCH_STUDENT_ENV_WAIT_COMPILED=1` says so, else no): eager and
-    compiled steps agree to float rounding, not bit for bit, so a run that must replay exactly
-    from its seed whatever the cache holds asks for it. A machine that
+    step instead (the build starts at the first reset; None: `TORCH_STUDENT_ENV_WAIT_COMPILED=1`
+    says so, else no): eager and compiled steps agree to float rounding, not bit for bit, so a run
+    that must replay exactly from its seed whatever the cache holds asks for it. A machine that
     cannot compile steps eagerly after one warning, and remembers it. `python -m
     torch_student_env.build` builds the common configurations ahead of time. `fast=None`
     (default) turns it on for CPU envs, and on accelerators from `FAST_PATH_MIN_ENVS` engines

@@ -155,4 +155,3 @@ def pure_step(kernel, constants, sim, buffers, actions, mask, step_size, reset_e
     stepped = buffers.active & mask
     sim, transition, first_rows = kernel(sim, actions, stepped, step_size, reset_ended, *constants)
     return (sim, *window_step(buffers, transition, actions, stepped, first_rows, final_observation))
-

@@ -235,7 +235,9 @@ def _user_stacklevel() -> int:
 
 
 # -- what a build process needs ---------------------------------------------------------------------
-def step_key(backend: Backend, reset_ended: bool, final_observation: bool, step_size: int, history: int) -> compiled.StepKey:
+def step_key(
+    backend: Backend, reset_ended: bool, final_observation: bool, step_size: int, history: int
+) -> compiled.StepKey:
     """The configuration of a backend's compiled step (what fixes its library)."""
     max_steps, tables = backend.kernel_constants()
     return compiled.StepKey(
