@@ -20,7 +20,7 @@ from torch import nn
 
 from torch_student_env.policies import BeliefPolicy
 from torch_student_env.sim.params import SimParams
-from torch_student_env.spec import NUM_ACTIONS, NUM_FEATURES, PHASE_COLUMN
+from torch_student_env.spec import CLIENT_STEPS_PER_EPISODE, NUM_ACTIONS, NUM_FEATURES, PHASE_COLUMN
 
 _CONTINUOUS = [i for i in range(NUM_FEATURES) if i != PHASE_COLUMN]  # 7 sensors + DTAMB
 IN_CHANNELS = len(_CONTINUOUS)
@@ -176,7 +176,7 @@ class ActorCritic(Checkpointable):
     def __init__(
         self,
         hidden: int = 64,
-        max_flights: int = 1000,
+        max_flights: int = CLIENT_STEPS_PER_EPISODE,
         player_keys: bool = False,
         belief_inputs: bool = False,
         plan_inputs: bool = False,
@@ -285,7 +285,9 @@ class ActorCritic(Checkpointable):
 class QNetwork(Checkpointable):
     """DQN's action values on the same `SensorCNN` trunk."""
 
-    def __init__(self, hidden: int = 64, max_flights: int = 1000, player_keys: bool = False) -> None:
+    def __init__(
+        self, hidden: int = 64, max_flights: int = CLIENT_STEPS_PER_EPISODE, player_keys: bool = False
+    ) -> None:
         super().__init__()
         self.max_flights, self.player_keys = max_flights, player_keys
         self.trunk = SensorCNN(hidden, scalars=3 if player_keys else 1)

@@ -26,7 +26,7 @@ from tensordict import TensorDict
 from torch_student_env.oracle import OraclePolicy, segment_base_rate
 from torch_student_env.sim.engine import SimTables
 from torch_student_env.sim.params import SimParams
-from torch_student_env.spec import DTAMB_COLUMN, SENSOR_NAMES, Action
+from torch_student_env.spec import CLIENT_STEP_SIZE, CLIENT_STEPS_PER_EPISODE, DTAMB_COLUMN, SENSOR_NAMES, Action
 
 WEAR_SENSORS = ("HP_Nmech", "HPC_Tout", "HPC_Pout_st")  # the sensors that show wear
 
@@ -170,7 +170,12 @@ class CounterSchedulePolicy:
     so it is not a rule, and `belief` is already the reference for what a player can reach.
     `BeliefPolicy` plays the same plan at a rate refined by the rows (`rate`)."""
 
-    def __init__(self, params: SimParams | None = None, step_size: int = 10, max_flights: int = 1000) -> None:
+    def __init__(
+        self,
+        params: SimParams | None = None,
+        step_size: int = CLIENT_STEP_SIZE,
+        max_flights: int = CLIENT_STEPS_PER_EPISODE,
+    ) -> None:
         self.params = params or SimParams()
         self.oracle = OraclePolicy(self.params, step_size, max_flights)
         self._tables = SimTables(self.params, torch.device("cpu"))
@@ -257,8 +262,8 @@ def make_policy(
     if params is None:
         params = env.config.sim_params if env is not None else SimParams()
     settings = PolicySettings(
-        step_size=env.step_size if env is not None else 10,
-        max_flights=env.config.max_steps_per_episode if env is not None else 1000,
+        step_size=env.step_size if env is not None else CLIENT_STEP_SIZE,
+        max_flights=env.config.max_steps_per_episode if env is not None else CLIENT_STEPS_PER_EPISODE,
         params=params,
         seed=seed,
         device=device if device is not None else (env.device if env is not None else "cpu"),

@@ -25,7 +25,7 @@ import torch
 import urllib3
 
 from torch_student_env.config import EnvConfig
-from torch_student_env.spec import DEFAULT_TOKEN, HEALTH_COLUMN, NUM_FEATURES, ROW_WIDTH
+from torch_student_env.spec import CLIENT_TIMEOUT_S, DEFAULT_TOKEN, HEALTH_COLUMN, NUM_FEATURES, ROW_WIDTH
 from torch_student_env.types import Transition
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class RemoteBackend:
         config: EnvConfig,
         server_url: str | None = None,
         user_token: str | None = None,
-        timeout: float = 30.0,
+        timeout: float = CLIENT_TIMEOUT_S,
         max_retries: int = 4,
         backoff: float = 0.1,
         episode_ids: list[str] | None = None,
