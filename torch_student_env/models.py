@@ -18,7 +18,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
-from torch_student_env.policies import BeliefPolicy
+from torch_student_env.belief import BeliefPolicy
 from torch_student_env.sim.params import SimParams
 from torch_student_env.spec import CLIENT_STEPS_PER_EPISODE, NUM_ACTIONS, NUM_FEATURES, PHASE_COLUMN
 
@@ -164,8 +164,8 @@ class ActorCritic(Checkpointable):
     model's constants (`SimParams()`), which a player has as well as the simulator:
 
     - `belief_inputs` also feeds the head the state a player can estimate
-      (`policies.estimate_state`: health, and the wear rate x 100), as features, not as a plan;
-    - `plan_inputs` feeds it the `policies.BeliefPolicy` plan's action at that estimate (one-hot,
+      (`belief.estimate_state`: health, and the wear rate x 100), as features, not as a plan;
+    - `plan_inputs` feeds it the `belief.BeliefPolicy` plan's action at that estimate (one-hot,
       planned for `step_size` flights a step): the network learns a correction to the plan
       (residual policy learning, Silver et al. 2018, arXiv:1812.06298).
 

@@ -49,7 +49,8 @@ class NotFoundError(RemoteError):
 
 
 class RequestRejected(RemoteError):
-    """Another 4xx (403 over a limit, 409 counter mismatch, 413 too large, 422 validation, ...)."""
+    """Another 4xx: 409 over a limit or a counter mismatch, 413 too large, 422 validation, ... (the
+    reference server's; another server may answer others)."""
 
 
 class ServerUnavailable(RemoteError):
@@ -72,6 +73,7 @@ class RemoteBackend:
     """N engines on a server of the challenge protocol (see docs/protocol.md)."""
 
     kernel = None  # no pure kernel: the env calls `transition`, one HTTP request per step
+    sim = None
 
     def __init__(
         self,
@@ -193,6 +195,10 @@ class RemoteBackend:
         raise ServerUnavailable(f"{method} {self.server_url}{path} failed {tries}: {last}")
 
     # -- Backend protocol ---------------------------------------------------------------------
+    def kernel_constants(self) -> tuple:
+        """Nothing: there is no kernel to compile."""
+        return ()
+
     def seed(self, seed: int) -> None:
         """The next reset re-keys every engine i as engine i of `seed` on the server."""
         self._seed = seed
