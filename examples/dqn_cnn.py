@@ -20,6 +20,7 @@ from training import RunLogger, Validator, arg, final_report, parse_args, run_di
 
 from torch_student_env import make_env
 from torch_student_env.config import normalize_device
+from torch_student_env.leaderboard import SCORE_WINDOW
 from torch_student_env.models import QNetwork
 
 OBS_KEYS = ("observation", "valid", "flight")
@@ -48,7 +49,7 @@ class Args:
     eval_every: int = arg(25_000, "env steps between greedy evaluations")
     eval_envs: int = arg(256, "episodes per periodic evaluation")
     final_eval_envs: int = arg(1024, "held-out episodes for the final table")
-    score_episodes: int = arg(100, "the challenge score's window: the last K episodes of a stream on 4 envs")
+    score_episodes: int = arg(SCORE_WINDOW, "the challenge score's window: the last K episodes of a stream on 4 envs")
 
 
 class ReplayBuffer:
@@ -191,7 +192,6 @@ def main(args: Args) -> dict:
         out,
         curve,
         args.final_eval_envs,
-        seed=10_000,
         device=device,
         best=best,
         extra={"train_seconds": wall, "env_steps": global_step},

@@ -46,6 +46,7 @@ from training import (
 
 from torch_student_env import make_env
 from torch_student_env.config import normalize_device
+from torch_student_env.leaderboard import SCORE_WINDOW
 from torch_student_env.models import EXTRA_INPUTS_KEY, ActorCritic, model_from_checkpoint
 from torch_student_env.policies import BASELINES, make_policy
 from torch_student_env.spec import FINAL_PLAYER_KEYS
@@ -107,7 +108,7 @@ class Args:
     eval_every: int = arg(20, "updates between greedy evaluations")
     eval_envs: int = arg(256, "episodes per periodic evaluation (validation seed)")
     final_eval_envs: int = arg(1024, "held-out episodes for the final table")
-    score_episodes: int = arg(100, "the challenge score's window: the last K episodes of a stream on 4 envs")
+    score_episodes: int = arg(SCORE_WINDOW, "the challenge score's window: the last K episodes of a stream on 4 envs")
     variant_eval: bool = arg(True, "the final table also gives each policy's worst plausible model (sim.variants)")
     checkpoint_every: int = arg(20, "updates between checkpoints")
     distributed: bool = arg(
@@ -526,7 +527,6 @@ def evaluate_run(args, agent, best, curve, out, device, extra) -> dict:
         out,
         curve,
         args.final_eval_envs,
-        seed=10_000,
         device=device,
         best=best,
         variants=args.variant_eval,

@@ -40,6 +40,7 @@ from training import (
 
 from torch_student_env.adapters import require
 from torch_student_env.adapters.numpy_io import gym, observation
+from torch_student_env.leaderboard import SCORE_WINDOW
 from torch_student_env.models import counter_one_hot
 from torch_student_env.spec import PLAYER_KEYS
 
@@ -73,7 +74,7 @@ class Args:
     eval_every: int = arg(200_000, "env steps between greedy evaluations")
     eval_envs: int = arg(256, "episodes per periodic evaluation (validation seed)")
     final_eval_envs: int = arg(1024, "held-out episodes for the final table")
-    score_episodes: int = arg(100, "the challenge score's window: the last K episodes of a stream on 4 envs")
+    score_episodes: int = arg(SCORE_WINDOW, "the challenge score's window: the last K episodes of a stream on 4 envs")
     variant_eval: bool = arg(False, "the final table also gives each policy's worst plausible model")
 
 
@@ -249,7 +250,6 @@ def main(args: Args) -> dict:
         out,
         validation.curve,
         args.final_eval_envs,
-        seed=10_000,
         device="cpu",
         best=validation.best,
         variants=args.variant_eval,

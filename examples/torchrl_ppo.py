@@ -26,6 +26,7 @@ from training import Validator, arg, final_report, parse_args, save_checkpoint
 
 from torch_student_env.adapters.torchrl import TorchRLStudentEnv
 from torch_student_env.config import normalize_device
+from torch_student_env.leaderboard import SCORE_WINDOW
 from torch_student_env.models import SensorCNN
 from torch_student_env.spec import NUM_ACTIONS
 
@@ -50,7 +51,7 @@ class Args:
     reward_scale: float = arg(1e-3, "reward multiplier for learning")
     eval_every: int = arg(20, "batches between greedy evaluations")
     final_eval_envs: int = arg(1024, "held-out episodes for the final table")
-    score_episodes: int = arg(100, "the challenge score's window: the last K episodes of a stream on 4 envs")
+    score_episodes: int = arg(SCORE_WINDOW, "the challenge score's window: the last K episodes of a stream on 4 envs")
 
 
 class Head(nn.Module):
@@ -133,7 +134,6 @@ def main(args: Args) -> None:
         out,
         curve,
         args.final_eval_envs,
-        seed=10_000,
         device=device,
         extra={"train_seconds": wall, "env_steps": steps},
         score_episodes=args.score_episodes,

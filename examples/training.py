@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import torch
 
 from torch_student_env.evaluation import (
+    HELD_OUT_SEED,
     Episodes,
     evaluate_policies,
     evaluate_variants,
@@ -21,6 +22,7 @@ from torch_student_env.evaluation import (
     summarize,
     worst_variant,
 )
+from torch_student_env.leaderboard import SCORE_WINDOW
 from torch_student_env.make import make_env
 from torch_student_env.policies import BASELINES, for_model, make_policy
 from torch_student_env.sim.variants import PLAUSIBLE
@@ -107,20 +109,20 @@ def final_report(
     out: Path,
     curve: list[dict[str, float]],
     eval_envs: int,
-    seed: int,
     device: torch.device | str,
+    seed: int = HELD_OUT_SEED,
     extra: dict[str, Any] | None = None,
     best: dict[str, float] | None = None,
     variants: bool = False,
     history: int | None = None,
-    score_episodes: int = 100,
+    score_episodes: int = SCORE_WINDOW,
     references: dict[str, float] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Evaluate the `learned` policies (name -> policy; the first is plotted) against every
     baseline on held-out seeds; write eval.md/json and the PNGs. `variants`: also score each on
     every plausible model (`sim.variants.PLAUSIBLE`) and report its worst. `history`: every
     policy plays with that window (the client-side memory the learned ones trained with).
-    `score_episodes`: the challenge score's window (the challenge's is 100). `references`
+    `score_episodes`: the challenge score's window (the challenge's is `SCORE_WINDOW`). `references`
     (`Validator.references`): the learning curve's zoomed panel, paired with belief."""
     from torch_student_env.plotting import plot_episode, plot_learning_curve
 
@@ -152,7 +154,7 @@ def final_report(
         f"Evaluation on {eval_envs} held-out episodes (seed {seed}, 1 episode per env"
         + (f", every policy with a window of {history} rows" if history else "")
         + "). The challenge "
-        "score is the total (mean) reward of the last 100 episodes of a stream on 4 envs, as the "
+        f"score is the total (mean) reward of the last {score_episodes} episodes of a stream on 4 envs, as the "
         "challenge ranks; the mean ± CI is over the held-out episodes."
         + (
             " The worst plausible model is each policy's lowest mean return over `sim.variants.PLAUSIBLE` "

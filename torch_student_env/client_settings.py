@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from torch_student_env.spec import DEFAULT_TOKEN
+from torch_student_env.spec import CLIENT_STEPS_PER_EPISODE, CLIENT_TIMEOUT_S, DEFAULT_TOKEN
 
 
 def load_dotenv(path: str | Path = ".env") -> None:
@@ -47,9 +47,9 @@ def connection_settings(max_steps_per_episode, auto_reset, server_url, user_toke
     file included), then defaults."""
     load_dotenv()
     return {
-        "max_steps_per_episode": setting(max_steps_per_episode, "MAX_STEPS_PER_EPISODE", 1000, int),
+        "max_steps_per_episode": setting(max_steps_per_episode, "MAX_STEPS_PER_EPISODE", CLIENT_STEPS_PER_EPISODE, int),
         "auto_reset": setting(auto_reset, "AUTO_RESET", True, bool),
         "server_url": setting(server_url, "SERVER_URL", None, str),
         "user_token": setting(user_token, "USER_TOKEN", DEFAULT_TOKEN, str),
-        "timeout": setting(timeout, "TIMEOUT", 30.0, float),
+        "timeout": setting(timeout, "TIMEOUT", CLIENT_TIMEOUT_S, float),
     }

@@ -5,7 +5,7 @@ The env holds every episode rule and says what happened in its outputs (`flew`,
 what crosses the wire: the settings of an env that behaves as one client-side group, the rows
 a step returns, the info dicts, the records of finished episodes. The reference server
 (`server.groups`) answers with it, `compat` returns it in the seed client's types, and
-`evaluate` scores its streams with its records: none of them re-derives a rule.
+`evaluation.runners` scores its streams with its records: none of them re-derives a rule.
 """
 
 from __future__ import annotations

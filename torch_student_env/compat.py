@@ -48,9 +48,18 @@ from torch_student_env.client_view import (
     on_host,
     step_rows,
 )
-from torch_student_env.leaderboard import FinishedEpisode, as_client_entry, score_metrics
+from torch_student_env.config import MAX_SEED
+from torch_student_env.leaderboard import SCORE_WINDOW, FinishedEpisode, as_client_entry, score_metrics
 from torch_student_env.make import make_env
-from torch_student_env.spec import DEFAULT_TOKEN, NUM_ACTIONS, NUM_FEATURES
+from torch_student_env.spec import (
+    CLIENT_STEP_SIZE,
+    CLIENT_STEPS_PER_EPISODE,
+    CLIENT_TIMEOUT_S,
+    DEFAULT_TOKEN,
+    EPISODES_KEPT_PER_TOKEN,
+    NUM_ACTIONS,
+    NUM_FEATURES,
+)
 
 __all__ = [
     "StudentGymEnv",
@@ -74,14 +83,14 @@ class StudentGymEnvVectorized:
     def __init__(
         self,
         num_envs: int = 4,
-        step_size: int = 10,
-        max_steps_per_episode: int = 1000,
+        step_size: int = CLIENT_STEP_SIZE,
+        max_steps_per_episode: int = CLIENT_STEPS_PER_EPISODE,
         auto_reset: bool = True,
         prod: bool = True,
         return_all_states: bool = True,
         server_url: str | None = None,
         user_token: str | None = None,
-        timeout: float = 30.0,
+        timeout: float = CLIENT_TIMEOUT_S,
         episode_ids: list[str] | None = None,
         session_id: str | None = None,
         seed: int | None = None,
@@ -160,8 +169,8 @@ class StudentGymEnvVectorized:
         if index.size and (index.min() < 0 or index.max() >= self.num_envs):
             raise IndexError(f"env_indices must be in [0, {self.num_envs}), got {env_indices}")
         for s in seeds or ():  # the client's ValueError, before anything changes
-            if s is not None and (isinstance(s, bool) or not isinstance(s, Integral) or not 0 <= s < 2**63):
-                raise ValueError(f"seeds must be ints in [0, 2**63) or None, got {s!r}")
+            if s is not None and (isinstance(s, bool) or not isinstance(s, Integral) or not 0 <= s <= MAX_SEED):
+                raise ValueError(f"seeds must be ints in [0, {MAX_SEED}] or None, got {s!r}")
         mask = np.zeros(self.num_envs, dtype=bool)
         mask[index] = True
         if seeds is not None and any(s is not None for s in seeds):
@@ -225,7 +234,7 @@ class StudentGymEnvVectorized:
         """Keep the episodes that ended in this step for `get_leaderboard_score` (embedded only:
         a server scores its own)."""
         if not self._remote and td["episode_ended"].any():
-            _FINISHED.setdefault(self.user_token, deque(maxlen=1000)).extend(finished_episodes(td))
+            _FINISHED.setdefault(self.user_token, deque(maxlen=EPISODES_KEPT_PER_TOKEN)).extend(finished_episodes(td))
 
     def _infos(self, td: dict[str, np.ndarray], index) -> list[dict]:
         """The client's info dicts for envs `index`, from the env's outputs (reset, step or current)."""
@@ -287,11 +296,11 @@ def create_student_gym_env_vectorized(
     user_token: str | None = None,
     env_type: str | None = None,
     num_envs: int = 4,
-    max_steps_per_episode: int = 1000,
+    max_steps_per_episode: int = CLIENT_STEPS_PER_EPISODE,
     auto_reset: bool = True,
-    timeout: float = 30.0,
+    timeout: float = CLIENT_TIMEOUT_S,
     prod: bool = True,
-    step_size: int = 10,
+    step_size: int = CLIENT_STEP_SIZE,
     return_all_states: bool = True,
     episode_ids: list[str] | None = None,
     session_id: str | None = None,
@@ -318,7 +327,7 @@ def create_student_gym_env(
     auto_reset: bool | None = None,
     timeout: float | None = None,
     prod: bool = True,
-    step_size: int = 10,
+    step_size: int = CLIENT_STEP_SIZE,
     episode_id: str | None = None,
     session_id: str | None = None,
     seed: int | None = None,
@@ -337,7 +346,7 @@ def create_student_gym_env(
 def get_leaderboard_score(
     user_token: str | None = None,
     server_url: str | None = None,
-    limit: int = 100,
+    limit: int = SCORE_WINDOW,
     return_dataframe: bool = True,
 ):
     """The client's `get_leaderboard_score`: the user's metrics over their last `limit` episodes.
@@ -349,8 +358,8 @@ def get_leaderboard_score(
     load_dotenv()
     user_token = setting(user_token, "USER_TOKEN", DEFAULT_TOKEN, str)
     server_url = setting(server_url, "SERVER_URL", None, str)
-    if isinstance(limit, bool) or not isinstance(limit, Integral) or not 1 <= limit <= 1000:
-        raise ValueError(f"limit must be an int in [1, 1000], got {limit!r}")
+    if isinstance(limit, bool) or not isinstance(limit, Integral) or not 1 <= limit <= EPISODES_KEPT_PER_TOKEN:
+        raise ValueError(f"limit must be an int in [1, {EPISODES_KEPT_PER_TOKEN}], got {limit!r}")
     if server_url is None:
         metrics = score_metrics(list(_FINISHED.get(user_token, ())), limit)
     else:

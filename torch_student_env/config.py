@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from torch_student_env.sim.params import SimParams
-from torch_student_env.spec import MAX_STEP_SIZE, AutoresetMode
+from torch_student_env.spec import CLIENT_STEP_SIZE, CLIENT_STEPS_PER_EPISODE, MAX_STEP_SIZE, AutoresetMode
 
 
 def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:
@@ -158,9 +158,9 @@ class EnvConfig:
     """
 
     num_envs: int = 4
-    step_size: int = 10
+    step_size: int = CLIENT_STEP_SIZE
     history: int | None = None
-    max_steps_per_episode: int = 1000
+    max_steps_per_episode: int = CLIENT_STEPS_PER_EPISODE
     autoreset_mode: AutoresetMode | str = AutoresetMode.SAME_STEP
     privileged: bool = False
     device: torch.device | str = "cpu"

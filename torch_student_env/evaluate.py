@@ -24,12 +24,14 @@ import torch
 
 from torch_student_env.config import normalize_device
 from torch_student_env.evaluation import (
+    HELD_OUT_SEED,
     Policy,
     evaluate_policies,
     evaluate_variants,
     markdown_table,
     markdown_variant_table,
 )
+from torch_student_env.leaderboard import SCORE_WINDOW
 from torch_student_env.models import model_from_checkpoint
 from torch_student_env.policies import BASELINES, for_model, make_policy
 from torch_student_env.sim.variants import resolve
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--policy", action="append", help="baseline name or checkpoint path (repeatable)")
     parser.add_argument("--episodes", type=int, default=1024, help="episodes per policy (one per env)")
-    parser.add_argument("--seed", type=int, default=10_000, help="held-out seed (training uses others)")
+    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="held-out seed (training uses others)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", help="also write the table to this Markdown file")
     parser.add_argument("--variants", help="score on each model of this ensemble (sim.variants), e.g. plausible")
@@ -75,8 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--score-episodes",
         type=int,
-        default=100,
-        help="the challenge score's window: the last K episodes of a stream on 4 envs (the challenge's: 100)",
+        default=SCORE_WINDOW,
+        help=f"the challenge score's window: the last K episodes of a stream on 4 envs (the challenge's: "
+        f"{SCORE_WINDOW})",
     )
     parser.add_argument(
         "--paired-with", help="a baseline among the policies: add each one's paired difference to it (e.g. belief)"

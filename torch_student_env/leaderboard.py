@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+# The challenge's score window: a user is ranked by their last this many finished episodes.
+SCORE_WINDOW = 100
+
 
 @dataclass(frozen=True)
 class FinishedEpisode:
@@ -28,7 +31,7 @@ class FinishedEpisode:
         return cls(float(total_reward), int(repairs), int(flights), bool(failed), stamp)
 
 
-def score_metrics(episodes: list[FinishedEpisode], limit: int = 100) -> dict[str, Any]:
+def score_metrics(episodes: list[FinishedEpisode], limit: int = SCORE_WINDOW) -> dict[str, Any]:
     """The metrics of the last `limit` episodes, under the keys the challenge's client reads.
 
     `total_reward` is the ranking figure; `avg_steps` is the mean episode length in flights (the

@@ -11,13 +11,14 @@ import torch
 from torch_student_env.config import EnvConfig
 from torch_student_env.env import TorchStudentEnv
 from torch_student_env.sim.params import SimParams
+from torch_student_env.spec import CLIENT_STEP_SIZE, CLIENT_STEPS_PER_EPISODE
 
 BACKENDS = ("local", "remote")
 
 
 def make_env(
     num_envs: int = 4,
-    step_size: int = 10,
+    step_size: int = CLIENT_STEP_SIZE,
     *,
     history: int | None = None,
     device: torch.device | str = "cpu",
@@ -25,7 +26,7 @@ def make_env(
     backend: str = "local",
     autoreset_mode: str = "same_step",
     privileged: bool = False,
-    max_steps_per_episode: int = 1000,
+    max_steps_per_episode: int = CLIENT_STEPS_PER_EPISODE,
     validate_actions: bool = True,
     fast: bool | None = None,
     wait_compiled: bool | None = None,

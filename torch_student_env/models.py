@@ -18,9 +18,9 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
-from torch_student_env.policies import BeliefPolicy
+from torch_student_env.belief import BeliefPolicy
 from torch_student_env.sim.params import SimParams
-from torch_student_env.spec import NUM_ACTIONS, NUM_FEATURES, PHASE_COLUMN
+from torch_student_env.spec import CLIENT_STEPS_PER_EPISODE, NUM_ACTIONS, NUM_FEATURES, PHASE_COLUMN
 
 _CONTINUOUS = [i for i in range(NUM_FEATURES) if i != PHASE_COLUMN]  # 7 sensors + DTAMB
 IN_CHANNELS = len(_CONTINUOUS)
@@ -164,8 +164,8 @@ class ActorCritic(Checkpointable):
     model's constants (`SimParams()`), which a player has as well as the simulator:
 
     - `belief_inputs` also feeds the head the state a player can estimate
-      (`policies.estimate_state`: health, and the wear rate x 100), as features, not as a plan;
-    - `plan_inputs` feeds it the `policies.BeliefPolicy` plan's action at that estimate (one-hot,
+      (`belief.estimate_state`: health, and the wear rate x 100), as features, not as a plan;
+    - `plan_inputs` feeds it the `belief.BeliefPolicy` plan's action at that estimate (one-hot,
       planned for `step_size` flights a step): the network learns a correction to the plan
       (residual policy learning, Silver et al. 2018, arXiv:1812.06298).
 
@@ -176,7 +176,7 @@ class ActorCritic(Checkpointable):
     def __init__(
         self,
         hidden: int = 64,
-        max_flights: int = 1000,
+        max_flights: int = CLIENT_STEPS_PER_EPISODE,
         player_keys: bool = False,
         belief_inputs: bool = False,
         plan_inputs: bool = False,
@@ -285,7 +285,9 @@ class ActorCritic(Checkpointable):
 class QNetwork(Checkpointable):
     """DQN's action values on the same `SensorCNN` trunk."""
 
-    def __init__(self, hidden: int = 64, max_flights: int = 1000, player_keys: bool = False) -> None:
+    def __init__(
+        self, hidden: int = 64, max_flights: int = CLIENT_STEPS_PER_EPISODE, player_keys: bool = False
+    ) -> None:
         super().__init__()
         self.max_flights, self.player_keys = max_flights, player_keys
         self.trunk = SensorCNN(hidden, scalars=3 if player_keys else 1)

@@ -62,6 +62,12 @@ ROW_WIDTH = NUM_FEATURES + 1
 
 MAX_STEP_SIZE = 50  # the challenge server's limit on flights per step
 DEFAULT_TOKEN = "student_user"  # the challenge client's default user token
+# The challenge client's other defaults: what a client, a request body or a factory that leaves a
+# setting out gets, here as in the seed client.
+CLIENT_STEP_SIZE = 10  # flights per step
+CLIENT_STEPS_PER_EPISODE = 1000  # the flight limit of an episode
+CLIENT_TIMEOUT_S = 30.0  # seconds one HTTP request may take
+EPISODES_KEPT_PER_TOKEN = 1000  # finished episodes a leaderboard keeps per user token
 
 # The layout of what `reset` and `step` return, per env: dims are "W" (the window, `history`)
 # and "F" (the 9 features); the batch dimension N comes first. Read by the env's contract

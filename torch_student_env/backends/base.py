@@ -27,8 +27,13 @@ class Backend(Protocol):
     num_envs: int
     device: torch.device
     kernel: Callable[..., Any] | None  # the pure transition, or None
+    sim: Any  # the state `kernel` threads (the env writes back what it returns); None without a kernel
     episode_ids: list[str]  # each engine's episode id, as the challenge protocol names it
     session_id: str | None  # the protocol session the engines belong to (None: no server)
+
+    def kernel_constants(self) -> tuple:
+        """The arguments of `kernel` after `reset_ended`: what stays fixed for this backend (the
+        compiled step's library is keyed by them). Empty without a kernel."""
 
     def seed(self, seed: int) -> None:
         """Restart the episode counters of every engine under a new root seed."""

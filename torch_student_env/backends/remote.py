@@ -25,7 +25,7 @@ import torch
 import urllib3
 
 from torch_student_env.config import EnvConfig
-from torch_student_env.spec import DEFAULT_TOKEN, HEALTH_COLUMN, NUM_FEATURES, ROW_WIDTH
+from torch_student_env.spec import CLIENT_TIMEOUT_S, DEFAULT_TOKEN, HEALTH_COLUMN, NUM_FEATURES, ROW_WIDTH
 from torch_student_env.types import Transition
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,8 @@ class NotFoundError(RemoteError):
 
 
 class RequestRejected(RemoteError):
-    """Another 4xx (403 over a limit, 409 counter mismatch, 413 too large, 422 validation, ...)."""
+    """Another 4xx: 409 over a limit or a counter mismatch, 413 too large, 422 validation, ... (the
+    reference server's; another server may answer others)."""
 
 
 class ServerUnavailable(RemoteError):
@@ -72,13 +73,14 @@ class RemoteBackend:
     """N engines on a server of the challenge protocol (see docs/protocol.md)."""
 
     kernel = None  # no pure kernel: the env calls `transition`, one HTTP request per step
+    sim = None
 
     def __init__(
         self,
         config: EnvConfig,
         server_url: str | None = None,
         user_token: str | None = None,
-        timeout: float = 30.0,
+        timeout: float = CLIENT_TIMEOUT_S,
         max_retries: int = 4,
         backoff: float = 0.1,
         episode_ids: list[str] | None = None,
@@ -193,6 +195,10 @@ class RemoteBackend:
         raise ServerUnavailable(f"{method} {self.server_url}{path} failed {tries}: {last}")
 
     # -- Backend protocol ---------------------------------------------------------------------
+    def kernel_constants(self) -> tuple:
+        """Nothing: there is no kernel to compile."""
+        return ()
+
     def seed(self, seed: int) -> None:
         """The next reset re-keys every engine i as engine i of `seed` on the server."""
         self._seed = seed

@@ -3,6 +3,7 @@ the command line is `python -m torch_student_env.evaluate`."""
 
 from torch_student_env.evaluation.report import markdown_table, markdown_variant_table
 from torch_student_env.evaluation.runners import (
+    HELD_OUT_SEED,
     Episodes,
     Policy,
     evaluate_policies,
@@ -14,6 +15,7 @@ from torch_student_env.evaluation.runners import (
 from torch_student_env.evaluation.stats import challenge_score, paired_difference, summarize, worst_variant
 
 __all__ = [
+    "HELD_OUT_SEED",
     "Episodes",
     "Policy",
     "challenge_score",

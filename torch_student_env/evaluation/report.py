@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from torch_student_env.evaluation.stats import worst_variant
+from torch_student_env.leaderboard import SCORE_WINDOW
 
 
 def markdown_variant_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
@@ -31,7 +32,7 @@ def markdown_table(
     (`worst_variant` of each policy's `evaluate_variants` results), a column of each policy's
     mean return on its worst plausible model; with `paired_with` (as given to
     `evaluate_policies`), a column of each policy's paired difference to that one."""
-    last = next((r["score_episodes"] for r in results.values() if "score_episodes" in r), 100)
+    last = next((r["score_episodes"] for r in results.values() if "score_episodes" in r), SCORE_WINDOW)
     head = (
         f"| policy | mean return ± 95% CI | challenge score: last {last} (mean) | failure rate | repairs"
         " | life (flights)"

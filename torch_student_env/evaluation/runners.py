@@ -19,12 +19,14 @@ from tensordict import TensorDict
 from torch_student_env.client_view import EPISODE_KEYS, finished_episodes, newest, on_host
 from torch_student_env.env import TorchStudentEnv
 from torch_student_env.evaluation.stats import challenge_score, paired_difference, summarize
-from torch_student_env.leaderboard import FinishedEpisode
+from torch_student_env.leaderboard import SCORE_WINDOW, FinishedEpisode
 from torch_student_env.make import make_env
 from torch_student_env.sim.params import SimParams
 from torch_student_env.spec import NUM_SENSORS, PHASE_COLUMN, AutoresetMode
 
 Policy = Callable[[TensorDict], torch.Tensor]
+# The held-out engines every evaluation plays by default; training and validation use other seeds.
+HELD_OUT_SEED = 10_000
 
 
 def one_episode_each(env_kwargs: dict) -> dict:
@@ -134,9 +136,9 @@ def _progress(enabled: bool, total: int, desc: str):
 def run_stream(
     policy: Policy,
     num_envs: int = 4,
-    last: int = 100,
+    last: int = SCORE_WINDOW,
     warmup: int | None = None,
-    seed: int = 10_000,
+    seed: int = HELD_OUT_SEED,
     device: torch.device | str = "cpu",
     max_env_steps: int = 200_000,
     **env_kwargs,
@@ -171,12 +173,12 @@ def evaluate_policies(
     policies: dict[str, Policy],
     num_envs: int = 1024,
     episodes_per_env: int = 1,
-    seed: int = 10_000,
+    seed: int = HELD_OUT_SEED,
     device: torch.device | str = "cpu",
     progress: bool = False,
     stream_envs: int = 4,
     paired_with: str | Sequence[str] | None = None,
-    score_episodes: int = 100,
+    score_episodes: int = SCORE_WINDOW,
     **env_kwargs,
 ) -> dict[str, dict[str, float]]:
     """Each policy on the same held-out episodes, two ways:
@@ -221,7 +223,7 @@ def evaluate_variants(
     policies: dict[str, Callable[[SimParams], Policy]],
     variants: dict[str, SimParams],
     num_envs: int = 1024,
-    seed: int = 10_000,
+    seed: int = HELD_OUT_SEED,
     device: torch.device | str = "cpu",
     progress: bool = False,
     **env_kwargs,

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from torch_student_env.leaderboard import score_metrics
+from torch_student_env.leaderboard import SCORE_WINDOW, score_metrics
 
 if TYPE_CHECKING:
     from torch_student_env.evaluation.runners import Episodes
 
 
-def challenge_score(stream: Episodes, last: int = 100) -> dict[str, float]:
+def challenge_score(stream: Episodes, last: int = SCORE_WINDOW) -> dict[str, float]:
     """The challenge's leaderboard figures over the last `last` episodes of a stream, as the
     server's leaderboard computes them (`leaderboard.score_metrics`, the one owner of the rule)."""
     metrics = score_metrics(stream.records(), last)

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from torch_student_env.spec import MAX_STEP_SIZE
-
-# The seed client's defaults, which a body left incomplete takes (within a server's limits).
-CLIENT_STEPS_PER_EPISODE = 1000
-CLIENT_STEP_SIZE = 10
+# The seed client's defaults (`spec`) are what a body left incomplete takes, within a server's limits.
+from torch_student_env.spec import CLIENT_STEP_SIZE, CLIENT_STEPS_PER_EPISODE, EPISODES_KEPT_PER_TOKEN, MAX_STEP_SIZE
 
 # The most any server accepts, whatever its `Limits`: the request bodies are validated against
 # these before a handler runs (and before any integer reaches a tensor), and a server's own
@@ -39,7 +36,7 @@ class Limits:
     max_body_bytes: int = 1 << 20
     session_ttl_s: float = 3600.0
     max_steps_per_episode: int = 100_000
-    scored_episodes_per_token: int = 1000  # finished episodes kept for the leaderboard
+    scored_episodes_per_token: int = EPISODES_KEPT_PER_TOKEN  # finished episodes kept for the leaderboard
 
     @property
     def default_steps_per_episode(self) -> int:

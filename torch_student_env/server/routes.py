@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
 from torch_student_env.client_view import FIRST_FLIGHT_FAILURE
+from torch_student_env.leaderboard import SCORE_WINDOW
 from torch_student_env.server.config import ABSOLUTE_MAX
 from torch_student_env.server.deps import SessionHeader, StateDep, TokenDep
 from torch_student_env.server.errors import ServerError
@@ -167,7 +168,7 @@ def latest_state(episode_id: str, state: StateDep, token: TokenDep) -> LatestSta
 
 # -- scores ----------------------------------------------------------------------------------------
 @scores.get("/api/v1/user/{user_token}/score", responses=errors(404, 422))
-def user_score(user_token: str, request: Request, state: StateDep, limit: Limit = 100) -> Score:
+def user_score(user_token: str, request: Request, state: StateDep, limit: Limit = SCORE_WINDOW) -> Score:
     """The challenge's leaderboard metrics over the token's last `limit` finished episodes.
 
     The token in the path is the credential, as in the client's `get_leaderboard_score`: a
@@ -179,7 +180,7 @@ def user_score(user_token: str, request: Request, state: StateDep, limit: Limit 
 
 
 @scores.get("/leaderboard", response_class=HTMLResponse, responses=errors(422))
-def leaderboard(request: Request, state: StateDep, limit: Limit = 100) -> str:
+def leaderboard(request: Request, state: StateDep, limit: Limit = SCORE_WINDOW) -> str:
     """Every token's score under its display name (never the token), best total first."""
     names = state.store.names()  # a token of an earlier tokens file keeps its name
     standings = [(names.get(t, "player ?"), state.score(t, limit)) for t in state.scored_tokens()]

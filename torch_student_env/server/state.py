@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from torch_student_env.client_view import finished_episodes
-from torch_student_env.leaderboard import score_metrics
+from torch_student_env.leaderboard import SCORE_WINDOW, score_metrics
 from torch_student_env.server import groups
 from torch_student_env.server.config import Limits
 from torch_student_env.server.errors import ServerError
@@ -89,7 +89,7 @@ class ServerState:
         group.env.step([0, 0, 0, 0])
 
     # -- leaderboard ----------------------------------------------------------------------------
-    def score(self, token: str, limit: int = 100) -> dict[str, Any]:
+    def score(self, token: str, limit: int = SCORE_WINDOW) -> dict[str, Any]:
         """The challenge's leaderboard metrics over the token's last `limit` finished episodes."""
         _check_range("limit", limit, self.limits.scored_episodes_per_token)
         return score_metrics(self.store.last(token, limit), limit)

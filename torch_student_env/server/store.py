@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from torch_student_env.leaderboard import FinishedEpisode
+from torch_student_env.spec import EPISODES_KEPT_PER_TOKEN
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -57,7 +58,9 @@ class ScoreStore:
     once. Every method is one bounded transaction.
     """
 
-    def __init__(self, path: str | Path = ":memory:", keep_per_token: int = 1000, durable: bool = False) -> None:
+    def __init__(
+        self, path: str | Path = ":memory:", keep_per_token: int = EPISODES_KEPT_PER_TOKEN, durable: bool = False
+    ) -> None:
         self.path = str(path)
         self.keep_per_token = keep_per_token
         self.durable = durable
