@@ -97,7 +97,7 @@ def test_vectorized_loop_shapes_and_resets_match_the_real_server(client, server,
         import numpy as np
         from student_client.student_gym_env_vectorized import create_student_gym_env_vectorized
         env = create_student_gym_env_vectorized(num_envs=3, step_size=10, max_steps_per_episode=40)
-        obs, infos = env.reset()
+        obs, infos = env.reset(seed=7)  # seeded: a random engine may fail within 40 flights
         assert obs.shape == (3, 9), obs.shape
         obs, rewards, term, trunc, infos = env.step(np.array([0, 2, 0]))
         assert [o.shape for o in obs] == [(10, 9), (1, 9), (10, 9)], [o.shape for o in obs]
