@@ -22,6 +22,7 @@ from torch_student_env import make_env
 from torch_student_env.config import normalize_device
 from torch_student_env.leaderboard import SCORE_WINDOW
 from torch_student_env.models import QNetwork
+from torch_student_env.spec import FINAL_WINDOW_KEYS
 
 OBS_KEYS = ("observation", "valid", "flight")
 
@@ -126,9 +127,8 @@ def main(args: Args) -> dict:
         # only termination (not truncation) stops bootstrapping.
         done = next_td["done"]
         real_next = {
-            "observation": torch.where(done[:, None, None], next_td["final_observation"], next_td["observation"]),
-            "valid": torch.where(done[:, None], next_td["final_valid"], next_td["valid"]),
-            "flight": torch.where(done[:, None], next_td["final_flight"], next_td["flight"]),
+            key: torch.where(done.view(-1, *(1,) * (next_td[key].dim() - 1)), next_td[final], next_td[key])
+            for key, final in FINAL_WINDOW_KEYS.items()
         }
         transition = {f"obs_{k}": td[k] for k in OBS_KEYS} | {f"next_{k}": v for k, v in real_next.items()}
         transition |= {

@@ -49,7 +49,7 @@ from torch_student_env.config import normalize_device
 from torch_student_env.leaderboard import SCORE_WINDOW
 from torch_student_env.models import EXTRA_INPUTS_KEY, ActorCritic, model_from_checkpoint
 from torch_student_env.policies import BASELINES, make_policy
-from torch_student_env.spec import FINAL_PLAYER_KEYS
+from torch_student_env.spec import FINAL_PLAYER_KEYS, FINAL_WINDOW_KEYS
 
 # What each --recipe sets, where the flag it sets is left at its default.
 RECIPES: dict[str, dict[str, object]] = {
@@ -382,10 +382,7 @@ def collect(args, env, agent, teacher, rollout, td, next_done, kick, world, cloc
             raw_rewards[step] = td["reward"]
         # CRUCIAL, easy to overlook: a truncated episode did not end, its value continues.
         # Keep the window it ended with (final_observation, not the reset window) to bootstrap.
-        rollout.final_storage["observation"][step] = td["final_observation"]
-        rollout.final_storage["valid"][step] = td["final_valid"]
-        rollout.final_storage["flight"][step] = td["final_flight"]
-        for key, final_key in FINAL_PLAYER_KEYS.items():  # the counters it ended with
+        for key, final_key in (FINAL_WINDOW_KEYS | FINAL_PLAYER_KEYS).items():  # the window and counters it ended with
             rollout.final_storage[key][step] = td[final_key]
         rollout.truncateds[step] = td["truncated"]
         next_done = td["done"].to(torch.float32)

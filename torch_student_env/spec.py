@@ -110,8 +110,15 @@ FINAL_PLAYER_KEYS: dict[str, str] = {
     "since_repair": "final_since_repair",
     "repairs": "episode_repairs",
 }
+# The window keys and the key of the window each finished episode ended with, in a step's outputs
+# (the window key itself shows the next episode's first row after a same-step restart).
+FINAL_WINDOW_KEYS: dict[str, str] = {
+    "observation": "final_observation",
+    "valid": "final_valid",
+    "flight": "final_flight",
+}
 # Left out of `step`'s outputs by `make_env(final_observation=False)`.
-FINAL_KEYS: tuple[str, ...] = ("final_observation", "final_valid", "final_flight", "final_since_repair")
+FINAL_KEYS: tuple[str, ...] = (*FINAL_WINDOW_KEYS.values(), "final_since_repair")
 PRIVILEGED_KEYS: dict[str, tuple[tuple[str, ...], torch.dtype]] = {
     "health": ((), torch.float32),
     "wear_rate": ((), torch.float32),

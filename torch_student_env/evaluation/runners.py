@@ -29,10 +29,12 @@ Policy = Callable[[TensorDict], torch.Tensor]
 HELD_OUT_SEED = 10_000
 
 
-def one_episode_each(env_kwargs: dict) -> dict:
-    """`make_env` options of an env that plays each engine's episode once (about 30 steps): eager
-    unless `fast` is given. Compiling a library for its engine count and model costs about 30 s
-    on a cold cache; the eager steps of a whole evaluation of 1,024 engines take under a second."""
+def evaluation_env_options(env_kwargs: dict) -> dict:
+    """`make_env` options of an evaluation's env, which plays a few hundred steps (each engine's
+    episode once, or a stream of about 100 episodes on 4 envs): eager unless `fast` is given. Its
+    episodes are then the same whatever the compile cache holds (a compiled step agrees with the
+    eager one to float rounding, not bit for bit), and no evaluation starts a build: the eager
+    steps of a whole evaluation of 1,024 engines take under a second."""
     return {"fast": False} | env_kwargs
 
 
@@ -151,7 +153,8 @@ def run_stream(
     episode per env) drops the first episodes, which all start together.
     """
     warmup = num_envs if warmup is None else warmup
-    env = make_env(num_envs=num_envs, seed=seed, device=device, privileged=True, **env_kwargs)
+    options = evaluation_env_options(env_kwargs)
+    env = make_env(num_envs=num_envs, seed=seed, device=device, privileged=True, **options)
     records: list[FinishedEpisode] = []
     finish_steps: list[int] = []
     td = env.reset()
@@ -203,7 +206,9 @@ def evaluate_policies(
             raise ValueError(f"paired_with={reference!r} is not one of the policies {list(policies)}")
     results, returns = {}, {}
     for name, policy in policies.items():
-        env = make_env(num_envs=num_envs, seed=seed, device=device, privileged=True, **one_episode_each(env_kwargs))
+        env = make_env(
+            num_envs=num_envs, seed=seed, device=device, privileged=True, **evaluation_env_options(env_kwargs)
+        )
         episodes = run_episodes(env, policy, episodes_per_env, progress=progress)
         results[name], returns[name] = summarize(episodes), episodes.returns
         env.close()
@@ -237,7 +242,7 @@ def evaluate_variants(
     results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in policies}
     for variant, params in variants.items():
         for name, factory in policies.items():
-            options = one_episode_each(env_kwargs)
+            options = evaluation_env_options(env_kwargs)
             env = make_env(num_envs=num_envs, seed=seed, device=device, privileged=True, sim_params=params, **options)
             results[name][variant] = summarize(run_episodes(env, factory(params), progress=progress))
             env.close()
@@ -252,7 +257,7 @@ def record_episode(policy: Policy, seed: int = 0, max_env_steps: int = 1000, **e
     reading on; `action`, `action_flight` (flight index when the action was taken) per step;
     `failed`, `episode_return`.
     """
-    options = one_episode_each(env_kwargs)
+    options = evaluation_env_options(env_kwargs)
     env = make_env(num_envs=1, seed=seed, privileged=True, autoreset_mode="disabled", **options)
     if env.history < env.step_size:
         raise ValueError(f"record_episode needs history >= step_size to see every row, got {env.history}")

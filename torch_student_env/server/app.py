@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
 from torch_student_env.server.config import Limits  # noqa: E402
-from torch_student_env.server.errors import ServerError  # noqa: E402
+from torch_student_env.server.errors import ServerError, token_refusal  # noqa: E402
 from torch_student_env.server.models import REQUEST_MODELS, Invalid, Rejected, publish_limits  # noqa: E402
 from torch_student_env.server.routes import PROTOCOL_VERSION, ROUTERS  # noqa: E402
 from torch_student_env.server.state import ServerState  # noqa: E402
@@ -110,8 +110,9 @@ class GuardBodies:
             return
         headers = dict(scope["headers"])
         token = headers.get(b"user-token", b"").decode("latin-1")
-        if not token or token not in self.tokens:
-            await _reply(send, 401, "missing User-Token header" if not token else "unknown User-Token")
+        refusal = token_refusal(token, self.tokens)
+        if refusal is not None:
+            await _reply(send, 401, refusal)
             return
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from torch_student_env.server.errors import ServerError
+from torch_student_env.server.errors import ServerError, token_refusal
 from torch_student_env.server.state import ServerState
 
 
@@ -19,10 +19,9 @@ async def get_state(request: Request) -> ServerState:
 
 async def get_token(request: Request, user_token: Annotated[str | None, Header(alias="User-Token")] = None) -> str:
     """The request's token, if the server accepts it (401 otherwise)."""
-    if not user_token:
-        raise ServerError(401, "missing User-Token header")
-    if user_token not in request.app.state.tokens:
-        raise ServerError(401, "unknown User-Token")
+    refusal = token_refusal(user_token, request.app.state.tokens)
+    if refusal is not None:
+        raise ServerError(401, refusal)
     return user_token
 
 
