@@ -21,7 +21,7 @@ from training import RunLogger, Validator, arg, final_report, parse_args, run_di
 from torch_student_env import make_env
 from torch_student_env.config import normalize_device
 from torch_student_env.leaderboard import SCORE_WINDOW
-from torch_student_env.models import QNetwork
+from torch_student_env.models import QNetwork, checkpoint_entries, model_from_checkpoint
 from torch_student_env.spec import FINAL_WINDOW_KEYS
 
 OBS_KEYS = ("observation", "valid", "flight")
@@ -172,20 +172,21 @@ def main(args: Args) -> dict:
             )
             if stats["mean_return"] > best["mean_return"]:  # validation seeds, never the held-out ones
                 best = {"mean_return": stats["mean_return"], "env_steps": global_step}
-                save_checkpoint(out / "best.pt", q_net=q_net.state_dict(), global_step=global_step, best=best)
+                save_checkpoint(
+                    out / "best.pt", **checkpoint_entries(q_net, env.history), global_step=global_step, best=best
+                )
             bar.set_postfix(sps=f"{sps:,.0f}", epsilon=f"{epsilon:.2f}", eval=f"{stats['mean_return']:,.0f}")
     bar.close()
     wall = time.perf_counter() - start
     save_checkpoint(
         out / "checkpoint.pt",
-        q_net=q_net.state_dict(),
+        **checkpoint_entries(q_net, env.history),
         global_step=global_step,
         curve=curve,
         args=dataclasses.asdict(args),
     )
     print(f"trained {global_step:,} env steps in {wall:.0f} s; env.step took {100 * env_time / wall:.1f}% of it")
-    best_net = copy.deepcopy(q_net)
-    best_net.load_state_dict(torch.load(out / "best.pt", map_location=device, weights_only=True)["q_net"])
+    best_net = model_from_checkpoint(torch.load(out / "best.pt", map_location=device, weights_only=True)).to(device)
     best_name = f"dqn_cnn (best: {best['env_steps']:,} steps)"
     results = final_report(
         {best_name: best_net.act, "dqn_cnn (final)": q_net.act},

@@ -47,7 +47,7 @@ from training import (
 from torch_student_env import make_env
 from torch_student_env.config import normalize_device
 from torch_student_env.leaderboard import SCORE_WINDOW
-from torch_student_env.models import EXTRA_INPUTS_KEY, ActorCritic, model_from_checkpoint
+from torch_student_env.models import EXTRA_INPUTS_KEY, ActorCritic, checkpoint_entries, model_from_checkpoint
 from torch_student_env.policies import BASELINES, make_policy
 from torch_student_env.spec import FINAL_PLAYER_KEYS, FINAL_WINDOW_KEYS
 
@@ -206,9 +206,6 @@ def main(args: Args) -> dict | None:
         counter_flights=args.counter_flights,
         counter_bins=args.counter_bins,
     ).to(device)
-    # a checkpoint's "model" entry: the model's config, and the window it was trained with (the
-    # env's, not the model's), which the evaluator plays it with
-    model_config = agent.config() | {"history": args.history}
     # DDP averages gradients across ranks in backward. The normalisation statistics are buffers
     # that every rank updates from all ranks' rows (gather_envs), so they need no broadcast.
     learner = agent if world == 1 else ddp(agent)
@@ -273,14 +270,14 @@ def main(args: Args) -> dict | None:
             if stats["mean_return"] > best["mean_return"]:  # validation seeds, never the held-out ones
                 best = {"mean_return": stats["mean_return"], "env_steps": global_step, "update": update}
                 save_checkpoint(
-                    best_path, agent=agent.state_dict(), model=model_config, global_step=global_step, best=best
+                    best_path, **checkpoint_entries(agent, args.history), global_step=global_step, best=best
                 )
             bar.set_postfix(sps=f"{sps:,.0f}", train_return=f"{mean_return:,.0f}", eval=f"{stats['mean_return']:,.0f}")
         if update % args.checkpoint_every == 0 or update == num_updates:
             envs = gather_env_states(env, world)
             if lead:
                 state = {"update": update, "global_step": global_step, "curve": curve, "best": best, "envs": envs}
-                weights = {"agent": agent.state_dict(), "model": model_config, "optimizer": optimizer.state_dict()}
+                weights = checkpoint_entries(agent, args.history) | {"optimizer": optimizer.state_dict()}
                 save_checkpoint(ckpt_path, **weights, **state, args=dataclasses.asdict(args))
     bar.close()
     wall = time.perf_counter() - start

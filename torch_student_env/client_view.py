@@ -27,7 +27,8 @@ def client_env_options(auto_reset: bool, hidden_state: bool, max_steps_per_episo
     """`make_env` options of an env that behaves as a group of the challenge's server.
 
     - `auto_reset` is the server's rule: a finished episode restarts when it is next stepped
-      ("next_step"); without it the episode waits for a reset ("disabled");
+      ("next_step"); without it the episode waits for a reset ("disabled"; `spec.AutoresetMode`
+      says what `auto_reset` means where);
     - the window holds `MAX_STEP_SIZE` rows, because a step returns every row it flew, at any
       step size up to 50;
     - no final windows: a client reads a step's rows, not a terminal window;

@@ -46,7 +46,8 @@ def make_env(
     sequence, or a mapping of names to them); it excludes `sim_params`.
 
     `auto_reset` is the deprecated spelling of `autoreset_mode`: True is "same_step", False
-    "disabled" (what it meant when it was the option).
+    "disabled" (what it meant when it was the option; the challenge client's `auto_reset` means
+    "next_step": `spec.AutoresetMode`).
     """
     if auto_reset is not None:
         autoreset_mode = _from_auto_reset(auto_reset, autoreset_mode)

@@ -309,6 +309,14 @@ class QNetwork(Checkpointable):
 CHECKPOINT_MODELS: dict[str, type[Checkpointable]] = {"agent": ActorCritic, "q_net": QNetwork}
 
 
+def checkpoint_entries(model: Checkpointable, history: int) -> dict[str, Any]:
+    """A model's entries of a training checkpoint, the ones `model_from_checkpoint` reads: its
+    weights under its `CHECKPOINT_MODELS` key, and "model", its config with the env's window it
+    trained with (the evaluator plays it with that window)."""
+    key = next(k for k, cls in CHECKPOINT_MODELS.items() if type(model) is cls)
+    return {key: model.state_dict(), "model": model.config() | {"history": history}}
+
+
 def model_from_checkpoint(checkpoint: Mapping[str, Any]) -> Checkpointable:
     """The model of a training checkpoint (loaded with `torch.load(..., weights_only=True)`),
     built from its "model" entry and loaded with its weights; ValueError if it holds none."""
@@ -322,6 +330,7 @@ def model_from_checkpoint(checkpoint: Mapping[str, Any]) -> Checkpointable:
 
 __all__ = [
     "CHECKPOINT_MODELS",
+    "checkpoint_entries",
     "Checkpointable",
     "EXTRA_INPUTS_KEY",
     "ActorCritic",

@@ -32,6 +32,11 @@ class AutoresetMode(str, Enum):
       Gymnasium's NEXT_STEP instead spends that step on the reset alone and ignores the action.
     - `DISABLED`: never by itself; a finished engine is frozen (stepping it flies nothing,
       earns 0 and repeats its final flags) until `reset(mask=...)`.
+
+    `auto_reset`, a bool, means two things here, and this is the one place that says which: the
+    challenge client's `auto_reset` (compat, the server's groups: `client_view.client_env_options`)
+    is `NEXT_STEP` when True and `DISABLED` when False; `make_env`'s deprecated `auto_reset=`
+    keeps the meaning it had as an option, `SAME_STEP` when True and `DISABLED` when False.
     """
 
     SAME_STEP = "same_step"

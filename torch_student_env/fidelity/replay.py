@@ -89,20 +89,18 @@ def replay(
         plan[: len(actions), i] = torch.tensor(actions)
     plan = plan.repeat(1, seeds)  # (T, num_envs)
 
-    newest = env.reset()["flight"][:, -1]
+    env.reset()
     alive = torch.ones(num_envs, dtype=torch.bool)
-    log = {key: [] for key in ("action", "reward", "flights", "row", "rows", "failed", "alive")}
+    log = {key: [] for key in ("action", "reward", "flights", "row", "rows", "failed", "first_flight", "alive")}
     for actions in plan:
         if not bool(alive.any()):
             break
         td = env.step(actions)
-        # the server's counter: the flights flown, the failing one included (it has no row)
-        flights = torch.where(td["done"], td["episode_length"], td["flight"][:, -1])
         log["action"].append(actions), log["alive"].append(alive.clone())
-        log["reward"].append(td["reward"]), log["flights"].append(flights)
+        # `age` is the server's counter: the flights flown, the failing one included (it has no row)
+        log["reward"].append(td["reward"]), log["flights"].append(td["age"])
         log["row"].append(td["row"]), log["failed"].append(td["episode_failed"])
-        log["rows"].append((td["flight"] > newest.unsqueeze(1)).sum(1))  # rows this step returned
-        newest = td["flight"][:, -1]
+        log["rows"].append(td["new_rows"]), log["first_flight"].append(td["failed_first_flight"])
         alive &= ~td["done"]
     stacked = {key: torch.stack(value) for key, value in log.items()}
     episodes = [_episode(stacked, e, agent) for e in range(num_envs)]
@@ -119,7 +117,7 @@ def _episode(log: dict[str, torch.Tensor], e: int, agent: str) -> LoggedEpisode:
         flights=tuple(log["flights"][:steps, e].tolist()),
         rows=tuple(map(tuple, log["row"][:steps, e].tolist())),
         failed=failed,
-        first_flight_failure=failed and rows_per_step[-1] == 0,
+        first_flight_failure=bool(log["first_flight"][:steps, e].any()),
         rows_per_step=rows_per_step,
         agent=agent,
     )
