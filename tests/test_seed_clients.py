@@ -343,3 +343,22 @@ def test_the_notebook_runs_unchanged_against_the_server(client, tmp_path):
         out = _run(_notebook_code(), client, tmp_path, url)
     assert "Environment created with 4 parallel environments" in out and "Step 40:" in out
     assert "Observations shape: (4, 9)" in out and "'error'" not in out and "Traceback" not in out
+
+
+def test_compat_asks_a_server_for_its_score_and_names_a_refusal(monkeypatch, tmp_path):
+    """compat's `get_leaderboard_score` with a server: the server's own figures for the token, and
+    the remote backend's named error (not a bare HTTP failure) for a token the server refuses."""
+    from torch_student_env import compat
+    from torch_student_env.backends.remote import NotFoundError
+
+    monkeypatch.chdir(tmp_path)  # no .env
+    with running_server(tokens={"score-token"}, limits=Limits()) as url:
+        env = compat.create_student_gym_env(server_url=url, user_token="score-token")
+        env.reset(seed=4)
+        rewards = [env.step(action)[1] for action in (0, 0, 2)]
+        env.close()
+        score = compat.get_leaderboard_score(user_token="score-token", server_url=url, return_dataframe=False)
+        assert score["total_episodes"] == 1 and score["total_reward"] == pytest.approx(sum(rewards), rel=1e-5)
+        assert score["avg_episode_length"] == 21  # two steps of 10 flights, then the sale's one
+        with pytest.raises(NotFoundError, match="HTTP 404"):
+            compat.get_leaderboard_score(user_token="not-a-player", server_url=url, return_dataframe=False)

@@ -42,6 +42,17 @@ def setting(value: Any, env_var: str, default: Any, kind: type) -> Any:
         raise ValueError(f"${env_var}={raw!r} is not a valid {kind.__name__}") from err
 
 
+def server_url_setting(value: str | None, default: str | None = None) -> str | None:
+    """The server's URL: the argument, else `$SERVER_URL`, else `default` (None, compat's: the
+    embedded simulator; the remote backend's: `DEFAULT_SERVER_URL`). The one lookup of the variable."""
+    return setting(value or None, "SERVER_URL", default, str) or default
+
+
+def user_token_setting(value: str | None) -> str:
+    """The user's token: the argument, else `$USER_TOKEN`, else the client's default. The one lookup."""
+    return setting(value or None, "USER_TOKEN", DEFAULT_TOKEN, str) or DEFAULT_TOKEN
+
+
 def connection_settings(max_steps_per_episode, auto_reset, server_url, user_token, timeout) -> dict[str, Any]:
     """The settings both factories resolve from arguments, then environment variables (a `.env`
     file included), then defaults."""
@@ -49,7 +60,7 @@ def connection_settings(max_steps_per_episode, auto_reset, server_url, user_toke
     return {
         "max_steps_per_episode": setting(max_steps_per_episode, "MAX_STEPS_PER_EPISODE", CLIENT_STEPS_PER_EPISODE, int),
         "auto_reset": setting(auto_reset, "AUTO_RESET", True, bool),
-        "server_url": setting(server_url, "SERVER_URL", None, str),
-        "user_token": setting(user_token, "USER_TOKEN", DEFAULT_TOKEN, str),
+        "server_url": server_url_setting(server_url),
+        "user_token": user_token_setting(user_token),
         "timeout": setting(timeout, "TIMEOUT", CLIENT_TIMEOUT_S, float),
     }

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from torch_student_env.client_plots import plot_observations, plot_rewards
-from torch_student_env.client_settings import connection_settings, load_dotenv, setting
+from torch_student_env.client_settings import connection_settings, load_dotenv, server_url_setting, user_token_setting
 from torch_student_env.client_view import (
     ALREADY_TERMINATED,
     FIRST_FLIGHT_FAILURE,
@@ -351,26 +351,29 @@ def get_leaderboard_score(
 ):
     """The client's `get_leaderboard_score`: the user's metrics over their last `limit` episodes.
 
-    With a server (argument, `$SERVER_URL` or `.env`) it asks the server's score endpoint; else
+    With a server (argument, `$SERVER_URL` or `.env`) it asks the server's score endpoint
+    (`backends.remote.HttpClient`: a refusal raises its named error, `NotFoundError` for an
+    unknown token); else
     it scores the episodes that compat envs on the embedded simulator finished in this process.
     A pandas `DataFrame` of one row (empty without episodes) if `return_dataframe`, else a dict.
     """
     load_dotenv()
-    user_token = setting(user_token, "USER_TOKEN", DEFAULT_TOKEN, str)
-    server_url = setting(server_url, "SERVER_URL", None, str)
+    user_token, server_url = user_token_setting(user_token), server_url_setting(server_url)
     if isinstance(limit, bool) or not isinstance(limit, Integral) or not 1 <= limit <= EPISODES_KEPT_PER_TOKEN:
         raise ValueError(f"limit must be an int in [1, {EPISODES_KEPT_PER_TOKEN}], got {limit!r}")
     if server_url is None:
         metrics = score_metrics(list(_FINISHED.get(user_token, ())), limit)
-    else:
-        import requests
+    else:  # through the remote backend's client: its retries, deadline, size cap and named errors
+        from urllib.parse import quote
 
-        response = requests.get(
-            f"{server_url.rstrip('/')}/api/v1/user/{user_token}/score", params={"limit": limit}, timeout=30
-        )
-        if response.status_code != 200:
-            raise ValueError(f"Could not retrieve user score: HTTP {response.status_code} ({response.text[:200]})")
-        metrics = response.json().get("metrics") or {}
+        from torch_student_env.backends.remote import HttpClient
+
+        client = HttpClient(server_url, user_token)
+        try:
+            path = f"/api/v1/user/{quote(user_token, safe='')}/score?limit={int(limit)}"
+            metrics = client.request("GET", path, idempotent=True).get("metrics") or {}
+        finally:
+            client.close()
     entry = as_client_entry(user_token, metrics) if metrics else {}
     if not return_dataframe:
         return entry

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import random
 import time
 from typing import Any
@@ -24,8 +23,9 @@ import requests
 import torch
 import urllib3
 
+from torch_student_env.client_settings import server_url_setting, user_token_setting
 from torch_student_env.config import EnvConfig
-from torch_student_env.spec import CLIENT_TIMEOUT_S, DEFAULT_TOKEN, HEALTH_COLUMN, NUM_FEATURES, ROW_WIDTH
+from torch_student_env.spec import CLIENT_TIMEOUT_S, HEALTH_COLUMN, NUM_FEATURES, ROW_WIDTH
 from torch_student_env.types import Transition
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,11 @@ class RequestRejected(RemoteError):
 
 
 class ServerUnavailable(RemoteError):
-    """The server could not be reached or kept failing after every retry."""
+    """The server could not be reached or kept failing after every retry; `last` says how."""
+
+    def __init__(self, message: str, status: int | None = None, last: str = "") -> None:
+        super().__init__(message, status)
+        self.last = last or message
 
 
 class ProtocolError(RemoteError):
@@ -67,6 +71,80 @@ class StepNotRetried(RemoteError):
 
 
 _RETRY_STATUS = {429, 500, 502, 503, 504}
+
+
+class HttpClient:
+    """One server of the challenge protocol over HTTP: the URL and token (arguments, else
+    `$SERVER_URL` / `$USER_TOKEN`: `client_settings`), keep-alive, and `request` with its
+    retries, deadline, size cap and named errors. The remote backend steps through it, and
+    `compat.get_leaderboard_score` asks for a score through it."""
+
+    def __init__(
+        self,
+        server_url: str | None = None,
+        user_token: str | None = None,
+        timeout: float = CLIENT_TIMEOUT_S,
+        max_retries: int = 4,
+        backoff: float = 0.1,
+    ) -> None:
+        self.server_url = server_url_setting(server_url, DEFAULT_SERVER_URL).rstrip("/")
+        self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
+        self.http = requests.Session()
+        self.http.headers.update({"User-Token": user_token_setting(user_token)})
+        self._jitter = random.Random()
+
+    def request(
+        self, method: str, path: str, body: dict | None = None, *, idempotent: bool, headers: dict | None = None
+    ) -> dict[str, Any]:
+        """The JSON object the server answers; retried (with backoff) on a lost connection, a
+        timeout or a 5xx when `idempotent`. Raises `AuthenticationError`, `NotFoundError`,
+        `RequestRejected` for a 4xx, `ProtocolError` for a malformed answer, `ServerUnavailable`
+        when every attempt failed (its `last` says how)."""
+        attempts = self.max_retries + 1 if idempotent else 1
+        last: str = ""
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1) + self._jitter.uniform(0, self.backoff))
+            try:
+                # `timeout` bounds the whole call, not each read: reads time out at a quarter of
+                # it, and the body is read against the deadline, so a server that drips a byte at
+                # a time cannot hold a step for longer than about 1.25 x timeout.
+                deadline = time.monotonic() + self.timeout
+                response = self.http.request(
+                    method,
+                    self.server_url + path,
+                    json=body,
+                    headers=headers,
+                    timeout=(self.timeout, self.timeout / 4),
+                    stream=True,
+                )
+                payload = _read_capped(response, deadline)
+            except (
+                requests.RequestException,
+                urllib3.exceptions.HTTPError,
+                TimeoutError,
+            ) as err:  # connection, timeout, truncated body
+                last = f"{type(err).__name__}: {err}"
+                continue
+            if response.status_code in _RETRY_STATUS:
+                last = f"HTTP {response.status_code}: {_detail(response)}"
+                continue
+            if response.status_code >= 400:
+                raise _http_error(response, path)
+            try:
+                data = json.loads(payload)
+            except ValueError:
+                last = f"HTTP {response.status_code} with a body that is not JSON: {payload[:200]!r}"
+                continue
+            if not isinstance(data, dict):
+                raise ProtocolError(f"{path}: the server answered {type(data).__name__}, not a JSON object")
+            return data
+        tries = f"after {attempts} attempts" if attempts > 1 else "(not retried: not idempotent)"
+        raise ServerUnavailable(f"{method} {self.server_url}{path} failed {tries}: {last}", last=last)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.http.close()
 
 
 class RemoteBackend:
@@ -89,11 +167,8 @@ class RemoteBackend:
         self.num_envs = config.num_envs
         self.device = config.device
         self.max_steps_per_episode = config.max_steps_per_episode
-        self.server_url = (server_url or os.environ.get("SERVER_URL") or DEFAULT_SERVER_URL).rstrip("/")
-        self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
-        self.http = requests.Session()
-        self.http.headers.update({"User-Token": user_token or os.environ.get("USER_TOKEN") or DEFAULT_TOKEN})
-        self._jitter = random.Random()
+        self.client = HttpClient(server_url, user_token, timeout, max_retries, backoff)
+        self.server_url, self.timeout, self.http = self.client.server_url, timeout, self.client.http
 
         version = self._request("GET", "/api/v1/version", idempotent=True)
         self.features = set(version.get("features", []))
@@ -146,53 +221,16 @@ class RemoteBackend:
         what: str | None = None,
     ) -> dict[str, Any]:
         headers = {"Session-ID": self.session_id} if session else None
-        attempts = self.max_retries + 1 if idempotent else 1
-        last: str = ""
-        for attempt in range(attempts):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1) + self._jitter.uniform(0, self.backoff))
-            try:
-                # `timeout` bounds the whole call, not each read: reads time out at a quarter of
-                # it, and the body is read against the deadline, so a server that drips a byte at
-                # a time cannot hold a step for longer than about 1.25 x timeout.
-                deadline = time.monotonic() + self.timeout
-                response = self.http.request(
-                    method,
-                    self.server_url + path,
-                    json=body,
-                    headers=headers,
-                    timeout=(self.timeout, self.timeout / 4),
-                    stream=True,
-                )
-                payload = _read_capped(response, deadline)
-            except (
-                requests.RequestException,
-                urllib3.exceptions.HTTPError,
-                TimeoutError,
-            ) as err:  # connection, timeout, truncated body
-                last = f"{type(err).__name__}: {err}"
-                continue
-            if response.status_code in _RETRY_STATUS:
-                last = f"HTTP {response.status_code}: {_detail(response)}"
-                continue
-            if response.status_code >= 400:
-                raise _http_error(response, path)
-            try:
-                data = json.loads(payload)
-            except ValueError:
-                last = f"HTTP {response.status_code} with a body that is not JSON: {payload[:200]!r}"
-                continue
-            if not isinstance(data, dict):
-                raise ProtocolError(f"{path}: the server answered {type(data).__name__}, not a JSON object")
-            return data
-        if not idempotent and what is not None:
+        try:
+            return self.client.request(method, path, body, idempotent=idempotent, headers=headers)
+        except ServerUnavailable as err:
+            if idempotent or what is None:
+                raise
             raise StepNotRetried(
-                f"{what} failed ({last}) and the server offers no step counters, so it was not retried: "
+                f"{what} failed ({err.last}) and the server offers no step counters, so it was not retried: "
                 f"the engines may or may not have advanced. Resume with make_env(backend='remote', "
                 f"session_id={self.session_id!r}, episode_ids=...) for episodes {self.episode_ids}"
-            )
-        tries = f"after {attempts} attempts" if attempts > 1 else "(not retried: not idempotent)"
-        raise ServerUnavailable(f"{method} {self.server_url}{path} failed {tries}: {last}")
+            ) from None
 
     # -- Backend protocol ---------------------------------------------------------------------
     def kernel_constants(self) -> tuple:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from tensordict import TensorDict
 
 from torch_student_env.client_view import EPISODE_KEYS, finished_episodes, newest, on_host
 from torch_student_env.env import TorchStudentEnv
+from torch_student_env.evaluation.episodes import Episodes
 from torch_student_env.evaluation.stats import challenge_score, paired_difference, summarize
 from torch_student_env.leaderboard import SCORE_WINDOW, FinishedEpisode
 from torch_student_env.make import make_env
@@ -36,38 +36,6 @@ def evaluation_env_options(env_kwargs: dict) -> dict:
     eager one to float rounding, not bit for bit), and no evaluation starts a build: the eager
     steps of a whole evaluation of 1,024 engines take under a second."""
     return {"fast": False} | env_kwargs
-
-
-@dataclass(frozen=True)
-class Episodes:
-    """Totals of finished episodes, flattened env-major: shapes (E,) for E = N * k episodes."""
-
-    returns: torch.Tensor  # float32
-    lengths: torch.Tensor  # int64, flights flown
-    repairs: torch.Tensor  # int64
-    failed: torch.Tensor  # bool
-    finish_step: torch.Tensor  # int64, env step at which each episode ended (orders them in time)
-
-    def __len__(self) -> int:
-        return self.returns.numel()
-
-    @classmethod
-    def from_records(
-        cls, records: list[FinishedEpisode], finish_steps: list[int], device: torch.device | str = "cpu"
-    ) -> Episodes:
-        """Episodes from leaderboard records (`client_view.finished_episodes`), in that order."""
-        return cls(
-            returns=torch.tensor([r.total_reward for r in records], dtype=torch.float32, device=device),
-            lengths=torch.tensor([r.flights for r in records], dtype=torch.int64, device=device),
-            repairs=torch.tensor([r.repairs for r in records], dtype=torch.int64, device=device),
-            failed=torch.tensor([r.failed for r in records], dtype=torch.bool, device=device),
-            finish_step=torch.tensor(finish_steps, dtype=torch.int64, device=device),
-        )
-
-    def records(self) -> list[FinishedEpisode]:
-        """The episodes as leaderboard records (what `leaderboard.score_metrics` scores)."""
-        columns = (self.returns.double(), self.repairs, self.lengths, self.failed)
-        return [FinishedEpisode(*row, finished_at="") for row in zip(*(c.tolist() for c in columns), strict=True)]
 
 
 @torch.no_grad()

@@ -4,14 +4,11 @@ challenge's score of a stream, and a policy's worst model."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
+from torch_student_env.evaluation.episodes import Episodes
 from torch_student_env.leaderboard import SCORE_WINDOW, score_metrics
-
-if TYPE_CHECKING:
-    from torch_student_env.evaluation.runners import Episodes
 
 
 def challenge_score(stream: Episodes, last: int = SCORE_WINDOW) -> dict[str, float]:
