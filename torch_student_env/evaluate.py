@@ -56,8 +56,8 @@ def load_policy(spec: str, device: torch.device, seed: int) -> tuple[str, Policy
     return f"{path.parent.name or path.stem} ({ckpt.get('global_step', '?'):,} steps)", model.act, history
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command line: evaluate baselines and checkpoints on held-out seeds, print a Markdown table."""
+def _parser() -> argparse.ArgumentParser:
+    """The command line's options."""
     parser = argparse.ArgumentParser(
         prog="python -m torch_student_env.evaluate",
         description=__doc__,
@@ -84,6 +84,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--paired-with", help="a baseline among the policies: add each one's paired difference to it (e.g. belief)"
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: evaluate baselines and checkpoints on held-out seeds, print a Markdown table."""
+    parser = _parser()
     args = parser.parse_args(argv)
     device = normalize_device(args.device)  # "cuda" -> "cuda:0", "cpu:0" -> "cpu"
     if args.score_episodes < 1:
@@ -98,24 +104,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.history is None and len(trained) > 1:
         parser.error(f"the checkpoints trained with windows {sorted(trained)}: choose one with --history")
     history = args.history if args.history is not None else next(iter(trained), None)
-    window = f", windows of {history} rows" if history is not None else ""
     if args.variants:
         try:
             variants = resolve(args.variants)
         except ValueError as err:
             parser.error(str(err))
-        factories = {}
-        for spec in specs:
-            if spec in BASELINES:
-                factories[spec] = for_model(spec, seed=args.seed, device=device)
-            else:
-                name, policy, _ = loaded[spec]
-                factories[name] = lambda params, policy=policy: policy
-        results = evaluate_variants(
-            factories, variants, num_envs=args.episodes, seed=args.seed, device=device, history=history
-        )
-        table = f"{args.episodes} episodes per policy and variant, seed {args.seed}{window}: "
-        table += "mean return ± 95% CI (failure rate)\n\n" + markdown_variant_table(results)
+        table = _variant_table(args, specs, loaded, variants, device, history)
     else:
         policies = dict(
             (loaded[spec] if spec in loaded else load_policy(spec, device, args.seed))[:2] for spec in specs
@@ -130,12 +124,34 @@ def main(argv: list[str] | None = None) -> None:
             score_episodes=args.score_episodes,
             history=history,
         )
-        table = f"{args.episodes} episodes per policy, seed {args.seed}{window}\n\n"
+        table = f"{args.episodes} episodes per policy, seed {args.seed}{_window(history)}\n\n"
         table += markdown_table(results, paired_with=args.paired_with)
     print(table)
     if args.out:
         Path(args.out).write_text(table + "\n")
         print(f"wrote {args.out}")
+
+
+def _window(history: int | None) -> str:
+    return f", windows of {history} rows" if history is not None else ""
+
+
+def _variant_table(
+    args, specs: list[str], loaded: dict, variants: dict, device: torch.device, history: int | None
+) -> str:
+    """Every policy on every model of the ensemble: the Markdown table, headed."""
+    factories = {}
+    for spec in specs:
+        if spec in BASELINES:
+            factories[spec] = for_model(spec, seed=args.seed, device=device)
+        else:
+            name, policy, _ = loaded[spec]
+            factories[name] = lambda params, policy=policy: policy
+    results = evaluate_variants(
+        factories, variants, num_envs=args.episodes, seed=args.seed, device=device, history=history
+    )
+    table = f"{args.episodes} episodes per policy and variant, seed {args.seed}{_window(history)}: "
+    return table + "mean return ± 95% CI (failure rate)\n\n" + markdown_variant_table(results)
 
 
 if __name__ == "__main__":

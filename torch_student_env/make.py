@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from torch_student_env.backends.base import Backend
 from torch_student_env.config import EnvConfig
 from torch_student_env.env import TorchStudentEnv
 from torch_student_env.sim.params import SimParams
@@ -79,12 +80,17 @@ def make_env(
         sim_params=sim_params if sim_params is not None else SimParams(),
         sim_variants=variants,
     )
+    return TorchStudentEnv(config, _backend(config, backend, remote_options))
+
+
+def _backend(config: EnvConfig, backend: str, remote_options: dict[str, Any]) -> Backend:
+    """The `Backend` named by `backend` for `config`: the embedded simulator or a remote server."""
     if backend == "local":
         if remote_options:
             raise TypeError(f"options {sorted(remote_options)} only apply to backend='remote'")
         from torch_student_env.backends.local import LocalBackend
 
-        impl = LocalBackend(
+        return LocalBackend(
             config.num_envs,
             config.device,
             config.max_steps_per_episode,
@@ -92,13 +98,11 @@ def make_env(
             config.seed,
             env_offset=config.env_offset,
         )
-    elif backend == "remote":
+    if backend == "remote":
         from torch_student_env.backends.remote import RemoteBackend
 
-        impl = RemoteBackend(config, **remote_options)
-    else:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return TorchStudentEnv(config, impl)
+        return RemoteBackend(config, **remote_options)
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
 def _from_auto_reset(auto_reset: bool, autoreset_mode: str) -> str:

@@ -299,19 +299,7 @@ class RemoteBackend:
         n = self.num_envs
         acts, index = actions.cpu().numpy(), np.flatnonzero(active.cpu().numpy())
         counters = self._counters[0, index] + 1
-        episode_actions = []
-        for i, c in zip(index, counters, strict=True):
-            entry = {
-                "episode_id": self.episode_ids[i],
-                "action": int(acts[i]),
-                "step_size": step_size,
-                "return_all_states": True,
-            }
-            if self.retry_steps:
-                entry["step_counter"] = int(c)
-            if reset_ended:
-                entry["reset_if_done"] = True
-            episode_actions.append(entry)
+        episode_actions = self._episode_actions(index, acts, counters, step_size, reset_ended)
         rows = torch.zeros(n, step_size, ROW_WIDTH)
         flown = np.zeros((n, step_size), dtype=bool)
         reward = np.zeros(n, dtype=np.float32)
@@ -361,6 +349,26 @@ class RemoteBackend:
             flights=torch.as_tensor(flights_after, **to),
         )
         return transition, None if first_rows is None else first_rows.to(**to)
+
+    def _episode_actions(
+        self, index: np.ndarray, acts: np.ndarray, counters: np.ndarray, step_size: int, reset_ended: bool
+    ) -> list[dict[str, Any]]:
+        """The step request's `episode_actions`: one entry per engine in `index`, with its step
+        counter (exactly-once retries) when the server keeps them."""
+        episode_actions = []
+        for i, c in zip(index, counters, strict=True):
+            entry = {
+                "episode_id": self.episode_ids[i],
+                "action": int(acts[i]),
+                "step_size": step_size,
+                "return_all_states": True,
+            }
+            if self.retry_steps:
+                entry["step_counter"] = int(c)
+            if reset_ended:
+                entry["reset_if_done"] = True
+            episode_actions.append(entry)
+        return episode_actions
 
     def _read_resets(self, index: np.ndarray, data: dict, first_rows: torch.Tensor) -> None:
         """The first rows of the episodes the server restarted within the step (`resets`)."""

@@ -217,6 +217,15 @@ def _timing_checks(real: dict, sim: dict) -> list[Check]:
 def compare(real: dict, sim: dict) -> list[Check]:
     """Every fidelity check of a simulated summary against the real one, where the real log has
     enough data for it (a policy that never flies has no fly bins, one never repaired no repairs)."""
+    checks = _reward_checks(real, sim) + _failure_checks(real, sim) + _life_checks(real, sim)
+    checks.append(_relative("return", "mean episode return", real["mean_return"], sim["mean_return"], 0.05))
+    if real["sensors"] is not None and sim["sensors"] is not None:
+        checks += _sensor_checks(real["sensors"], sim["sensors"])
+    return checks
+
+
+def _reward_checks(real: dict, sim: dict) -> list[Check]:
+    """Rewards: flying (fresh engines, by repairs and step since), per call, repairs, the episode's end."""
     checks = []
     for s in range(FRESH_STEPS):
         key = f"0,{s}"
@@ -249,6 +258,12 @@ def compare(real: dict, sim: dict) -> list[Check]:
         )
     if real["sale_reward"] is not None and sim["sale_reward"] is not None:
         checks.append(_relative("episode end", "sale reward", real["sale_reward"], sim["sale_reward"], 0.05))
+    return checks
+
+
+def _failure_checks(real: dict, sim: dict) -> list[Check]:
+    """When engines fail: the median, the distribution, by age and by flights since the last repair."""
+    checks = []
     rf, sf = real["failure_flights"], sim["failure_flights"]
     if len(rf) >= MIN_BIN and sf:
         share = [x["first_flight_failure"][1] / max(len(x["failure_flights"]), 1) for x in (real, sim)]
@@ -277,6 +292,12 @@ def compare(real: dict, sim: dict) -> list[Check]:
             real["failures_by_since_repair"],
             sim["failures_by_since_repair"],
         )
+    return checks
+
+
+def _life_checks(real: dict, sim: dict) -> list[Check]:
+    """How long never-repaired engines live, and the rows a failing step returns."""
+    checks = []
     rl, sl = real["never_repaired_life"], sim["never_repaired_life"]
     if len(rl) >= MIN_BIN and sl:
         checks.append(
@@ -295,9 +316,6 @@ def compare(real: dict, sim: dict) -> list[Check]:
         checks.append(Check("failing step", "most rows returned", *map(float, most), "equal", most[0] == most[1]))
         means = [float((x * np.arange(len(x))).sum() / x.sum()) for x in (r, s)]
         checks.append(_relative("failing step", "mean rows returned", *means, 0.10))
-    checks.append(_relative("return", "mean episode return", real["mean_return"], sim["mean_return"], 0.05))
-    if real["sensors"] is not None and sim["sensors"] is not None:
-        checks += _sensor_checks(real["sensors"], sim["sensors"])
     return checks
 
 

@@ -22,6 +22,23 @@ def draw(policies: dict[str, tuple[dict, dict]], single_totals: list[float], sin
         raise ValueError("the figure needs a log with rows (obs) for its reward and sensor panels; none has them")
     real, sim = max(with_rows.values(), key=lambda pair: len(pair[0]["fly"]))
 
+    _rewards_panel(rewards, real, sim)
+    _failures_panel(failures, policies)
+    _drift_panel(drift, real, sim)
+
+    totals.hist(single_totals, bins=24, color="tab:gray", alpha=0.7, label="simulated engines")
+    totals.axvline(single_real, color="tab:red", lw=2, label=f"real engine: {single_real:,.0f}")
+    totals.set(
+        xlabel="episode return",
+        ylabel="engines",
+        title="The 250-flight schedule (repairs at 50/100/150/200, sale at 250)",
+    )
+    totals.legend(fontsize=8)
+    return fig
+
+
+def _rewards_panel(rewards, real: dict, sim: dict) -> None:
+    """Step rewards by repairs and steps since the last one: real dots, simulated lines."""
     for k in range(6):
         keys = [(int(key.split(",")[1]), key) for key in real["fly"] if key.startswith(f"{k},")]
         keys = sorted((s, key) for s, key in keys if real["fly"][key][1] >= 30)
@@ -38,6 +55,9 @@ def draw(policies: dict[str, tuple[dict, dict]], single_totals: list[float], sin
     rewards.axhline(0, color="grey", lw=0.6)
     rewards.legend(fontsize=8)
 
+
+def _failures_panel(failures, policies: dict[str, tuple[dict, dict]]) -> None:
+    """The failure flight's CDF under each policy that failed, real and simulated."""
     for policy, (real_p, sim_p) in policies.items():
         if not real_p["failure_flights"]:
             continue
@@ -57,6 +77,9 @@ def draw(policies: dict[str, tuple[dict, dict]], single_totals: list[float], sin
     )
     failures.legend(fontsize=8)
 
+
+def _drift_panel(drift, real: dict, sim: dict) -> None:
+    """The wear sensors' drift over a fresh engine's steps, in row-noise units."""
     steps = np.arange(1, len(real["sensors"]["sensor_by_step"]) + 1)
     for name, color in zip(_MOVING, ("tab:blue", "tab:orange", "tab:green"), strict=True):
         i = SENSOR_NAMES.index(name)
@@ -70,13 +93,3 @@ def draw(policies: dict[str, tuple[dict, dict]], single_totals: list[float], sin
         title="Sensor drift with wear (real dots, simulated lines)",
     )
     drift.legend(fontsize=7, ncol=2)
-
-    totals.hist(single_totals, bins=24, color="tab:gray", alpha=0.7, label="simulated engines")
-    totals.axvline(single_real, color="tab:red", lw=2, label=f"real engine: {single_real:,.0f}")
-    totals.set(
-        xlabel="episode return",
-        ylabel="engines",
-        title="The 250-flight schedule (repairs at 50/100/150/200, sale at 250)",
-    )
-    totals.legend(fontsize=8)
-    return fig
