@@ -16,7 +16,18 @@ import time
 import torch
 from tensordict import TensorDict
 from tqdm.auto import tqdm
-from training import RunLogger, Validator, arg, final_report, parse_args, run_dir, run_results, save_checkpoint
+from training import (
+    FinalEvaluation,
+    RunLogger,
+    TrainingRun,
+    Validator,
+    arg,
+    final_report,
+    parse_args,
+    run_dir,
+    run_results,
+    save_checkpoint,
+)
 
 from torch_student_env import make_env
 from torch_student_env.config import normalize_device
@@ -191,13 +202,9 @@ def main(args: Args) -> dict:
     results = final_report(
         {best_name: best_net.act, "dqn_cnn (final)": q_net.act},
         out,
-        curve,
-        args.final_eval_envs,
-        device=device,
-        best=best,
-        extra={"train_seconds": wall, "env_steps": global_step},
-        score_episodes=args.score_episodes,
-        references=validator.references(),
+        TrainingRun(curve, best, validator.references(), {"train_seconds": wall, "env_steps": global_step}),
+        FinalEvaluation(args.final_eval_envs, score_episodes=args.score_episodes),
+        device,
     )
     log.close()
     print((out / "eval.md").read_text())

@@ -25,6 +25,7 @@ import dataclasses
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,7 +33,9 @@ import torch.distributed as dist
 from tensordict import TensorDict
 from tqdm.auto import tqdm
 from training import (
+    FinalEvaluation,
     RunLogger,
+    TrainingRun,
     Validator,
     arg,
     check_counter_bins,
@@ -44,7 +47,7 @@ from training import (
     verdict,
 )
 
-from torch_student_env import make_env
+from torch_student_env import TorchStudentEnv, make_env
 from torch_student_env.config import normalize_device
 from torch_student_env.leaderboard import SCORE_WINDOW
 from torch_student_env.models import EXTRA_INPUTS_KEY, ActorCritic, checkpoint_entries, model_from_checkpoint
@@ -227,8 +230,8 @@ def main(args: Args) -> dict | None:
             print(f"resumed from {ckpt_path} at update {run['update']}, {run['global_step']:,} env steps")
     start_update, global_step, curve, best = run["update"] + 1, run["global_step"], run["curve"], run["best"]
     next_done = torch.zeros(args.num_envs, device=device)
-    returns = torch.zeros(2, device=device)  # episodes' returns and count since the last log
-    clock, start = EnvClock(), time.perf_counter()
+    collector = Collector(env, agent, teacher, world, returns=torch.zeros(2, device=device))
+    returns, start = collector.returns, time.perf_counter()  # episodes' returns and count since the last log
     bar = tqdm(
         total=num_updates * batch_size * world, initial=global_step, unit="step", desc="ppo_cnn", disable=not lead
     )
@@ -241,9 +244,7 @@ def main(args: Args) -> dict | None:
         # with a critic trained alongside, and then improves on it from the reward alone.
         kick = args.kickstart_coef * max(0.0, 1.0 - (update - 1.0) / kickstart_updates) if kickstart_updates else 0.0
         raw_rewards = torch.zeros_like(rollout.rewards) if keep_first_rollout and update == start_update else None
-        td, next_done = collect(
-            args, env, agent, teacher, rollout, td, next_done, kick, world, clock, returns, raw_rewards
-        )
+        td, next_done = collect(args, collector, rollout, td, next_done, kick, raw_rewards)
         global_step += args.num_steps * args.num_envs * world
         advantages, b_returns = advantages_and_returns(args, agent, rollout, td, next_done)
         losses = optimise(args, agent, learner, optimizer, rollout, advantages, b_returns, kick)
@@ -283,8 +284,8 @@ def main(args: Args) -> dict | None:
     wall = time.perf_counter() - start
     if world > 1 and not ranks_agree(agent, world, lead):
         return None  # a rank other than 0: its work is done
-    first_step_time = clock.first or 0.0
-    steady_share = clock.rest / max(wall - first_step_time, 1e-9)
+    first_step_time = collector.first or 0.0
+    steady_share = collector.rest / max(wall - first_step_time, 1e-9)
     print(
         f"trained {global_step:,} env steps in {wall:.0f} s; env.step took {100 * steady_share:.1f}% of it "
         f"after its first call, which took {first_step_time:.1f} s (the one-off compile with --fast)"
@@ -342,16 +343,23 @@ def new_rollout(td: TensorDict, agent: ActorCritic, num_steps: int) -> tuple[Rol
     return rollout, td
 
 
-class EnvClock:
-    """Wall time inside `env.step`: the first call (the one-off compile) apart from the rest."""
+@dataclasses.dataclass
+class Collector:
+    """What every rollout uses: the env, the agent, the kickstarting teacher (or None), the number
+    of ranks, the finished episodes' returns and count since the last log, and the wall time
+    inside `env.step` (the first call, which may wait for the compiled step, apart from the rest)."""
 
-    def __init__(self) -> None:
-        self.first: float | None = None
-        self.rest = 0.0
+    env: TorchStudentEnv
+    agent: ActorCritic
+    teacher: Callable[[TensorDict], torch.Tensor] | None
+    world: int
+    returns: torch.Tensor
+    first: float | None = None
+    rest: float = 0.0
 
-    def step(self, env, action: torch.Tensor) -> TensorDict:
+    def step(self, action: torch.Tensor) -> TensorDict:
         start = time.perf_counter()
-        td = env.step(action)
+        td = self.env.step(action)
         if self.first is None:
             self.first = time.perf_counter() - start
         else:
@@ -359,9 +367,11 @@ class EnvClock:
         return td
 
 
-def collect(args, env, agent, teacher, rollout, td, next_done, kick, world, clock, returns, raw_rewards):
+def collect(args, collector, rollout, td, next_done, kick, raw_rewards):
     """One rollout of `num_steps` into `rollout`; adds the finished episodes' returns and count to
-    `returns`, and the raw rewards to `raw_rewards` when given. Returns the next state and dones."""
+    `collector.returns`, and the raw rewards to `raw_rewards` when given. Returns the next state
+    and dones."""
+    agent, teacher, world, returns = collector.agent, collector.teacher, collector.world, collector.returns
     for step in range(args.num_steps):
         if EXTRA_INPUTS_KEY in rollout.obs_keys:
             td[EXTRA_INPUTS_KEY] = agent.extra_inputs(td)
@@ -373,7 +383,7 @@ def collect(args, env, agent, teacher, rollout, td, next_done, kick, world, cloc
             if kick > 0:
                 rollout.teacher_actions[step] = teacher(td)
         rollout.values[step], rollout.actions[step], rollout.logprobs[step] = value, action, logprob
-        td = clock.step(env, action)
+        td = collector.step(action)
         rollout.rewards[step] = td["reward"] * args.reward_scale
         if raw_rewards is not None:
             raw_rewards[step] = td["reward"]
@@ -519,15 +529,11 @@ def evaluate_run(args, agent, best, curve, out, device, extra) -> dict:
     results = final_report(
         {best_name: best_agent.act, "ppo_cnn (final)": agent.act},
         out,
-        curve,
-        args.final_eval_envs,
-        device=device,
-        best=best,
-        variants=args.variant_eval,
-        history=args.history,
-        extra=extra,
-        score_episodes=args.score_episodes,
-        references=extra["validation"],
+        TrainingRun(curve, best, references=extra["validation"], extra=extra),
+        FinalEvaluation(
+            args.final_eval_envs, variants=args.variant_eval, history=args.history, score_episodes=args.score_episodes
+        ),
+        device,
     )
     print((out / "eval.md").read_text())
     print(f"wrote {out / 'eval.md'}, {out / 'learning_curve.png'}, {out / 'episode.png'}, {out / 'checkpoint.pt'}")

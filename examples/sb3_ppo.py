@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 from training import (
+    FinalEvaluation,
+    TrainingRun,
     Validator,
     arg,
     check_counter_bins,
@@ -248,15 +250,16 @@ def main(args: Args) -> dict:
     results = final_report(
         {name: as_policy(model, venv, classes, args.player_keys)},
         out,
-        validation.curve,
-        args.final_eval_envs,
-        device="cpu",
-        best=validation.best,
-        variants=args.variant_eval,
-        history=args.history,
-        extra={"train_seconds": wall, "env_steps": model.num_timesteps},
-        score_episodes=args.score_episodes,
-        references=validation.validator.references(),
+        TrainingRun(
+            validation.curve,
+            validation.best,
+            validation.validator.references(),
+            {"train_seconds": wall, "env_steps": model.num_timesteps},
+        ),
+        FinalEvaluation(
+            args.final_eval_envs, variants=args.variant_eval, history=args.history, score_episodes=args.score_episodes
+        ),
+        "cpu",
     )
     print((out / "eval.md").read_text())
     print(verdict(name, results))

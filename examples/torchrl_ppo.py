@@ -22,7 +22,7 @@ from torchrl.modules import ProbabilisticActor, ValueOperator  # noqa: E402
 from torchrl.objectives import ClipPPOLoss  # noqa: E402
 from torchrl.objectives.value import GAE  # noqa: E402
 from tqdm.auto import tqdm
-from training import Validator, arg, final_report, parse_args, save_checkpoint
+from training import FinalEvaluation, TrainingRun, Validator, arg, final_report, parse_args, save_checkpoint
 
 from torch_student_env.adapters.torchrl import TorchRLStudentEnv
 from torch_student_env.config import normalize_device
@@ -132,12 +132,9 @@ def main(args: Args) -> None:
     final_report(
         {"torchrl_ppo": greedy},
         out,
-        curve,
-        args.final_eval_envs,
-        device=device,
-        extra={"train_seconds": wall, "env_steps": steps},
-        score_episodes=args.score_episodes,
-        references=validator.references(),
+        TrainingRun(curve, references=validator.references(), extra={"train_seconds": wall, "env_steps": steps}),
+        FinalEvaluation(args.final_eval_envs, score_episodes=args.score_episodes),
+        device,
     )
     print((out / "eval.md").read_text())
 

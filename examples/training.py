@@ -104,26 +104,40 @@ class Validator:
         return point | paired_difference(episodes.returns, self.returns["belief"])
 
 
+@dataclasses.dataclass(frozen=True)
+class FinalEvaluation:
+    """How the final report evaluates: `eval_envs` held-out engines of `seed`, one episode each;
+    every policy with a window of `history` rows (None: the env's default; the window the learned
+    ones trained with); on every plausible model too when `variants`; the challenge score over
+    the last `score_episodes` of a stream (the challenge's is `SCORE_WINDOW`)."""
+
+    eval_envs: int
+    seed: int = HELD_OUT_SEED
+    variants: bool = False
+    history: int | None = None
+    score_episodes: int = SCORE_WINDOW
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingRun:
+    """What a training run hands its final report: its learning curve, the curve's best point,
+    the validator's references (`Validator.references`: the zoomed panel, paired with belief) and
+    figures to keep in eval.json (train seconds, env steps, ...)."""
+
+    curve: list[dict[str, float]]
+    best: dict[str, float] | None = None
+    references: dict[str, float] | None = None
+    extra: dict[str, Any] | None = None
+
+
 def final_report(
-    learned: dict[str, Any],
-    out: Path,
-    curve: list[dict[str, float]],
-    eval_envs: int,
-    device: torch.device | str,
-    seed: int = HELD_OUT_SEED,
-    extra: dict[str, Any] | None = None,
-    best: dict[str, float] | None = None,
-    variants: bool = False,
-    history: int | None = None,
-    score_episodes: int = SCORE_WINDOW,
-    references: dict[str, float] | None = None,
+    learned: dict[str, Any], out: Path, run: TrainingRun, evaluation: FinalEvaluation, device: torch.device | str
 ) -> dict[str, dict[str, float]]:
     """Evaluate the `learned` policies (name -> policy; the first is plotted) against every
-    baseline on held-out seeds; write eval.md/json and the PNGs. `variants`: also score each on
-    every plausible model (`sim.variants.PLAUSIBLE`) and report its worst. `history`: every
-    policy plays with that window (the client-side memory the learned ones trained with).
-    `score_episodes`: the challenge score's window (the challenge's is `SCORE_WINDOW`). `references`
-    (`Validator.references`): the learning curve's zoomed panel, paired with belief."""
+    baseline on held-out seeds as `evaluation` says; write eval.md/json and the PNGs."""
+    curve, best, references, extra = run.curve, run.best, run.references, run.extra
+    eval_envs, seed, variants = evaluation.eval_envs, evaluation.seed, evaluation.variants
+    history, score_episodes = evaluation.history, evaluation.score_episodes
     from torch_student_env.plotting import plot_episode, plot_learning_curve
 
     policies = dict(learned)
