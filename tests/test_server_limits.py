@@ -185,3 +185,28 @@ def test_out_of_range_integers_are_422_and_change_nothing(server_url, body):
 def test_invalid_values_are_never_echoed_into_a_500(server_url, raw):
     r = api_post(server_url, "/episode/vectorized_reset", data=raw, headers={"Content-Type": "application/json"})
     assert r.status_code in (404, 422) and "detail" in r.json(), (r.status_code, r.text[:200])
+
+
+def test_the_command_line_sets_every_limit_and_refuses_one_out_of_range():
+    """`python -m torch_student_env.server` names each `Limits` field as an option: a step over the
+    server's own step limit is refused (naming it), and an impossible limit stops the start with
+    an error instead of a traceback."""
+    import subprocess
+    import sys
+
+    from torch_student_env.server import server_process
+
+    with server_process([TOKEN_A], "--max-step-size", "20", "--session-ttl", "60") as server:
+        _, (episode,) = api_group(server.url, 1)
+        assert api_post(server.url, "/episode/vectorized_reset", json={"episode_ids": [episode]}).status_code == 200
+        step = {"episode_actions": [{"episode_id": episode, "action": 0, "step_size": 30}]}
+        answer = api_post(server.url, "/episode/vectorized_step", json=step)
+        assert answer.status_code == 422 and "step_size must be in [1, 20], got 30" in answer.json()["detail"]
+        step["episode_actions"][0]["step_size"] = 20
+        assert api_post(server.url, "/episode/vectorized_step", json=step).status_code == 200
+    done = subprocess.run(
+        [sys.executable, "-m", "torch_student_env.server", "--max-step-size", "0", "--db", ":memory:"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0 and "error: Limits.max_step_size must be a positive number, got 0" in done.stderr
+    assert "Traceback" not in done.stderr

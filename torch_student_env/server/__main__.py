@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import fields
 
 from torch_student_env.server.config import Limits
+
+_LIMIT_HELP = {
+    "session_ttl_s": "idle seconds before a session expires",
+    "max_body_bytes": "the largest request body, in bytes",
+    "scored_episodes_per_token": "finished episodes kept per token for the leaderboard",
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -14,9 +21,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--tokens-file", help="one token per line; else $STUDENT_ENV_TOKENS; else 'student_user'")
-    parser.add_argument("--max-envs-per-session", type=int, default=Limits.max_envs_per_session)
-    parser.add_argument("--max-sessions-per-token", type=int, default=Limits.max_sessions_per_token)
-    parser.add_argument("--session-ttl", type=float, default=Limits.session_ttl_s, help="idle seconds before expiry")
+    for field in fields(Limits):  # every limit, named as in `Limits` (session_ttl_s also as --session-ttl)
+        names = (["--session-ttl"] if field.name == "session_ttl_s" else []) + [f"--{field.name.replace('_', '-')}"]
+        kind = float if isinstance(field.default, float) else int
+        parser.add_argument(*names, dest=field.name, type=kind, default=field.default, help=_LIMIT_HELP.get(field.name))
     parser.add_argument("--hide-health", action="store_true", help="never send hidden health in infos")
     parser.add_argument(
         "--db",
@@ -44,19 +52,15 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvicorn
 
-    from torch_student_env.server.app import create_app, load_tokens
-
-    limits = Limits(
-        max_envs_per_session=args.max_envs_per_session,
-        max_sessions_per_token=args.max_sessions_per_token,
-        session_ttl_s=args.session_ttl,
-    )
+    from torch_student_env.server.app import create_app
+    from torch_student_env.server.config import load_tokens
     from torch_student_env.server.store import StoreError
 
     try:
+        limits = Limits(**{field.name: getattr(args, field.name) for field in fields(Limits)})
         tokens = load_tokens(args.tokens_file)
         app = create_app(tokens, limits, expose_health=not args.hide_health, db=args.db, durable=args.durable)
-    except StoreError as err:
+    except (StoreError, ValueError) as err:  # a limit out of range, a tokens file without a token
         raise SystemExit(f"error: {err}") from None
     app.state.server.warm_up()  # the compiled step loaded, or its build started, before the port opens
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +19,13 @@ from fastapi.openapi.utils import get_openapi  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
-from torch_student_env.server.config import Limits  # noqa: E402
+from torch_student_env.server.config import Limits, display_names, load_tokens  # noqa: E402
 from torch_student_env.server.errors import ServerError, token_refusal  # noqa: E402
 from torch_student_env.server.models import REQUEST_MODELS, Invalid, Rejected, publish_limits  # noqa: E402
 from torch_student_env.server.routes import PROTOCOL_VERSION, ROUTERS  # noqa: E402
 from torch_student_env.server.state import ServerState  # noqa: E402
 from torch_student_env.server.store import ScoreStore  # noqa: E402
 from torch_student_env.sim.params import SimParams  # noqa: E402
-from torch_student_env.spec import DEFAULT_TOKEN  # noqa: E402
 
 log = logging.getLogger("torch_student_env.server")
 
@@ -53,39 +51,6 @@ def _exact_openapi(app: FastAPI, models: tuple[type[BaseModel], ...], limits: Li
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-def load_tokens(tokens_file: str | Path | None = None) -> dict[str, str]:
-    """Tokens and their display names on the leaderboard page.
-
-    From a file (one `token [display name]` per line, # comments) or STUDENT_ENV_TOKENS
-    (comma-separated tokens). With neither, only the seed client's default token `student_user`
-    is accepted, with a warning. Tokens without a name are shown as "player K".
-    """
-    if tokens_file is not None:
-        entries = []
-        for line in Path(tokens_file).read_text().splitlines():
-            if line.strip() and not line.strip().startswith("#"):
-                token, _, name = line.strip().partition(" ")
-                entries.append((token, name.strip()))
-        if not entries:
-            raise ValueError(f"{tokens_file} holds no token")
-        return display_names(entries)
-    env = os.environ.get("STUDENT_ENV_TOKENS", "")
-    tokens = [(t.strip(), "") for t in env.split(",") if t.strip()]
-    if not tokens:
-        log.warning("no tokens configured: accepting only the default token %r", DEFAULT_TOKEN)
-        tokens = [(DEFAULT_TOKEN, "")]
-    return display_names(tokens)
-
-
-def display_names(entries: list[tuple[str, str]] | set[str] | dict[str, str]) -> dict[str, str]:
-    """token -> display name; unnamed tokens become "player K" (K by sorted token, never the token)."""
-    if isinstance(entries, dict):
-        entries = list(entries.items())
-    elif isinstance(entries, set):
-        entries = [(token, "") for token in sorted(entries)]
-    return {token: name or f"player {k + 1}" for k, (token, name) in enumerate(entries)}
 
 
 class _BodyTooLarge(Exception):

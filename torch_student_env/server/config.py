@@ -1,12 +1,24 @@
 """The reference server's settings: what one request and one token may use (`Limits`), within
-the absolute maxima that the request bodies themselves bound (`server.models`)."""
+the absolute maxima that the request bodies themselves bound (`server.models`); which tokens it
+accepts and the names the leaderboard shows for them (`load_tokens`)."""
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 # The seed client's defaults (`spec`) are what a body left incomplete takes, within a server's limits.
-from torch_student_env.spec import CLIENT_STEP_SIZE, CLIENT_STEPS_PER_EPISODE, EPISODES_KEPT_PER_TOKEN, MAX_STEP_SIZE
+from torch_student_env.spec import (
+    CLIENT_STEP_SIZE,
+    CLIENT_STEPS_PER_EPISODE,
+    DEFAULT_TOKEN,
+    EPISODES_KEPT_PER_TOKEN,
+    MAX_STEP_SIZE,
+)
+
+log = logging.getLogger("torch_student_env.server")
 
 # The most any server accepts, whatever its `Limits`: the request bodies are validated against
 # these before a handler runs (and before any integer reaches a tensor), and a server's own
@@ -56,3 +68,36 @@ class Limits:
             top = ABSOLUTE_MAX.get(f.name)
             if top is not None and value > top:
                 raise ValueError(f"Limits.{f.name} must be at most {top}, got {value}")
+
+
+def load_tokens(tokens_file: str | Path | None = None) -> dict[str, str]:
+    """Tokens and their display names on the leaderboard page.
+
+    From a file (one `token [display name]` per line, # comments) or STUDENT_ENV_TOKENS
+    (comma-separated tokens). With neither, only the seed client's default token `student_user`
+    is accepted, with a warning. Tokens without a name are shown as "player K".
+    """
+    if tokens_file is not None:
+        entries = []
+        for line in Path(tokens_file).read_text().splitlines():
+            if line.strip() and not line.strip().startswith("#"):
+                token, _, name = line.strip().partition(" ")
+                entries.append((token, name.strip()))
+        if not entries:
+            raise ValueError(f"{tokens_file} holds no token")
+        return display_names(entries)
+    env = os.environ.get("STUDENT_ENV_TOKENS", "")
+    tokens = [(t.strip(), "") for t in env.split(",") if t.strip()]
+    if not tokens:
+        log.warning("no tokens configured: accepting only the default token %r", DEFAULT_TOKEN)
+        tokens = [(DEFAULT_TOKEN, "")]
+    return display_names(tokens)
+
+
+def display_names(entries: list[tuple[str, str]] | set[str] | dict[str, str]) -> dict[str, str]:
+    """token -> display name; unnamed tokens become "player K" (K by sorted token, never the token)."""
+    if isinstance(entries, dict):
+        entries = list(entries.items())
+    elif isinstance(entries, set):
+        entries = [(token, "") for token in sorted(entries)]
+    return {token: name or f"player {k + 1}" for k, (token, name) in enumerate(entries)}
