@@ -68,6 +68,7 @@ def _driver(calls: Path) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow  # real processes
 def test_two_processes_that_need_one_library_build_it_once(cache, tmp_path):
     calls = tmp_path / "calls"
     first = _driver(calls)
@@ -83,6 +84,7 @@ def test_two_processes_that_need_one_library_build_it_once(cache, tmp_path):
     assert not list(cache.glob("*.partial-*"))
 
 
+@pytest.mark.slow  # real processes
 def test_a_build_killed_midway_leaves_nothing_to_load_and_the_next_one_finishes(cache, tmp_path, monkeypatch):
     first = _driver(tmp_path / "calls")
     assert first.stdout.readline().strip() == "building"
@@ -137,6 +139,7 @@ def _fake_compiler(tmp_path: Path) -> Path:
     return script
 
 
+@pytest.mark.slow  # a build process, then a second Python process
 @pytest.mark.skipif(os.name == "nt", reason="a shell script stands in for the compiler")
 def test_without_a_working_compiler_the_env_steps_eagerly_warns_once_and_never_tries_again(
     cache, tmp_path, monkeypatch
@@ -196,10 +199,10 @@ def test_a_build_spec_names_the_library_of_its_configuration(monkeypatch):
         fast_path.build_from_spec(spec | {"max_steps_per_episode": 91})
 
 
-def test_the_build_command_covers_the_main_job_compat_and_the_server(monkeypatch):
+def test_the_build_command_covers_the_main_job_compat_and_the_server(monkeypatch, capsys):
     """`python -m torch_student_env.build` builds what people use: each configuration below is
     made the way its user makes it, and its library is one the command builds."""
-    from torch_student_env.build import COMMON, _env_options
+    from torch_student_env.build import COMMON, _env_options, main
     from torch_student_env.compat import StudentGymEnv, StudentGymEnvVectorized
     from torch_student_env.server.groups import new_group
     from torch_student_env.sim.params import SimParams
@@ -230,6 +233,6 @@ def test_the_build_command_covers_the_main_job_compat_and_the_server(monkeypatch
     }
     for name, env in users.items():
         assert env.config.fast and env._step.key in built, name
-    out = subprocess.run([sys.executable, "-m", "torch_student_env.build", "--list"], capture_output=True, text=True)
-    assert out.returncode == 0 and len(out.stdout.splitlines()) == len(COMMON)
-    assert all(line.split()[0] in ("built", "not") for line in out.stdout.splitlines())
+    assert main(["--list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == len(COMMON) and all(line.split()[0] in ("built", "not") for line in listed)

@@ -167,6 +167,7 @@ def test_paired_difference_by_hand_and_in_the_table():
         num_envs=16,
         seed=5,
         stream_envs=1,
+        score_episodes=4,  # a short challenge-score stream: the test is about the paired column
         paired_with="rule",
     )
     assert results["rule"]["paired_diff"] == 0.0 and results["rule"]["paired_ci95"] == 0.0
@@ -182,7 +183,10 @@ def test_paired_difference_by_hand_and_in_the_table():
 
 def test_paired_with_several_references_keeps_each_difference_and_the_first_as_the_column():
     policies = {"fly": make_policy("do_nothing"), "rule": make_policy("time_based"), "belief": make_policy("belief")}
-    results = evaluate_policies(policies, num_envs=16, seed=5, stream_envs=1, paired_with=("belief", "rule"))
+    # a short challenge-score stream: the paired differences are about the one-episode-each table
+    results = evaluate_policies(
+        policies, num_envs=16, seed=5, stream_envs=1, score_episodes=4, paired_with=("belief", "rule")
+    )
     for r in results.values():
         assert set(r["paired"]) == {"belief", "rule"}
         assert r["paired_diff"] == r["paired"]["belief"]["paired_diff"]  # the first is the table's column

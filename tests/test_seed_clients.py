@@ -75,6 +75,7 @@ def _example(name: str, swap_import: bool) -> str:
     return source
 
 
+@pytest.mark.slow  # a fresh interpreter per case: the quick loop keeps the vectorized loop and the single env
 @needs_seed
 @pytest.mark.parametrize("script", ["vectorized_example.py", "single_trajectory.py"])
 @pytest.mark.parametrize("swap_import", [False, True], ids=["client-vs-server", "compat"])
@@ -143,6 +144,7 @@ def test_single_env_client_creates_steps_and_restores_by_id(server, tmp_path):
 FIRST_FLIGHT_FAILURE_SEED = 12  # 7 before the refit of 2026-12-06
 
 
+@pytest.mark.slow  # a fresh interpreter per case: the quick loop keeps the vectorized loop and the single env
 @needs_seed
 @pytest.mark.parametrize("client", ["0.3", "1.0.1", "compat"])
 def test_a_failure_on_a_steps_first_flight_reads_as_on_the_real_server(client, server, tmp_path):
@@ -171,6 +173,7 @@ def test_a_failure_on_a_steps_first_flight_reads_as_on_the_real_server(client, s
     assert "OK first flight" in _run(code, None if client == "compat" else client, tmp_path, server)
 
 
+@pytest.mark.slow  # a fresh interpreter per case: the quick loop keeps the vectorized loop and the single env
 @needs_seed
 @pytest.mark.parametrize("client", ["0.3", "1.0.1", "compat"])
 def test_stepping_a_sold_episode_without_auto_reset_reads_as_the_seed_client(client, server, tmp_path):
@@ -336,6 +339,7 @@ def _notebook_code() -> str:
     return "\n".join(line for line in (first + "\n" + loop).splitlines() if not line.startswith("In ["))
 
 
+@pytest.mark.slow  # a fresh interpreter per case: the quick loop keeps the vectorized loop and the single env
 @needs_seed
 @pytest.mark.parametrize("client", ["0.3", "1.0.1"])
 def test_the_notebook_runs_unchanged_against_the_server(client, tmp_path):

@@ -187,6 +187,7 @@ def test_invalid_values_are_never_echoed_into_a_500(server_url, raw):
     assert r.status_code in (404, 422) and "detail" in r.json(), (r.status_code, r.text[:200])
 
 
+@pytest.mark.slow  # a server process, and a second one that must not start
 def test_the_command_line_sets_every_limit_and_refuses_one_out_of_range():
     """`python -m torch_student_env.server` names each `Limits` field as an option: a step over the
     server's own step limit is refused (naming it), and an impossible limit stops the start with
