@@ -14,21 +14,13 @@ import dataclasses
 import time
 
 import torch
+from flags import arg, parse_args
+from report import FinalEvaluation, TrainingRun, final_report
 from tensordict import TensorDict
 from tqdm.auto import tqdm
-from training import (
-    FinalEvaluation,
-    RunLogger,
-    TrainingRun,
-    Validator,
-    arg,
-    final_report,
-    parse_args,
-    run_dir,
-    run_results,
-    save_checkpoint,
-)
+from validation import Validator
 
+from runs import RunLogger, run_dir, run_results, save_checkpoint
 from torch_student_env import make_env
 from torch_student_env.config import normalize_device
 from torch_student_env.leaderboard import SCORE_WINDOW

@@ -16,7 +16,7 @@ README, "The main job", measures each choice.
 Writes to --out: checkpoint.pt, eval.md (trained policy vs every baseline on held-out seeds),
 eval.json, learning_curve.png and episode.png. CleanRL's ppo.py layout: Args, then `main`'s setup and
 one loop of rollout (`collect`), update (`advantages_and_returns`, `optimise`), logging
-(`log_update`) and validation (`training.Validator`), each a short function below or beside it.
+(`log_update`) and validation (`validation.Validator`), each a short function below or beside it.
 """
 
 from __future__ import annotations
@@ -30,23 +30,13 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from flags import arg, check_counter_bins, parse_args
+from report import FinalEvaluation, TrainingRun, final_report, verdict
 from tensordict import TensorDict
 from tqdm.auto import tqdm
-from training import (
-    FinalEvaluation,
-    RunLogger,
-    TrainingRun,
-    Validator,
-    arg,
-    check_counter_bins,
-    final_report,
-    parse_args,
-    run_dir,
-    run_results,
-    save_checkpoint,
-    verdict,
-)
+from validation import Validator
 
+from runs import RunLogger, run_dir, run_results, save_checkpoint
 from torch_student_env import TorchStudentEnv, make_env
 from torch_student_env.config import normalize_device
 from torch_student_env.leaderboard import SCORE_WINDOW

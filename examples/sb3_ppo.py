@@ -25,21 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from flags import arg, check_counter_bins, parse_args
+from report import FinalEvaluation, TrainingRun, final_report, verdict
 from tqdm.auto import tqdm
-from training import (
-    FinalEvaluation,
-    TrainingRun,
-    Validator,
-    arg,
-    check_counter_bins,
-    final_report,
-    parse_args,
-    run_dir,
-    run_results,
-    save_checkpoint,
-    verdict,
-)
+from validation import Validator
 
+from runs import run_dir, run_results, save_checkpoint
 from torch_student_env.adapters import require
 from torch_student_env.adapters.numpy_io import gym, observation
 from torch_student_env.leaderboard import SCORE_WINDOW
@@ -199,7 +190,7 @@ def as_policy(model: PPO, venv: VecNormalize, classes: CounterClasses | None, pl
 
 
 class Validation(BaseCallback):
-    """The learning curve: a `training.Validator` point every `every` env steps (the greedy
+    """The learning curve: a `validation.Validator` point every `every` env steps (the greedy
     policy on the validation seed's engines, paired with belief there)."""
 
     def __init__(self, args: Args, classes: CounterClasses | None) -> None:

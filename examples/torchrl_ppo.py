@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 import torch
+from flags import arg, parse_args
+from report import FinalEvaluation, TrainingRun, final_report
 from tensordict.nn import TensorDictModule
 from torch import nn
 from torchrl.collectors import Collector  # noqa: E402  (after our import, which names the extra)
@@ -22,8 +24,9 @@ from torchrl.modules import ProbabilisticActor, ValueOperator  # noqa: E402
 from torchrl.objectives import ClipPPOLoss  # noqa: E402
 from torchrl.objectives.value import GAE  # noqa: E402
 from tqdm.auto import tqdm
-from training import FinalEvaluation, TrainingRun, Validator, arg, final_report, parse_args, save_checkpoint
+from validation import Validator
 
+from runs import save_checkpoint
 from torch_student_env.adapters.torchrl import TorchRLStudentEnv
 from torch_student_env.config import normalize_device
 from torch_student_env.leaderboard import SCORE_WINDOW

@@ -146,7 +146,7 @@ def _result(mean: float, ci: float, **paired: tuple[float, float]) -> dict:
 
 def test_the_verdict_judges_the_best_rule_by_the_paired_ci_and_reports_belief(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "examples"))
-    from training import verdict
+    from report import verdict
 
     results = {
         "oracle": _result(4745, 41),

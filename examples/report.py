@@ -1,107 +1,26 @@
-"""Helpers shared by the training examples: dataclass flags, checkpoints, and the final report."""
+"""The final report of a training run: every learned policy against every baseline on held-out
+engines (eval.md, eval.json, the learning curve and one episode drawn), and the verdict line."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
 from torch_student_env.evaluation import (
     HELD_OUT_SEED,
-    Episodes,
     evaluate_policies,
     evaluate_variants,
     markdown_table,
-    paired_difference,
     record_episode,
-    run_episodes,
-    summarize,
     worst_variant,
 )
 from torch_student_env.leaderboard import SCORE_WINDOW
-from torch_student_env.make import make_env
 from torch_student_env.policies import BASELINES, for_model, make_policy
 from torch_student_env.sim.variants import PLAUSIBLE
-
-T = TypeVar("T")
-
-
-def parse_args(cls: type[T], description: str, argv: list[str] | None = None) -> T:
-    """Flags from a dataclass: `field_name` -> `--field-name`, typed, help from the field metadata."""
-    parser = argparse.ArgumentParser(description=description)
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "")
-        if f.type in (bool, "bool", "bool | None"):  # None: leave the choice to the library
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
-        else:
-            kind = {"int": int, "float": float, "str": str}.get(
-                f.type if isinstance(f.type, str) else f.type.__name__, str
-            )
-            parser.add_argument(flag, type=kind, default=f.default, help=f"{help_text} (default: {f.default})")
-    return cls(**vars(parser.parse_args(argv)))
-
-
-def arg(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse
-    """A dataclass field with a help string (CleanRL style: every knob documented)."""
-    return dataclasses.field(default=default, metadata={"help": help})
-
-
-def check_counter_bins(counter_bins: int, player_keys: bool) -> None:
-    """Refuse, before anything is built, counter classes without the counters they are made of."""
-    if counter_bins < 0:
-        raise SystemExit(f"--counter-bins must be >= 0, got {counter_bins}")
-    if counter_bins and not player_keys:
-        raise SystemExit("--counter-bins reads the player-side counters: drop --no-player-keys or add --counter-bins 0")
-
-
-def save_checkpoint(path: Path, **state: Any) -> None:
-    """Write atomically: a crash mid-save never leaves a truncated checkpoint behind."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
-VALIDATION_SEED = 5_000  # the learning curve's engines; the final table's are held out (10,000, 123)
-
-
-class Validator:
-    """The learning curve's points: the greedy policy on fixed engines (seed 5,000, one episode
-    each), and its difference to `belief` on the same engines, episode by episode. Paired, the
-    engines' luck cancels: late in the main job's training the difference's CI is ± 25 where the
-    return's is ± 90 (256 engines), so the learning curve's zoomed panel can show where the policy
-    stands between the best rule and the oracle.
-    `belief`, the oracle and the rules are played once, at construction (a few seconds)."""
-
-    def __init__(self, num_envs: int, device: torch.device | str = "cpu", history: int | None = None) -> None:
-        self.env_kwargs = {"num_envs": num_envs, "seed": VALIDATION_SEED, "device": device, "fast": False}
-        if history is not None:
-            self.env_kwargs["history"] = history
-        names = ["belief", "oracle", *(name for name in BASELINES if BASELINES[name].rule)]
-        policies = {name: make_policy(name, seed=VALIDATION_SEED, device=device) for name in names}
-        self.returns = {name: self.play(policy).returns for name, policy in policies.items()}
-
-    def play(self, policy) -> Episodes:
-        """`policy`'s episodes on the validation engines (eager: one episode each is not worth a
-        compile)."""
-        return run_episodes(make_env(privileged=True, **self.env_kwargs), policy)
-
-    def references(self) -> dict[str, float]:
-        """Each baseline's mean return less `belief`'s on the validation engines (belief: 0)."""
-        belief = self.returns["belief"].double()
-        return {name: (returns.double() - belief).mean().item() for name, returns in self.returns.items()}
-
-    def __call__(self, policy, env_steps: int) -> dict[str, float]:
-        """One point of the curve: env steps, mean return ± 95 % CI, and `paired_diff` ±
-        `paired_ci95` to `belief`."""
-        episodes = self.play(policy)
-        stats = summarize(episodes)
-        point = {"env_steps": env_steps, "mean_return": stats["mean_return"], "ci95": stats["ci95"]}
-        return point | paired_difference(episodes.returns, self.returns["belief"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,57 +145,3 @@ def verdict(name: str, results: dict[str, dict[str, float]]) -> str:
 def _signed(paired: dict[str, float]) -> str:
     """A paired difference as `+d ± ci`."""
     return f"{paired['paired_diff']:+,.0f} ± {paired['paired_ci95']:,.0f}"
-
-
-def run_dir(out: str, exp_name: str, seed: int, env_id: str = "TorchStudentEnv-v0") -> Path:
-    """`out` if given, else CleanRL's `runs/<env>__<exp>__<seed>__<unix time>`: runs never overwrite."""
-    import time
-
-    return Path(out) if out else Path("runs") / f"{env_id}__{exp_name}__{seed}__{int(time.time())}"
-
-
-class RunLogger:
-    """Scalars for TensorBoard (`<run>/events.*`, CleanRL's `charts/*` and `losses/*` tags), and
-    W&B when `track` (it mirrors the TensorBoard files). Both are imported lazily."""
-
-    def __init__(self, path: Path, config: dict[str, Any], track: bool = False, project: str = "torch-student-env"):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as err:
-            raise ImportError(
-                "TensorBoard logging needs tensorboard: pip install 'torch-student-env[examples]'"
-            ) from err
-        if track:
-            try:
-                import wandb
-            except ImportError as err:
-                raise ImportError("--track logs to Weights & Biases: pip install wandb, then wandb login") from err
-            wandb.init(project=project, name=path.name, config=config, sync_tensorboard=True, dir=str(path))
-        self.writer = SummaryWriter(str(path))
-        table = "\n".join(f"|{k}|{v}|" for k, v in config.items())
-        self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
-        self.track = track
-
-    def scalars(self, step: int, **values: float) -> None:
-        """Log `tag=value` pairs; `charts_x` -> `charts/x`, `losses_y` -> `losses/y`."""
-        for tag, value in values.items():
-            self.writer.add_scalar(tag.replace("_", "/", 1), float(value), step)
-
-    def close(self) -> None:
-        self.writer.close()
-        if self.track:
-            import wandb
-
-            wandb.finish()
-
-
-def run_results(out: Path, best: dict[str, float], curve: list[dict[str, float]], held_out: dict) -> dict[str, Any]:
-    """What an example's `main()` returns to a sweep tool: the run folder, the best and final
-    validation returns, and the held-out table."""
-    return {
-        "run_dir": str(out),
-        "best_validation_return": best["mean_return"],
-        "best_env_steps": best["env_steps"],
-        "final_validation_return": curve[-1]["mean_return"] if curve else None,
-        "held_out": held_out,
-    }
