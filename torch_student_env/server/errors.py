@@ -16,7 +16,7 @@ class ServerError(Exception):
 
 def token_refusal(token: str | None, tokens: Container[str]) -> str | None:
     """The 401 detail for a request with `token`, or None when the server accepts it. The body guard
-    (`app.GuardBodies`, before a body is read) and the routes' dependency (`deps.get_token`) ask here."""
+    (`guard.GuardBodies`, before a body is read) and the routes' dependency (`deps.get_token`) ask here."""
     if not token:
         return "missing User-Token header"
     if token not in tokens:
