@@ -169,36 +169,14 @@ def main(args: Args) -> dict | None:
     out = run_dir(args.out, "ppo_cnn", args.seed)
     out.mkdir(parents=True, exist_ok=True)
     log = RunLogger(out, dataclasses.asdict(args), args.track) if lead else None
-    env = make_env(
-        num_envs=args.num_envs,
-        step_size=args.step_size,
-        history=args.history,
-        device=device,
-        seed=args.seed,
-        fast=args.fast,
-        env_offset=rank * args.num_envs,
-        validate_actions=False,  # sampled from the policy's 3 logits: always valid, and no sync on GPU
-        # The first step waits for the compiled step if it is still building (a cold cache): eager
-        # and compiled steps agree to float rounding, not bit for bit, so a run replays exactly
-        # from its seed only if it steps one way from the start.
-        wait_compiled=True,
-    )
+    env = make_train_env(args, device, rank)
     first_td = env.reset()  # a cold cache's build starts here, while the validator plays its baselines
     validator = Validator(args.eval_envs, device, args.history) if lead else None  # plays the baselines once
     torch.manual_seed(args.seed)  # the same on every rank: identical initial weights
     batch_size = args.num_envs * args.num_steps
     num_updates = max(1, args.total_steps // (batch_size * world))  # --total-steps counts all ranks
 
-    agent = ActorCritic(
-        max_flights=env.config.max_steps_per_episode,
-        player_keys=args.player_keys,
-        belief_inputs=args.belief_inputs,
-        plan_inputs=args.plan_inputs,
-        step_size=args.step_size,
-        cnn_rows=args.cnn_rows,
-        counter_flights=args.counter_flights,
-        counter_bins=args.counter_bins,
-    ).to(device)
+    agent = make_agent(args, env, device)
     # DDP averages gradients across ranks in backward. The normalisation statistics are buffers
     # that every rank updates from all ranks' rows (gather_envs), so they need no broadcast.
     learner = agent if world == 1 else ddp(agent)
@@ -288,6 +266,38 @@ def main(args: Args) -> dict | None:
         dist.barrier()
         dist.destroy_process_group()
     return run_results(out, best, curve, results)
+
+
+def make_train_env(args: Args, device: torch.device, rank: int = 0) -> TorchStudentEnv:
+    """The training env: `num_envs` engines of this rank's shard (`env_offset`), fast, unvalidated."""
+    return make_env(
+        num_envs=args.num_envs,
+        step_size=args.step_size,
+        history=args.history,
+        device=device,
+        seed=args.seed,
+        fast=args.fast,
+        env_offset=rank * args.num_envs,
+        validate_actions=False,  # sampled from the policy's 3 logits: always valid, and no sync on GPU
+        # The first step waits for the compiled step if it is still building (a cold cache): eager
+        # and compiled steps agree to float rounding, not bit for bit, so a run replays exactly
+        # from its seed only if it steps one way from the start.
+        wait_compiled=True,
+    )
+
+
+def make_agent(args: Args, env: TorchStudentEnv, device: torch.device) -> ActorCritic:
+    """The 1D-CNN actor-critic the flags describe, on `device`."""
+    return ActorCritic(
+        max_flights=env.config.max_steps_per_episode,
+        player_keys=args.player_keys,
+        belief_inputs=args.belief_inputs,
+        plan_inputs=args.plan_inputs,
+        step_size=args.step_size,
+        cnn_rows=args.cnn_rows,
+        counter_flights=args.counter_flights,
+        counter_bins=args.counter_bins,
+    ).to(device)
 
 
 @dataclasses.dataclass
