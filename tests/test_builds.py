@@ -236,3 +236,24 @@ def test_the_build_command_covers_the_main_job_compat_and_the_server(monkeypatch
     assert main(["--list"]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert len(listed) == len(COMMON) and all(line.split()[0] in ("built", "not") for line in listed)
+
+
+def test_a_cache_that_cannot_be_written_leaves_the_env_eager_after_one_warning(monkeypatch, tmp_path):
+    """No build can start where the cache folder cannot be made (here a file stands in its way):
+    the env warns once, saying where, and plays the eager episodes; nothing raises."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv(compiled.CACHE_ENV_VAR, str(blocker / "cache"))
+    monkeypatch.setattr(compiled, "_loaded", {})
+    monkeypatch.setattr(compiled, "_builds", {})
+    monkeypatch.setattr(fast_path, "_warned", set())
+    monkeypatch.delenv(WAIT_COMPILED_ENV_VAR, raising=False)
+    eager = make_env(num_envs=3, seed=1, fast=False, history=7)
+    fast = make_env(num_envs=3, seed=1, fast=True, history=7)
+    eager.reset()
+    with pytest.warns(RuntimeWarning, match="cannot start a build in .*not-a-folder"):
+        fast.reset()
+    assert fast.step_kind == "unavailable"
+    actions = torch.tensor([0, 1, 2])
+    a, b = eager.step(actions), fast.step(actions)
+    assert torch.equal(a["observation"], b["observation"]) and torch.equal(a["reward"], b["reward"])

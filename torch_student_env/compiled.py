@@ -359,8 +359,11 @@ class Build:
                 stderr=subprocess.STDOUT,
                 **detach,
             )
-        self.process.stdin.write(json.dumps(spec).encode())
-        self.process.stdin.close()
+        try:
+            self.process.stdin.write(json.dumps(spec).encode())
+            self.process.stdin.close()
+        except OSError:  # the child died before reading it (BrokenPipeError): its exit code says so
+            pass
         self.started = time.monotonic()
         stats.started += 1
 

@@ -150,7 +150,11 @@ class CompiledStep:
         if reason is not None:
             self._unavailable(reason)
             return
-        self._build = compiled.start_build(self.key, self.spec)
+        try:
+            self._build = compiled.start_build(self.key, self.spec)
+        except OSError as err:  # a cache folder that cannot be written, no interpreter to start
+            self._unavailable(f"cannot start a build in {compiled.cache_dir()}: {err}")
+            return
         self._started = time.monotonic()
 
     def wait(self, timeout: float | None = None) -> str:
