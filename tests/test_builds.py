@@ -257,3 +257,26 @@ def test_a_cache_that_cannot_be_written_leaves_the_env_eager_after_one_warning(m
     actions = torch.tensor([0, 1, 2])
     a, b = eager.step(actions), fast.step(actions)
     assert torch.equal(a["observation"], b["observation"]) and torch.equal(a["reward"], b["reward"])
+
+
+def test_a_build_process_imports_the_package_its_env_runs(cache, monkeypatch):
+    """The child is pointed at this copy of the package (first on its PYTHONPATH), so that a
+    checkout that is on sys.path but not installed builds from the code it runs; it reads its spec
+    from standard input, detached from the caller's session."""
+    started = {}
+
+    class Recorder:
+        def __init__(self, command, **options):
+            started.update(command=command, **options)
+            self.stdin = open(os.devnull, "wb")
+
+        def poll(self):
+            return None
+
+    monkeypatch.setattr(compiled.subprocess, "Popen", Recorder)
+    monkeypatch.setenv("PYTHONPATH", "elsewhere")
+    compiled.start_build(KEY, {"spec": "for the test"})
+    package_parent = str(Path(compiled.__file__).resolve().parents[1])
+    assert started["env"]["PYTHONPATH"].split(os.pathsep) == [package_parent, "elsewhere"]
+    assert started["command"][1:] == ["-m", "torch_student_env.build", "--spec", "-"]
+    assert started["stdin"] is subprocess.PIPE and (started.get("start_new_session") or os.name == "nt")

@@ -351,12 +351,17 @@ class Build:
         detach = (
             {"start_new_session": True} if os.name != "nt" else {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
         )
+        # The child imports this very copy of the package (a checkout on sys.path, not installed,
+        # included): it must rebuild the step from the code this process runs.
+        here = str(Path(__file__).resolve().parents[1])
+        environ = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (here, os.environ.get("PYTHONPATH")))))
         with open(self.log_path, "wb") as out:  # torch's warnings and inductor's chatter go here
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "torch_student_env.build", "--spec", "-"],
                 stdin=subprocess.PIPE,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                env=environ,
                 **detach,
             )
         try:
