@@ -188,7 +188,7 @@ def test_a_build_spec_names_the_library_of_its_configuration(monkeypatch):
     the build process checks it rebuilt the library it was asked for."""
     env = make_env(num_envs=300, step_size=7, history=12, fast=True, sim_variants="plausible", max_steps_per_episode=90)
     step = env._step
-    spec = step.spec
+    spec = fast_path.build_spec(step.key, env.backend)
     assert spec["num_envs"] == 300 and spec["history"] == 12 and len(spec["models"]) == len(resolve("plausible"))
     assert spec["library"] == compiled.library_path(step.key).name
     built = []
@@ -280,3 +280,16 @@ def test_a_build_process_imports_the_package_its_env_runs(cache, monkeypatch):
     assert started["env"]["PYTHONPATH"].split(os.pathsep) == [package_parent, "elsewhere"]
     assert started["command"][1:] == ["-m", "torch_student_env.build", "--spec", "-"]
     assert started["stdin"] is subprocess.PIPE and (started.get("start_new_session") or os.name == "nt")
+
+
+@pytest.mark.slow  # a build process
+@pytest.mark.skipif(os.name == "nt", reason="a shell script stands in for the compiler")
+def test_the_build_command_waits_for_each_build_and_says_how_it_ended(cache, tmp_path, monkeypatch, capsys):
+    """`python -m torch_student_env.build` waits for every build it starts: here the compiler is
+    broken, so the one configuration ends "unavailable" (not "building") and the command fails."""
+    from torch_student_env import build
+
+    monkeypatch.setenv("CXX", str(_fake_compiler(tmp_path)))
+    monkeypatch.setattr(build, "COMMON", {"a small env": {"num_envs": 2, "history": 7}})
+    assert build.main([]) == 1
+    assert capsys.readouterr().out.startswith("a small env: unavailable")

@@ -49,9 +49,9 @@ def build_common(names: list[str] | None = None) -> dict[str, str]:
         if names and name not in names:
             continue
         start = time.perf_counter()
-        env = make_env(seed=0, fast=True, wait_compiled=True, **_env_options(options))
-        env.reset()
-        done[name] = env.step_kind
+        env = make_env(seed=0, fast=True, **_env_options(options))
+        env.reset()  # loads the library, or starts its build
+        done[name] = env.wait_compiled()
         print(f"{name}: {env.step_kind} ({time.perf_counter() - start:.1f} s)", flush=True)
     return done
 

@@ -57,7 +57,7 @@ log = logging.getLogger("torch_student_env")
 # Below this many engines one library serves every engine count; from it on, each engine count
 # gets its own (see the module docstring).
 STATIC_MIN_ENVS = 256
-_DYNAMIC_TRACE_ENVS = 4  # the engine count the shared library is traced (and tuned) at
+DYNAMIC_TRACE_ENVS = 4  # the engine count the shared library is traced (and tuned) at
 # Store an intermediate buffer once it is 8 ops deep instead of recomputing it in every consumer
 # (inductor's default is 30): compiles in 23 s instead of 30 s and runs 1.3-1.6x faster here.
 _INDUCTOR_OPTIONS = {"realize_opcount_threshold": 8}
@@ -301,7 +301,7 @@ def _compile(key: StepKey, step: Callable, example: list[torch.Tensor], path: Pa
     start = time.perf_counter()
     dynamic = None
     if key.num_envs is None:
-        example = [t.new_zeros((_DYNAMIC_TRACE_ENVS, *t.shape[1:])) for t in example]
+        example = [t.new_zeros((DYNAMIC_TRACE_ENVS, *t.shape[1:])) for t in example]
         engines = torch.export.Dim("N", min=1)
         dynamic = ([{0: engines} for _ in example],)
     names: list[str] = []  # of the outputs, known once traced (a local: export restores module attributes)

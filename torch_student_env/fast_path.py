@@ -132,7 +132,6 @@ class CompiledStep:
     ) -> None:
         self.backend, self.eager, self.step_size, self.wait_compiled = backend, eager, step_size, wait_compiled
         self.key = step_key(backend, reset_ended, final_observation, step_size, history)
-        self.spec = build_spec(self.key, backend)
         self.status = "building"
         self.eager_steps = 0
         self._run: compiled.Runner | None = None
@@ -141,7 +140,7 @@ class CompiledStep:
         self._next_poll = 0.0
 
     def prepare(self) -> None:
-        """Load the library, or start building it (and wait for it with `wait_compiled`)."""
+        """Load the library, or start building it; never waits."""
         if self._run is not None or self.status == "unavailable" or self._build is not None:
             return
         if self._load():
@@ -151,7 +150,7 @@ class CompiledStep:
             self._unavailable(reason)
             return
         try:
-            self._build = compiled.start_build(self.key, self.spec)
+            self._build = compiled.start_build(self.key, build_spec(self.key, self.backend))
         except OSError as err:  # a cache folder that cannot be written, no interpreter to start
             self._unavailable(f"cannot start a build in {compiled.cache_dir()}: {err}")
             return
@@ -278,7 +277,7 @@ def build_from_spec(spec: dict[str, Any]) -> None:
     from torch_student_env.sim.params import SimParams
 
     models = [SimParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in m.items()}) for m in spec["models"]]
-    num_envs = spec["num_envs"] or compiled._DYNAMIC_TRACE_ENVS
+    num_envs = spec["num_envs"] or compiled.DYNAMIC_TRACE_ENVS
     cpu = torch.device("cpu")
     backend = LocalBackend(num_envs, cpu, spec["max_steps_per_episode"], models, seed=0)
     reset_ended, final_observation, step_size = spec["reset_ended"], spec["final_observation"], spec["step_size"]

@@ -168,7 +168,7 @@ class RemoteBackend:
         self.device = config.device
         self.max_steps_per_episode = config.max_steps_per_episode
         self.client = HttpClient(server_url, user_token, timeout, max_retries, backoff)
-        self.server_url, self.timeout, self.http = self.client.server_url, timeout, self.client.http
+        self.server_url = self.client.server_url
 
         version = self._request("GET", "/api/v1/version", idempotent=True)
         self.features = set(version.get("features", []))
@@ -437,13 +437,14 @@ class RemoteBackend:
         """
         if self._owns_session and "session_delete" in self.features:
             try:
-                response = self.http.delete(f"{self.server_url}/api/v1/session/{self.session_id}", timeout=self.timeout)
+                url = f"{self.server_url}/api/v1/session/{self.session_id}"
+                response = self.client.http.delete(url, timeout=self.client.timeout)
                 if response.status_code not in (200, 404):  # 404: already expired or released
                     log.warning("releasing session %s: HTTP %s", self.session_id, response.status_code)
             except requests.RequestException as err:
                 log.warning("could not release session %s: %s", self.session_id, err)
         self._owns_session = False
-        self.http.close()
+        self.client.close()
 
 
 MAX_RESPONSE_BYTES = 64 << 20  # the largest legitimate answer (4,096 episodes x 50 rows) is ~20 MB
