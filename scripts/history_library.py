@@ -39,7 +39,7 @@ def _flat_step(env):
     def flat_step(flat):
         sim, start = compiled.unflatten(sim_like, flat)
         state, start = compiled.unflatten(buffers, flat, start)
-        sim, state, out = pure_step(kernel, constants, sim, state, flat[start], flat[start + 1], STEP, True, True)
+        sim, state, out = pure_step(kernel, None, constants, sim, state, flat[start], flat[start + 1], STEP, True, True)
         return (*compiled.flatten(sim), *compiled.flatten(state), *out.values())
 
     example = [t.contiguous() for t in (*compiled.flatten(sim_like), *compiled.flatten(buffers))]

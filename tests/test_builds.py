@@ -227,7 +227,6 @@ def test_the_build_command_covers_the_main_job_compat_and_the_server(monkeypatch
         "make_env(4)": make_env(4),
         "make_env(64)": make_env(64),
         "compat's vectorized env": StudentGymEnvVectorized(num_envs=4)._env,
-        "compat's vectorized env, auto_reset=False": StudentGymEnvVectorized(num_envs=4, auto_reset=False)._env,
         "compat's single engine": StudentGymEnv()._vec._env,
         "a server group": new_group(4, 1000, True, True, SimParams()).env,
     }

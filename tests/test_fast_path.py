@@ -109,6 +109,31 @@ def test_fast_path_windows_match_eager_across_frozen_engines_and_partial_resets(
     assert frozen_steps > 0  # some engines sat frozen with their final window
 
 
+def test_next_step_restarts_run_inside_the_compiled_step_as_eagerly():
+    """The client's view (next-step autoreset, the server's groups): a finished engine asked to
+    fly restarts inside the step and flies at once, compiled as eagerly, under partial masks."""
+    from torch_student_env.client_view import client_env_options
+
+    kwargs = dict(num_envs=6, seed=21, **client_env_options(True, hidden_state=True, max_steps_per_episode=1000))
+    eager, fast = make_env(fast=False, **kwargs), make_env(fast=True, **kwargs)
+    eager.reset(), fast.reset()
+    assert fast.wait_compiled() == "compiled"
+    gen = torch.Generator().manual_seed(4)
+    restarted_and_flew = 0
+    for _ in range(60):
+        actions = torch.multinomial(torch.tensor([0.7, 0.1, 0.2]), 6, replacement=True, generator=gen)
+        mask = torch.rand(6, generator=gen) < 0.7
+        waiting = mask & eager.current()["done"]  # finished and asked to fly: restart, then fly
+        a, b = eager.step(actions, mask=mask), fast.step(actions, mask=mask)
+        for key in ("flight", "valid", "done", "new_rows", "flew", "episode_ended"):
+            assert torch.equal(a[key], b[key]), key
+        assert torch.allclose(a["observation"], b["observation"], rtol=1e-5, atol=1e-3)
+        assert torch.allclose(a["reward"], b["reward"], rtol=1e-5, atol=1e-2)
+        assert bool((a["flew"] >= waiting).all())  # every waiting engine asked flew its new episode
+        restarted_and_flew += int(waiting.sum())
+    assert restarted_and_flew > 5
+
+
 def test_fast_path_is_the_default_on_cpu_at_every_size(monkeypatch):
     monkeypatch.delenv(FAST_ENV_VAR, raising=False)
     for n in (1, 4, 64, 8192):

@@ -19,8 +19,8 @@ from typing import Any
 
 # The make_env options of the configurations people use. Engine counts below
 # compiled.STATIC_MIN_ENVS share one library, so "4 and 64 engines" is one build, and so do the
-# seed client's envs (compat) and the reference server's groups, with or without auto-reset: the
-# client's view of an env (`client_view.client_env_options`) is one configuration.
+# seed client's envs (compat) and the reference server's groups with the client's default
+# auto-reset: the client's view of an env (`client_view.client_env_options`) is one configuration.
 COMMON: dict[str, dict[str, Any]] = {
     "make_env() at 4 and 64 engines": {"num_envs": 4},
     "the main job (examples/ppo_cnn.py)": {"num_envs": 64, "history": 100},

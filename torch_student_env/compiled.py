@@ -86,6 +86,7 @@ class StepKey:
     num_envs: int | None  # None: any number of engines (below STATIC_MIN_ENVS)
     device_type: str
     constants: str  # the kernel's constants (flight limit, model tables) as text
+    restart_waiting: bool = False  # next-step autoreset: waiting engines restart inside the step
 
 
 @dataclass

@@ -91,15 +91,15 @@ class TorchStudentEnv:
         self.device = config.device
         self._buffers = empty_buffers(self.num_envs, self.history, self.device)
         self.autoreset_mode = AutoresetMode(config.autoreset_mode)
-        reset_ended = self.autoreset_mode is AutoresetMode.SAME_STEP
         self._step = compose_step(
             backend,
-            reset_ended,
+            self.autoreset_mode is AutoresetMode.SAME_STEP,
             config.fast,
             config.final_observation,
             config.step_size,
             config.history,
             config.wait_compiled,
+            restart_waiting=self.autoreset_mode is AutoresetMode.NEXT_STEP,
         )
         self._everyone = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
         self._batch_size = torch.Size([self.num_envs])
@@ -155,12 +155,7 @@ class TorchStudentEnv:
         step_size = self.step_size if step_size is None else check_step_size(step_size)
         actions = self._as_actions(actions)
         mask = self._everyone if mask is None else self._as_mask(mask)
-        if self.autoreset_mode is AutoresetMode.NEXT_STEP:
-            # Finished engines asked to fly restart first. Reading `any` back is a host sync, which
-            # this mode's users (the server, compat: host-side lists per step) pay anyway.
-            restart = mask & ~self._buffers.active
-            if bool(restart.any()):
-                self._buffers = restart_episodes(self._buffers, restart, self.backend.reset(restart))
+        # next-step autoreset: the step itself restarts the finished engines in `mask` first
         self._buffers, out = self._step(self._buffers, actions, mask, step_size)
         return self._observation_td(out)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from torch_student_env.sim.engine import none_of
 from torch_student_env.spec import NUM_FEATURES, ROW_WIDTH, Action
 from torch_student_env.types import Transition
 from torch_student_env.window import push_rows
@@ -150,8 +151,16 @@ def window_step(
 StepFn = Callable[[EpisodeBuffers, torch.Tensor, torch.Tensor, int], tuple[EpisodeBuffers, dict[str, torch.Tensor]]]
 
 
-def pure_step(kernel, constants, sim, buffers, actions, mask, step_size, reset_ended, final_observation):
-    """A backend's pure kernel, then `window_step`: the whole step as a function of tensors."""
+def pure_step(kernel, restart_kernel, constants, sim, buffers, actions, mask, step_size, reset_ended, final_observation):
+    """A backend's pure kernel, then `window_step`: the whole step as a function of tensors.
+
+    With a `restart_kernel` (next-step autoreset), finished engines asked to fly start their next
+    episode first, in the same graph, and fly it with the action given."""
+    if restart_kernel is not None:
+        waiting = mask & ~buffers.active
+        if not none_of(waiting):
+            sim, first_rows = restart_kernel(sim, waiting, *constants)
+            buffers = restart_episodes(buffers, waiting, first_rows)
     stepped = buffers.active & mask
     sim, transition, first_rows = kernel(sim, actions, stepped, step_size, reset_ended, *constants)
     return (sim, *window_step(buffers, transition, actions, stepped, first_rows, final_observation))

@@ -46,10 +46,12 @@ def compose_step(
     step_size: int = 10,
     history: int = 10,
     wait_compiled: bool = False,
+    restart_waiting: bool = False,
 ) -> StepFn:
     """The whole step, `(buffers, actions, mask, step_size) -> (buffers, outputs)`: the backend's
     transition of the engines in an episode and in `mask` (with the restart of ended engines when
-    `reset_ended`), then `episode.window_step`.
+    `reset_ended`), then `episode.window_step`. `restart_waiting` (next-step autoreset) first
+    restarts the finished engines in `mask`, which then fly.
 
     A backend with a pure kernel (the embedded simulator) is composed as one pure function of
     tensors: the simulator's state goes in and out explicitly. When `fast`, that function is
@@ -61,27 +63,39 @@ def compose_step(
     if kernel is None:
 
         def transition_step(buffers, actions, mask, step_size):
+            if restart_waiting:  # a host sync, which a backend of host-side answers pays anyway
+                waiting = mask & ~buffers.active
+                if bool(waiting.any()):
+                    with below_autograd():
+                        buffers = restart_episodes(buffers, waiting, backend.reset(waiting))
             stepped = buffers.active & mask
             transition, first_rows = backend.transition(actions, stepped, step_size, reset_ended)
             with below_autograd():
                 return window_step(buffers, transition, actions, stepped, first_rows, final_observation)
 
         return transition_step
-    eager = _eager_step(backend, reset_ended, final_observation)
+    eager = _eager_step(backend, reset_ended, final_observation, restart_waiting)
     if not fast:
         return eager
     if backend.device.type != "cpu":
-        return _jit_step(backend, reset_ended, final_observation)
-    return CompiledStep(backend, eager, reset_ended, final_observation, step_size, history, wait_compiled)
+        return _jit_step(backend, reset_ended, final_observation, restart_waiting)
+    key = step_key(backend, reset_ended, final_observation, step_size, history, restart_waiting)
+    return CompiledStep(backend, eager, key, wait_compiled)
 
 
-def _eager_step(backend: Backend, reset_ended: bool, final_observation: bool) -> StepFn:
-    kernel, constants = backend.kernel, backend.kernel_constants()
+def _kernels(backend: Backend, restart_waiting: bool) -> tuple[Callable, Callable | None, tuple]:
+    """What `pure_step` takes of a backend: its kernel, its restart kernel where waiting engines
+    restart in the step (else None), and their constants."""
+    return backend.kernel, backend.restart_kernel if restart_waiting else None, backend.kernel_constants()
+
+
+def _eager_step(backend: Backend, reset_ended: bool, final_observation: bool, restart_waiting: bool) -> StepFn:
+    kernels = _kernels(backend, restart_waiting)
 
     def eager(buffers, actions, mask, step_size):
         with below_autograd():
             backend.sim, buffers, out = pure_step(
-                kernel, constants, backend.sim, buffers, actions, mask, step_size, reset_ended, final_observation
+                *kernels, backend.sim, buffers, actions, mask, step_size, reset_ended, final_observation
             )
         return buffers, out
 
@@ -97,14 +111,14 @@ def _compiled_pure_step() -> Callable:
     return torch.compile(pure_step, dynamic=False)
 
 
-def _jit_step(backend: Backend, reset_ended: bool, final_observation: bool) -> StepFn:
+def _jit_step(backend: Backend, reset_ended: bool, final_observation: bool, restart_waiting: bool) -> StepFn:
     import torch._dynamo.config as dynamo_config
 
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, FAST_PATH_GRAPHS)
-    kernel, constants = backend.kernel, backend.kernel_constants()
+    kernels = _kernels(backend, restart_waiting)
 
     def jit_step(buffers, actions, mask, step_size):
-        args = (kernel, constants, backend.sim, buffers, actions, mask, step_size, reset_ended, final_observation)
+        args = (*kernels, backend.sim, buffers, actions, mask, step_size, reset_ended, final_observation)
         backend.sim, buffers, out = _compiled_pure_step()(*args)
         return buffers, out
 
@@ -124,14 +138,11 @@ class CompiledStep:
         self,
         backend: Backend,
         eager: StepFn,
-        reset_ended: bool,
-        final_observation: bool,
-        step_size: int,
-        history: int,
+        key: compiled.StepKey,
         wait_compiled: bool,
     ) -> None:
-        self.backend, self.eager, self.step_size, self.wait_compiled = backend, eager, step_size, wait_compiled
-        self.key = step_key(backend, reset_ended, final_observation, step_size, history)
+        self.backend, self.eager, self.key, self.wait_compiled = backend, eager, key, wait_compiled
+        self.step_size = key.step_size
         self.status = "building"
         self.eager_steps = 0
         self._run: compiled.Runner | None = None
@@ -239,7 +250,12 @@ def _user_stacklevel() -> int:
 
 # -- what a build process needs ---------------------------------------------------------------------
 def step_key(
-    backend: Backend, reset_ended: bool, final_observation: bool, step_size: int, history: int
+    backend: Backend,
+    reset_ended: bool,
+    final_observation: bool,
+    step_size: int,
+    history: int,
+    restart_waiting: bool = False,
 ) -> compiled.StepKey:
     """The configuration of a backend's compiled step (what fixes its library)."""
     max_steps, tables = backend.kernel_constants()
@@ -251,6 +267,7 @@ def step_key(
         num_envs=backend.num_envs if backend.num_envs >= compiled.STATIC_MIN_ENVS else None,
         device_type=backend.device.type,
         constants=repr((max_steps, tables.variants)),
+        restart_waiting=restart_waiting,
     )
 
 
@@ -261,6 +278,7 @@ def build_spec(key: compiled.StepKey, backend: Backend) -> dict[str, Any]:
         "step_size": key.step_size,
         "history": key.history,
         "reset_ended": key.reset_ended,
+        "restart_waiting": key.restart_waiting,
         "final_observation": key.final_observation,
         "num_envs": key.num_envs,
         "max_steps_per_episode": max_steps,
@@ -281,20 +299,21 @@ def build_from_spec(spec: dict[str, Any]) -> None:
     cpu = torch.device("cpu")
     backend = LocalBackend(num_envs, cpu, spec["max_steps_per_episode"], models, seed=0)
     reset_ended, final_observation, step_size = spec["reset_ended"], spec["final_observation"], spec["step_size"]
-    key = step_key(backend, reset_ended, final_observation, step_size, spec["history"])
+    restart_waiting = bool(spec.get("restart_waiting", False))
+    key = step_key(backend, reset_ended, final_observation, step_size, spec["history"], restart_waiting)
     if compiled.library_path(key).name != spec["library"]:
         raise ValueError(f"the spec describes {compiled.library_path(key).name}, not {spec['library']}")
     everyone = torch.ones(num_envs, dtype=torch.bool)
     with below_autograd():
         buffers = restart_episodes(empty_buffers(num_envs, spec["history"], cpu), everyone, backend.reset(None))
-    sim_like, kernel, constants = backend.sim, backend.kernel, backend.kernel_constants()
+    sim_like, kernels = backend.sim, _kernels(backend, restart_waiting)
 
     def flat_step(flat: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         sim, start = compiled.unflatten(sim_like, flat)
         state, start = compiled.unflatten(buffers, flat, start)
         actions, mask = flat[start], flat[start + 1]
         args = (sim, state, actions, mask, step_size, reset_ended, final_observation)
-        sim, state, out = pure_step(kernel, constants, *args)
+        sim, state, out = pure_step(*kernels, *args)
         carried = [*compiled.flatten(sim), *compiled.flatten(state)]
         return {f"state.{i}": t for i, t in enumerate(carried)} | out
 

@@ -27,6 +27,7 @@ class Backend(Protocol):
     num_envs: int
     device: torch.device
     kernel: Callable[..., Any] | None  # the pure transition, or None
+    restart_kernel: Callable[..., Any] | None  # the pure restart of masked engines, with a kernel
     sim: Any  # the state `kernel` threads (the env writes back what it returns); None without a kernel
     episode_ids: list[str]  # each engine's episode id, as the challenge protocol names it
     session_id: str | None  # the protocol session the engines belong to (None: no server)

@@ -45,6 +45,15 @@ def simulate(
     return SimState(engines, sim.env_key, episode), transition, first_rows
 
 
+def restart(
+    sim: SimState, mask: torch.Tensor, max_steps_per_episode: int, tables: SimTables
+) -> tuple[SimState, torch.Tensor]:
+    """The next episode of the masked engines as a pure function: the next `SimState` and the
+    first rows (N, 10) (meaningful where masked). Takes the kernel's constants, as `simulate`."""
+    engines, episode, first_rows = restart_engines(sim.engines, sim.env_key, sim.episode, mask, tables)
+    return SimState(engines, sim.env_key, episode), first_rows
+
+
 class LocalBackend:
     """Runs `sim.engine` on `device`. Env i's episode k is keyed by hash(seed, i, k) alone.
 
@@ -54,6 +63,7 @@ class LocalBackend:
     """
 
     kernel = staticmethod(simulate)
+    restart_kernel = staticmethod(restart)
 
     def __init__(
         self,
@@ -110,10 +120,8 @@ class LocalBackend:
             mask = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
         # Eager even for a fast env: resets outside `step` are rare, and compiling them would
         # double the one-off compile (auto-resets inside `step` are part of its compiled graph).
-        sim = self.sim
         with below_autograd():
-            engines, episode, first_rows = restart_engines(sim.engines, sim.env_key, sim.episode, mask, self.tables)
-        self.sim = SimState(engines, sim.env_key, episode)
+            self.sim, first_rows = restart(self.sim, mask, *self.kernel_constants())
         return first_rows
 
     def kernel_constants(self) -> tuple[int, SimTables]:

@@ -151,6 +151,7 @@ class RemoteBackend:
     """N engines on a server of the challenge protocol (see docs/protocol.md)."""
 
     kernel = None  # no pure kernel: the env calls `transition`, one HTTP request per step
+    restart_kernel = None
     sim = None
 
     def __init__(

@@ -84,7 +84,7 @@ class ServerState:
         """Load the compiled step of the groups most requests make (the client's default flight
         limit and step size), or start building it in the background, before serving. No request
         ever waits for it: groups step eagerly until it is ready (`fast_path.CompiledStep`).
-        Groups with or without auto-reset share that step."""
+        Groups without auto-reset (rare: the client's default is on) have a step of their own."""
         group = groups.new_group(4, self.limits.default_steps_per_episode, True, self.expose_health, self.params)
         group.env.step([0, 0, 0, 0])
 

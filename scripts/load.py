@@ -1,0 +1,237 @@
+"""Load test of the reference server whose clients are not the bottleneck.
+
+    python scripts/load.py --clients 4                    # one server process, 4 clients x 4 engines
+    python scripts/load.py --clients 64 --workers 2       # nginx in front of 2 workers
+    python scripts/load.py --url http://127.0.0.1:8001 --clients 8   # a server you started
+
+Each client replays the seed client's (1.0.1) request sequence with its own bodies: session,
+vectorized create (4 engines, auto-reset), vectorized reset, then vectorized steps of 10 flights,
+as fast as the server answers. Clients are asyncio tasks over keep-alive HTTP/1.1 connections,
+spread over `--procs` processes, with no numpy and no JSON parsing of step answers: a vector step
+costs the generator a small fraction of what it costs the server (the report shows both).
+
+After `--warmup` seconds, it measures for `--seconds`: vector steps/s, p50 and p99 latency,
+errors (any answer but 200, any broken connection: the client then starts again, as a student
+would, with a new session), and the CPU seconds of every process of the server (workers, nginx,
+the supervisor) per vector step, read from /proc (Linux). `--json` writes the report.
+The server's compiled step is built before it starts, so no build runs during the measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+STEP_SIZE = 10  # the seed client's default
+ENGINES = 4  # the seed's vectorized example
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far, from /proc (0 for one that is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and every descendant of it, from /proc's parent links."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection speaking just what the protocol needs."""
+
+    def __init__(self, host: str, port: int, token: str) -> None:
+        self.host, self.port, self.token = host, port, token
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, body: bytes = b"", session: str | None = None) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nUser-Token: {self.token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        )
+        if session is not None:
+            head += f"Session-ID: {session}\r\n"
+        self.writer.write(head.encode() + b"\r\n" + body)
+        try:
+            status_line, *header_lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            headers = dict(line.lower().split(": ", 1) for line in header_lines if ": " in line)
+            if "content-length" in headers:
+                data = await self.reader.readexactly(int(headers["content-length"]))
+            else:  # chunked
+                data = b""
+                while size := int((await self.reader.readuntil(b"\r\n")).strip(), 16):
+                    data += (await self.reader.readexactly(size + 2))[:-2]
+                await self.reader.readuntil(b"\r\n")
+            if headers.get("connection") == "close":
+                self.close()
+            return int(status_line.split()[1]), data
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+class Failed(Exception):
+    """An answer other than 200: the client starts again."""
+
+
+async def _ok(connection: Connection, method: str, path: str, body: dict | None = None, **kw) -> bytes:
+    status, data = await connection.request(method, path, json.dumps(body).encode() if body else b"", **kw)
+    if status != 200:
+        raise Failed(f"{path}: HTTP {status}")
+    return data
+
+
+async def _client(k: int, host: str, port: int, window: tuple[float, float], record: dict) -> None:
+    """One student: the seed client's sequence, steps until the window closes; starts again on errors."""
+    connection = Connection(host, port, f"load-{k}")
+    rng = random.Random(k)
+    while time.monotonic() < window[1]:
+        try:
+            session = json.loads(await _ok(connection, "POST", "/api/v1/session/create"))["session_id"]
+            config = {"env_type": "DegradationEnv", "max_steps_per_episode": 1000, "auto_reset": True,
+                      "step_size": STEP_SIZE, "reward_config": {}}  # fmt: skip
+            created = {"env_config": config, "num_envs": ENGINES}
+            ids = json.loads(await _ok(connection, "POST", "/api/v1/vectorized/episodes/create", created,
+                                       session=session))["episode_ids"]  # fmt: skip
+            await _ok(connection, "POST", "/api/v1/episode/vectorized_reset", {"episode_ids": ids, "seeds": [None] * ENGINES})
+            while (now := time.monotonic()) < window[1]:
+                # fly mostly, with the odd repair and sale, so episodes end and auto-reset
+                actions = [{"episode_id": e, "action": rng.choices((0, 1, 2), (18, 1, 1))[0], "step_size": STEP_SIZE,
+                            "return_all_states": True} for e in ids]  # fmt: skip
+                await _ok(connection, "POST", "/api/v1/episode/vectorized_step", {"episode_actions": actions})
+                done = time.monotonic()
+                if now >= window[0]:
+                    record["latencies"].append(done - now)
+        except (Failed, OSError, asyncio.IncompleteReadError, ValueError, KeyError) as err:
+            if time.monotonic() >= window[0]:
+                record["errors"].append(f"{type(err).__name__}: {err}")
+            connection.close()
+            await asyncio.sleep(0.05)  # a student's script does not retry in a tight loop either
+    connection.close()
+
+
+def _process(clients: list[int], host: str, port: int, window: tuple[float, float], out) -> None:
+    """One generator process: its clients as asyncio tasks; its latencies, errors and CPU."""
+    record: dict = {"latencies": [], "errors": []}
+
+    async def cpu_in_window() -> float:
+        await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
+        before = cpu_seconds(os.getpid())
+        await asyncio.sleep(max(0.0, window[1] - time.monotonic()))
+        return cpu_seconds(os.getpid()) - before
+
+    async def run() -> float:
+        cpu, *_ = await asyncio.gather(cpu_in_window(), *(_client(k, host, port, window, record) for k in clients))
+        return cpu
+
+    out.put(record | {"cpu": asyncio.run(run())})
+
+
+def run_load(url: str, server_pid: int | None, clients: int, procs: int, warmup: float, seconds: float) -> dict:
+    """Drive `clients` students against `url`; the report (server CPU needs its pid)."""
+    host, port = url.removeprefix("http://").split(":")
+    start = time.monotonic() + 1.0  # every process started and connected
+    window = (start + warmup, start + warmup + seconds)
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    workers = [
+        ctx.Process(target=_process, args=(list(range(p, clients, procs)), host, int(port), window, out))
+        for p in range(min(procs, clients))
+    ]
+    for w in workers:
+        w.start()
+    time.sleep(max(0.0, window[0] - time.monotonic()))  # waiting for the window, not timing anything
+    tree = process_tree(server_pid) if server_pid else []
+    cpu_before = {pid: cpu_seconds(pid) for pid in tree}
+    time.sleep(max(0.0, window[1] - time.monotonic()))
+    server_cpu = sum(cpu_seconds(pid) - cpu_before[pid] for pid in tree) if tree else None
+    records = [out.get(timeout=120) for _ in workers]
+    for w in workers:
+        w.join(timeout=30)
+    latencies = sorted(x for r in records for x in r["latencies"])
+    errors = [e for r in records for e in r["errors"]]
+    steps = len(latencies)
+
+    def pct(q: float) -> float | None:
+        return round(1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))], 2) if latencies else None
+
+    return {
+        "clients": clients,
+        "engines_per_client": ENGINES,
+        "seconds": seconds,
+        "vector_steps_per_s": round(steps / seconds, 1),
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "errors": len(errors),
+        "first_errors": errors[:5],
+        "server_processes": len(tree),
+        "server_cpu_ms_per_step": round(1000 * server_cpu / steps, 3) if steps and server_cpu is not None else None,
+        "generator_cpu_ms_per_step": round(1000 * sum(r["cpu"] for r in records) / steps, 3) if steps else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--procs", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--workers", type=int, default=0, help="server worker processes behind nginx (0: one process)")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--url", help="an already running server (its CPU is then not measured)")
+    parser.add_argument("--json", help="write the report to this file")
+    args = parser.parse_args(argv)
+    for name in ("clients", "procs"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.url:
+        report = run_load(args.url, None, args.clients, args.procs, args.warmup, args.seconds)
+    else:
+        # imported here: the generator's processes (spawned, they import this module) stay free of torch
+        from torch_student_env.build import COMMON, build_common
+        from torch_student_env.server import server_process
+
+        build_common([name for name in COMMON if "server" in name])  # no build during the measurement
+        tokens = [f"load-{k}" for k in range(args.clients)]
+        flags = ("--workers", str(args.workers)) if args.workers else ()
+        with server_process(tokens, *flags) as server:
+            report = run_load(server.url, server.process.pid, args.clients, args.procs, args.warmup, args.seconds)
+        report["workers"] = args.workers
+    print(json.dumps(report, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 1 if report["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
