@@ -124,7 +124,8 @@ async def _client(k: int, host: str, port: int, window: tuple[float, float], rec
             created = {"env_config": config, "num_envs": ENGINES}
             ids = json.loads(await _ok(connection, "POST", "/api/v1/vectorized/episodes/create", created,
                                        session=session))["episode_ids"]  # fmt: skip
-            await _ok(connection, "POST", "/api/v1/episode/vectorized_reset", {"episode_ids": ids, "seeds": [None] * ENGINES})
+            reset = {"episode_ids": ids, "seeds": [None] * ENGINES}
+            await _ok(connection, "POST", "/api/v1/episode/vectorized_reset", reset)
             while (now := time.monotonic()) < window[1]:
                 # fly mostly, with the odd repair and sale, so episodes end and auto-reset
                 actions = [{"episode_id": e, "action": rng.choices((0, 1, 2), (18, 1, 1))[0], "step_size": STEP_SIZE,

@@ -151,7 +151,9 @@ def window_step(
 StepFn = Callable[[EpisodeBuffers, torch.Tensor, torch.Tensor, int], tuple[EpisodeBuffers, dict[str, torch.Tensor]]]
 
 
-def pure_step(kernel, restart_kernel, constants, sim, buffers, actions, mask, step_size, reset_ended, final_observation):
+def pure_step(
+    kernel, restart_kernel, constants, sim, buffers, actions, mask, step_size, reset_ended, final_observation
+):
     """A backend's pure kernel, then `window_step`: the whole step as a function of tensors.
 
     With a `restart_kernel` (next-step autoreset), finished engines asked to fly start their next
