@@ -25,6 +25,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -159,8 +160,17 @@ def _process(clients: list[int], host: str, port: int, window: tuple[float, floa
     out.put(record | {"cpu": asyncio.run(run())})
 
 
-def run_load(url: str, server_pid: int | None, clients: int, procs: int, warmup: float, seconds: float) -> dict:
-    """Drive `clients` students against `url`; the report (server CPU needs its pid)."""
+def run_load(
+    url: str,
+    server_pid: int | None,
+    clients: int,
+    procs: int,
+    warmup: float,
+    seconds: float,
+    profile: str | None = None,
+) -> dict:
+    """Drive `clients` students against `url`; the report (server CPU needs its pid). `profile`:
+    a py-spy profile of the server's processes over the window, as raw stacks in that file."""
     host, port = url.removeprefix("http://").split(":")
     start = time.monotonic() + 1.0  # every process started and connected
     window = (start + warmup, start + warmup + seconds)
@@ -175,9 +185,16 @@ def run_load(url: str, server_pid: int | None, clients: int, procs: int, warmup:
     time.sleep(max(0.0, window[0] - time.monotonic()))  # waiting for the window, not timing anything
     tree = process_tree(server_pid) if server_pid else []
     cpu_before = {pid: cpu_seconds(pid) for pid in tree}
+    spy = None
+    if profile and server_pid:
+        command = ["py-spy", "record", "--subprocesses", "-p", str(server_pid), "-d", str(int(seconds))]
+        command += ["-r", "200", "-f", "raw", "-o", profile]
+        spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(max(0.0, window[1] - time.monotonic()))
     server_cpu = sum(cpu_seconds(pid) - cpu_before[pid] for pid in tree) if tree else None
     records = [out.get(timeout=120) for _ in workers]
+    if spy is not None:
+        spy.wait(timeout=60)
     for w in workers:
         w.join(timeout=30)
     latencies = sorted(x for r in records for x in r["latencies"])
@@ -211,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--url", help="an already running server (its CPU is then not measured)")
     parser.add_argument("--json", help="write the report to this file")
+    parser.add_argument("--profile", help="py-spy the server over the window: raw stacks to this file")
     args = parser.parse_args(argv)
     for name in ("clients", "procs"):
         if getattr(args, name) < 1:
@@ -226,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         tokens = [f"load-{k}" for k in range(args.clients)]
         flags = ("--workers", str(args.workers)) if args.workers else ()
         with server_process(tokens, *flags) as server:
-            report = run_load(server.url, server.process.pid, args.clients, args.procs, args.warmup, args.seconds)
+            pid = server.process.pid
+            report = run_load(server.url, pid, args.clients, args.procs, args.warmup, args.seconds, args.profile)
         report["workers"] = args.workers
     print(json.dumps(report, indent=2))
     if args.json:

@@ -74,14 +74,17 @@ def test_one_request_touches_a_bounded_number_of_episodes():
 
 
 def test_a_long_step_never_stalls_other_groups_or_tokens():
-    """Each group has its own lock: while one group's step is held inside the simulator, another
-    token, and the same token's other group, are served. (With one global lock, the requests
-    below would wait for the held step, and their timeout would fail the test.)"""
+    """A long step (more than `INLINE_FLIGHTS` flights) runs off the event loop, and each group
+    has its own lock: while one group's step is held inside the simulator, another token, and the
+    same token's other group, are served. (With one global lock, or a long step run inline, the
+    requests below would wait for the held step, and their timeout would fail the test.)"""
     import threading
+
+    from torch_student_env.server.routes import INLINE_FLIGHTS
 
     app = create_app(tokens={TOKEN_A, TOKEN_B})
     with running_server(app) as url:
-        _, slow_ids = api_group(url, 2)
+        _, slow_ids = api_group(url, INLINE_FLIGHTS // 10 + 1)  # 10 flights each: one flight too many to run inline
         api_post(url, "/episode/vectorized_reset", json={"episode_ids": slow_ids})
         group = app.state.server.registry.episodes[slow_ids[0]][1]
         entered, release = threading.Event(), threading.Event()
