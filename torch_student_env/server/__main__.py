@@ -47,10 +47,27 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="log every request (off by default: a line per step costs about 6 %% of a step's CPU)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="serve a class: nginx on --host:--port in front of N server processes, routed by token "
+        "(needs nginx and a --db file; default 0: this one process)",
+    )
+    parser.add_argument(
+        "--run-dir",
+        help="with --workers: folder of nginx's config, the sockets and logs (default: a new temporary one)",
+    )
+    parser.add_argument("--uds", help=argparse.SUPPRESS)  # a worker of --workers: serve on this Unix socket
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.workers < 0:
+        parser.error(f"--workers must be >= 0, got {args.workers}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.workers:
+        _serve_class(args)
+        return
     import torch
 
     torch.set_num_threads(args.threads)
@@ -68,7 +85,28 @@ def main(argv: list[str] | None = None) -> None:
     except (StoreError, ValueError) as err:  # a limit out of range, a tokens file without a token
         raise SystemExit(f"error: {err}") from None
     app.state.server.warm_up()  # the compiled step loaded, or its build started, before the port opens
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=args.access_log)
+    where = {"uds": args.uds} if args.uds else {"host": args.host, "port": args.port}
+    uvicorn.run(app, **where, log_level="info", access_log=args.access_log)
+
+
+def _serve_class(args: argparse.Namespace) -> None:
+    """`--workers N`: the front (`server.front`), its workers run with this command's options."""
+    from pathlib import Path
+
+    from torch_student_env.server.front import Front, run_front
+
+    if args.db == ":memory:":
+        raise SystemExit("error: --workers needs a --db file, which every worker shares (':memory:' is one process's)")
+    worker_args = ["--db", str(Path(args.db).resolve()), "--threads", str(args.threads)]
+    for field in fields(Limits):
+        worker_args += [f"--{field.name.replace('_', '-')}", str(getattr(args, field.name))]
+    if args.tokens_file:
+        worker_args += ["--tokens-file", str(Path(args.tokens_file).resolve())]
+    worker_args += [flag for flag, on in (("--hide-health", args.hide_health), ("--durable", args.durable),
+                                           ("--access-log", args.access_log)) if on]  # fmt: skip
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    front = Front(args.host, args.port, args.workers, worker_args, args.max_body_bytes, run_dir)
+    raise SystemExit(run_front(front))
 
 
 if __name__ == "__main__":
