@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import pwd
 import shutil
 import signal
 import socket
@@ -66,8 +68,11 @@ def nginx_config(run_dir: Path, host: str, port: int, sockets: list[Path], max_b
     )
     # nginx answers a gone worker itself: a JSON 503 in the protocol's error shape
     down = '{"detail": "the server process of this token is restarting: its sessions are gone, start a new one"}'
+    # Started as root, nginx would run its workers as `nobody`, who may not reach the sockets (a
+    # run folder under a private one): they run as the server's own user, as the Python workers do.
+    user = f"user {pwd.getpwuid(os.geteuid()).pw_name};\n" if os.geteuid() == 0 else ""
     return f"""# written by torch_student_env.server --workers; edits are overwritten at the next start
-daemon off;
+{user}daemon off;
 master_process on;
 worker_processes 1;
 pid {run_dir / "nginx.pid"};
@@ -142,8 +147,6 @@ class Front:
         if self.run_dir is None:
             self.run_dir = Path(tempfile.mkdtemp(prefix="torch-student-env-front-"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        # nginx's worker may run as another user (nobody, when started as root): it must reach the sockets
-        self.run_dir.chmod(0o755)
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (self.run_dir / "tmp" / kind).mkdir(parents=True, exist_ok=True)
         self._workers = [
