@@ -5,6 +5,7 @@ step by step against a local twin.
     python scripts/soak.py --clients 32 --seconds 60 --json soak32.json
     python scripts/soak.py --fill-token      # one token at its engine limit: memory, refusal
     python scripts/soak.py --kill --rounds 3 # kill -9 the server mid-load: nothing acknowledged is lost
+    python scripts/soak.py --kill --workers 2 --clients 8  # kill -9 one worker of a class front
 
 The server runs in its own process on 127.0.0.1 (a free port), so its memory is measured alone.
 Each client owns a token and `make_env(backend="remote", seed=S)`, whose engines the server keys
@@ -251,14 +252,16 @@ def _kill_client(k: int, url: str, args: argparse.Namespace, stop, acknowledged:
 
 def kill_soak(args: argparse.Namespace) -> dict:
     """`--rounds` times: K client threads step a server on the `--db` file, the server is killed
-    with SIGKILL mid-load, and restarted on the same file. Then every finished episode a client
-    saw acknowledged must be in the database and on the score endpoint, and the file must pass
-    `PRAGMA integrity_check`."""
+    with SIGKILL mid-load, and restarted on the same file. With `--workers N`, a front of N
+    workers instead, of which worker 0 is killed (the front restarts it) while the others' clients
+    go on stepping. Then every finished episode a client saw acknowledged must be in the database
+    and on the score endpoint, and the file must pass `PRAGMA integrity_check`."""
     import signal
     import tempfile
     import threading
     from collections import Counter
 
+    from torch_student_env.server.front import worker_processes
     from torch_student_env.server.store import ScoreStore, integrity
 
     tokens = [f"soak-{k}" for k in range(args.clients)]
@@ -266,8 +269,11 @@ def kill_soak(args: argparse.Namespace) -> dict:
     db = str(args.db or Path(folder.name) / "scores.sqlite")
     acknowledged: list = []
     outcomes: list[str] = []
+    flags = ["--db", db, *(["--durable"] if args.durable else [])]
+    if args.workers:
+        flags += ["--workers", str(args.workers)]
     for _ in range(args.rounds):
-        with server_process(tokens, "--db", db, *(("--durable",) if args.durable else ())) as server:
+        with server_process(tokens, *flags) as server:
             stop, outcome = threading.Event(), {}
             threads = [
                 threading.Thread(target=_kill_client, args=(k, server.url, args, stop, acknowledged, outcome))
@@ -276,11 +282,17 @@ def kill_soak(args: argparse.Namespace) -> dict:
             for t in threads:
                 t.start()
             time.sleep(args.seconds)  # the load runs for this long before the kill (not a timing check)
-            server.process.send_signal(signal.SIGKILL)
-            server.process.wait(timeout=30)
+            if args.workers:  # one worker: its clients get an error, the others go on until stopped
+                os.kill(worker_processes(server.process.pid)[0], signal.SIGKILL)
+                time.sleep(args.seconds)  # the others' load goes on this long after the kill
+            else:
+                server.process.send_signal(signal.SIGKILL)
+                server.process.wait(timeout=30)
+                for t in threads:
+                    t.join(timeout=args.timeout * 4 + 30)
+            stop.set()
             for t in threads:
                 t.join(timeout=args.timeout * 4 + 30)
-            stop.set()
             hung = sum(t.is_alive() for t in threads)
             outcomes += [outcome.get(k, "no answer") for k in range(args.clients)] + ["hung"] * hung
     with server_process(tokens, "--db", db) as server:  # restarted once more: what does it serve?
@@ -324,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill", action="store_true", help="instead: kill -9 the server mid-load, restart, check")
     parser.add_argument("--rounds", type=int, default=2, help="with --kill: kills and restarts")
     parser.add_argument(
+        "--workers", type=int, default=0, help="with --kill: a front of N workers (nginx), of which one is killed"
+    )
+    parser.add_argument(
         "--db", type=Path, help="the server's score database (default: in memory; with --kill, a temporary file)"
     )
     args = parser.parse_args(argv)
@@ -335,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(figures, indent=2))
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2) + "\n")
-        named = all(o in ("ServerUnavailable", "stopped") for o in figures["client_outcomes"])
+        # a killed worker's clients: unavailable while it restarts, or unknown episodes once it is back
+        named = all(o in ("ServerUnavailable", "NotFoundError", "stopped") for o in figures["client_outcomes"])
         sound = figures["integrity_check"] == "ok" and not figures["acknowledged_but_missing"]
         return 0 if named and sound and figures["episodes_acknowledged"] > 0 else 1
     if not 1 <= args.clients <= 256:

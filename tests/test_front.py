@@ -19,7 +19,7 @@ import requests
 pytest.importorskip("fastapi", reason="server tests need the [server] extra")
 
 from torch_student_env.server import server_process  # noqa: E402
-from torch_student_env.server.front import FrontError, find_nginx, nginx_config  # noqa: E402
+from torch_student_env.server.front import FrontError, find_nginx, nginx_config, worker_processes  # noqa: E402
 
 try:
     NGINX = find_nginx()
@@ -64,20 +64,6 @@ def _ask_worker(sock: Path, path: str, token: str) -> int:
         s.connect(str(sock))
         s.sendall(f"GET {path} HTTP/1.1\r\nHost: worker\r\nUser-Token: {token}\r\nConnection: close\r\n\r\n".encode())
         return int(s.recv(64).split()[1])
-
-
-def _worker_pid(supervisor: int, index: int) -> int:
-    """The pid of worker `index` of the front whose supervisor is `supervisor`."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                command = (entry / "cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if int(stat[1]) == supervisor and f"worker-{index}.sock" in command:
-                return int(entry.name)
-    raise AssertionError(f"no worker {index} under {supervisor}")
 
 
 class Student:
@@ -172,7 +158,7 @@ def test_kill_9_of_one_worker_its_clients_start_again_the_others_never_notice(tm
             assert survivors, "every token hashed to one worker: pick other token names"
             steps_before = {s.token: s.step(0).json()["infos"][0]["step"] for s in survivors}
 
-            os.kill(_worker_pid(server.process.pid, doomed), signal.SIGKILL)
+            os.kill(worker_processes(server.process.pid)[doomed], signal.SIGKILL)
             seed.stdin.write("\n")
             seed.stdin.flush()
             line = seed.stdout.readline()

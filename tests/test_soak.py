@@ -67,3 +67,34 @@ def test_kill_9_mid_load_loses_no_acknowledged_episode(tmp_path):
     assert figures["episodes_found"] >= figures["episodes_acknowledged"]
     assert figures["episodes_served_by_the_score_endpoint"] == figures["episodes_found"]
     assert figures["integrity_check"] == "ok" and figures["client_outcomes"] == {"ServerUnavailable": 3}
+
+
+@pytest.mark.slow  # a front of two workers, one killed mid-load
+def test_kill_9_of_one_worker_mid_load_loses_nothing_and_the_others_never_notice(tmp_path):
+    """scripts/soak.py --kill --workers 2: worker 0 is killed mid-load. Its clients get a named
+    error, the other worker's clients step on to the end, and every episode acknowledged by either
+    worker is stored and served."""
+    import json
+    import subprocess
+    import sys
+
+    from torch_student_env.server.front import FrontError, find_nginx
+
+    try:
+        find_nginx()
+    except FrontError as err:
+        pytest.skip(str(err))
+    script = Path(__file__).resolve().parents[1] / "scripts" / "soak.py"
+    out, db = tmp_path / "kill.json", tmp_path / "scores.sqlite"
+    command = [sys.executable, str(script), "--kill", "--workers", "2", "--clients", "6", "--seconds", "2"]
+    command += ["--rounds", "1", "--timeout", "5", "--db", str(db), "--json", str(out)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert figures["episodes_acknowledged"] > 0 and figures["acknowledged_but_missing"] == 0
+    assert figures["episodes_served_by_the_score_endpoint"] == figures["episodes_found"]
+    outcomes = figures["client_outcomes"]
+    assert figures["integrity_check"] == "ok" and sum(outcomes.values()) == 6
+    # the killed worker's clients: a named error; the others: stopped by the script, never an error
+    assert 0 < outcomes.get("stopped", 0) < 6
+    assert set(outcomes) <= {"stopped", "ServerUnavailable", "NotFoundError"}

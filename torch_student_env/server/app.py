@@ -11,6 +11,7 @@ from typing import Any
 from torch_student_env.adapters import require
 
 require("fastapi", "server")
+require("orjson", "server")
 
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.exceptions import RequestValidationError  # noqa: E402

@@ -264,6 +264,24 @@ class Front:
         return [w.process.pid for w in self._workers if w.process is not None]
 
 
+def worker_processes(supervisor: int) -> dict[int, int]:
+    """Worker index -> pid of the front whose supervisor process is `supervisor`, from /proc
+    (Linux): how a test or a fault script finds the worker to kill."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == supervisor and b"--uds" in command:
+            name = Path(command[command.index(b"--uds") + 1].decode()).name  # worker-<i>.sock
+            found[int(name.removeprefix("worker-").removesuffix(".sock"))] = int(entry.name)
+    return found
+
+
 def _accepts_tcp(host: str, port: int) -> bool:
     try:
         socket.create_connection((host, port), timeout=0.2).close()
@@ -301,4 +319,4 @@ def run_front(front: Front) -> int:
     return front.supervise()
 
 
-__all__ = ["Front", "FrontError", "find_nginx", "nginx_config", "run_front"]
+__all__ = ["Front", "FrontError", "find_nginx", "nginx_config", "run_front", "worker_processes"]
