@@ -5,8 +5,9 @@
     python examples/ppo_cnn.py --resume              # continue from <out>/checkpoint.pt
     torchrun --nproc-per-node 2 examples/ppo_cnn.py --distributed   # DDP, one env shard per rank
 
-By default the CNN learns from scratch: each env keeps a 100-row window (--history), the CNN
-convolves its newest 10 rows, and the head also reads the player-side counters, as numbers in
+By default the CNN learns from scratch: it convolves the window's newest 10 rows (the training
+envs keep just those: --history 10; validation and the final table play every policy, baselines
+included, with 100-row windows: --eval-history), and the head also reads the player-side counters, as numbers in
 units of 100 flights and one-hot (--counter-bins: since_repair in steps, repairs), with no plan
 and no teacher, undiscounted (--gamma 1: the challenge scores the episode's plain sum).
 `--recipe residual` is the best-score recipe: the head also reads the `belief` plan's action
@@ -54,6 +55,7 @@ RECIPES: dict[str, dict[str, object]] = {
         "counter_flights": 0,
         "counter_bins": 0,
         "gamma": 0.99,
+        "history": 100,  # the plan is belief's, whose estimate reads every row of the window
         "total_steps": 3_600_000,  # it plays the plan from the first validation on: longer adds nothing
     },
 }
@@ -72,7 +74,10 @@ class Args:
     track: bool = arg(False, "also log to Weights & Biases (pip install wandb)")
     resume: bool = arg(False, "continue from <out>/checkpoint.pt")
     step_size: int = arg(10, "flights per env step")
-    history: int = arg(100, "rows in each env's window, the client-side memory; the belief estimate reads them all")
+    history: int = arg(10, "rows in each training env's window: what the network reads (residual: 100, for belief)")
+    eval_history: int = arg(
+        100, "rows in the windows of validation and the final table (at least --history): the baselines' memory"
+    )
     cnn_rows: int = arg(10, "the CNN convolves the window's newest rows only (0: all): its cost grows with them")
     counter_flights: int = arg(
         100, "the head reads age and since_repair in units of this many flights (0: the flight limit)"
@@ -171,7 +176,7 @@ def main(args: Args) -> dict | None:
     log = RunLogger(out, dataclasses.asdict(args), args.track) if lead else None
     env = make_train_env(args, device, rank)
     first_td = env.reset()  # a cold cache's build starts here, while the validator plays its baselines
-    validator = Validator(args.eval_envs, device, args.history) if lead else None  # plays the baselines once
+    validator = Validator(args.eval_envs, device, eval_window(args)) if lead else None  # plays the baselines once
     torch.manual_seed(args.seed)  # the same on every rank: identical initial weights
     batch_size = args.num_envs * args.num_steps
     num_updates = max(1, args.total_steps // (batch_size * world))  # --total-steps counts all ranks
@@ -239,14 +244,14 @@ def main(args: Args) -> dict | None:
             if stats["mean_return"] > best["mean_return"]:  # validation seeds, never the held-out ones
                 best = {"mean_return": stats["mean_return"], "env_steps": global_step, "update": update}
                 save_checkpoint(
-                    best_path, **checkpoint_entries(agent, args.history), global_step=global_step, best=best
+                    best_path, **checkpoint_entries(agent, eval_window(args)), global_step=global_step, best=best
                 )
             bar.set_postfix(sps=f"{sps:,.0f}", train_return=f"{mean_return:,.0f}", eval=f"{stats['mean_return']:,.0f}")
         if update % args.checkpoint_every == 0 or update == num_updates:
             envs = gather_env_states(env, world)
             if lead:
                 state = {"update": update, "global_step": global_step, "curve": curve, "best": best, "envs": envs}
-                weights = checkpoint_entries(agent, args.history) | {"optimizer": optimizer.state_dict()}
+                weights = checkpoint_entries(agent, eval_window(args)) | {"optimizer": optimizer.state_dict()}
                 save_checkpoint(ckpt_path, **weights, **state, args=dataclasses.asdict(args))
     bar.close()
     wall = time.perf_counter() - start
@@ -266,6 +271,15 @@ def main(args: Args) -> dict | None:
         dist.barrier()
         dist.destroy_process_group()
     return run_results(out, best, curve, results)
+
+
+def eval_window(args: Args) -> int:
+    """The window every policy plays with in validation, the final table and the checkpoint (what
+    `evaluate` replays): the baselines' memory, --eval-history. A network that reads only the
+    newest --cnn-rows rows of its training window plays the same on any longer one, so it trains
+    on the shortest; one that reads more (the whole window, belief's estimate) plays with its own."""
+    reads_only_newest = 0 < args.cnn_rows <= args.history and not (args.plan_inputs or args.belief_inputs)
+    return max(args.history, args.eval_history) if reads_only_newest else args.history
 
 
 def make_train_env(args: Args, device: torch.device, rank: int = 0) -> TorchStudentEnv:
@@ -372,12 +386,16 @@ def collect(args, collector, rollout, td, next_done, kick, raw_rewards):
     `collector.returns`, and the raw rewards to `raw_rewards` when given. Returns the next state
     and dones."""
     agent, teacher, world, returns = collector.agent, collector.teacher, collector.world, collector.returns
+    # the storage's columns, written in place: cheaper than a TensorDict's indexed assignment
+    columns = [(rollout.storage[key], key) for key in rollout.obs_keys]
+    finals = [(rollout.final_storage[key], final) for key, final in (FINAL_WINDOW_KEYS | FINAL_PLAYER_KEYS).items()]
     for step in range(args.num_steps):
         if EXTRA_INPUTS_KEY in rollout.obs_keys:
             td[EXTRA_INPUTS_KEY] = agent.extra_inputs(td)
-        rollout.storage[step] = td.select(*rollout.obs_keys)
+        for column, key in columns:
+            column[step] = td[key]
         rollout.dones[step] = next_done
-        with torch.no_grad():
+        with torch.inference_mode():
             agent.trunk.norm.update(gather_envs(td["observation"], world), gather_envs(td["valid"], world))
             action, logprob, _, value = agent.get_action_and_value(td)
             if kick > 0:
@@ -389,8 +407,8 @@ def collect(args, collector, rollout, td, next_done, kick, raw_rewards):
             raw_rewards[step] = td["reward"]
         # CRUCIAL, easy to overlook: a truncated episode did not end, its value continues.
         # Keep the window it ended with (final_observation, not the reset window) to bootstrap.
-        for key, final_key in (FINAL_WINDOW_KEYS | FINAL_PLAYER_KEYS).items():  # the window and counters it ended with
-            rollout.final_storage[key][step] = td[final_key]
+        for column, final_key in finals:  # the window and counters it ended with
+            column[step] = td[final_key]
         rollout.truncateds[step] = td["truncated"]
         next_done = td["done"].to(torch.float32)
         returns[0] += td["episode_return"].sum()
@@ -531,7 +549,10 @@ def evaluate_run(args, agent, best, curve, out, device, extra) -> dict:
         out,
         TrainingRun(curve, best, references=extra["validation"], extra=extra),
         FinalEvaluation(
-            args.final_eval_envs, variants=args.variant_eval, history=args.history, score_episodes=args.score_episodes
+            args.final_eval_envs,
+            variants=args.variant_eval,
+            history=eval_window(args),
+            score_episodes=args.score_episodes,
         ),
         device,
     )

@@ -2,6 +2,7 @@
 
     python scripts/train_bench.py                     # the main job's defaults (examples/ppo_cnn.py)
     python scripts/train_bench.py --updates 8 --run runs/<a finished main job>
+    python scripts/train_bench.py --variant history=100 --variant num_minibatches=4   # against the defaults
 
 Each figure is env steps per second (one step of one engine) of one part of a PPO update, timed
 over `--updates` updates after one warm-up update, with the same env, network and rollout the
@@ -105,28 +106,52 @@ def time_to_belief(run: Path, margin: float = 30.0) -> dict[str, float] | None:
     return None
 
 
+def _variant(text: str, defaults) -> dict:
+    """`key=value,key=value` -> Args overrides, each value parsed as its default's type."""
+    overrides = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not hasattr(defaults, key):
+            raise SystemExit(f"--variant: no flag {key!r} in examples/ppo_cnn.py")
+        kind = type(getattr(defaults, key))
+        overrides[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return overrides
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, default=6, help="timed updates (after one warm-up update)")
     parser.add_argument("--num-envs", type=int, help="override the main job's engines")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="also measure these flags of ppo_cnn.py, e.g. 'history=100' (repeatable; each after the defaults)",
+    )
     parser.add_argument("--run", type=Path, help="a finished main job's folder: time to belief - 30")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     overrides = {"device": args.device} | ({"num_envs": args.num_envs} if args.num_envs else {})
-    figures = measure(args.updates, overrides)
+    defaults = _ppo_module().Args()
+    runs = {"defaults": overrides} | {v: overrides | _variant(v, defaults) for v in args.variant}
+    all_figures = {name: measure(args.updates, o) for name, o in runs.items()}
+    figures = all_figures["defaults"]
     if args.run is not None:
         figures["time to belief - 30"] = time_to_belief(args.run)
-    print("| part | env steps/s |\n|---|---:|")
+    print("| part | " + " | ".join(all_figures) + " |\n|---|" + "---:|" * len(all_figures))
     for name, value in figures.items():
         if isinstance(value, float) and "share" not in name:
-            print(f"| {name} | {value:,.0f} |")
-    print(f"\nenv share of end to end: {100 * figures['env share of end to end']:.1f} %; step: {figures['step kind']}")
-    print(f"settings: {figures['settings']}")
+            print(f"| {name} | " + " | ".join(f"{f[name]:,.0f}" for f in all_figures.values()) + " |")
+    shares = " | ".join(f"{100 * f['env share of end to end']:.1f} %" for f in all_figures.values())
+    print(f"| env share of end to end | {shares} |")
+    for name, f in all_figures.items():
+        print(f"{name}: step {f['step kind']}, settings {f['settings']}")
     if args.run is not None:
         print(f"time to belief - 30: {figures['time to belief - 30']}")
     if args.json:
-        args.json.write_text(json.dumps(figures, indent=2))
+        args.json.write_text(json.dumps(all_figures if args.variant else figures, indent=2))
 
 
 if __name__ == "__main__":

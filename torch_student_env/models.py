@@ -256,10 +256,14 @@ class ActorCritic(Checkpointable):
     def get_action_and_value(self, td: TensorDict, action: torch.Tensor | None = None):
         """(action, log_prob, entropy, value); samples an action unless one is given."""
         h = self.features(td)
-        dist = torch.distributions.Categorical(logits=self.actor(h))
+        # by hand rather than torch.distributions.Categorical, whose checks and caching cost more
+        # than this small network's forward at a rollout step's batch
+        log_probs = torch.log_softmax(self.actor(h), dim=-1)
+        probs = log_probs.exp()
         if action is None:
-            action = dist.sample()
-        return action, dist.log_prob(action), dist.entropy(), self.critic(h).squeeze(-1)
+            action = torch.multinomial(probs, 1, replacement=True).squeeze(-1)
+        log_prob = log_probs.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+        return action, log_prob, -(probs * log_probs).sum(-1), self.critic(h).squeeze(-1)
 
     def forward(self, td: TensorDict, action: torch.Tensor, teacher_action: torch.Tensor | None = None):
         """PPO's update pass, what a `DistributedDataParallel` wrapper calls: (log_prob of `action`,
