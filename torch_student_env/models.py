@@ -184,6 +184,7 @@ class ActorCritic(Checkpointable):
         cnn_rows: int = 0,
         counter_flights: int = 0,
         counter_bins: int = 0,
+        channels: int = 32,
     ) -> None:
         super().__init__()
         for name, on in (("belief_inputs", belief_inputs), ("plan_inputs", plan_inputs)):
@@ -198,8 +199,11 @@ class ActorCritic(Checkpointable):
         if counter_bins < 0 or (counter_bins and not player_keys):
             raise ValueError(f"counter_bins must be >= 0 and needs player_keys, got {counter_bins}")
         self.cnn_rows, self.counter_flights, self.counter_bins = cnn_rows, counter_flights, counter_bins
+        if channels < 1:
+            raise ValueError(f"channels must be >= 1, got {channels}")
+        self.channels = channels
         extra = (2 if belief_inputs else 0) + (NUM_ACTIONS if plan_inputs else 0) + 2 * counter_bins
-        self.trunk = SensorCNN(hidden, scalars=(3 if player_keys else 1) + extra)
+        self.trunk = SensorCNN(hidden, channels, scalars=(3 if player_keys else 1) + extra)
         self._belief: BeliefPolicy | None = None  # built on first use: planning takes ~0.6 s
         self.actor = _layer_init(nn.Linear(hidden, NUM_ACTIONS), gain=0.01)
         self.critic = _layer_init(nn.Linear(hidden, 1), gain=1.0)
@@ -214,6 +218,7 @@ class ActorCritic(Checkpointable):
         "cnn_rows",
         "counter_flights",
         "counter_bins",
+        "channels",
     )
 
     @property
