@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -136,6 +137,18 @@ def _ppo_module(monkeypatch):
     sys.modules[spec.name] = module  # dataclasses resolve their module by name
     spec.loader.exec_module(module)
     return module
+
+
+def test_ppo_cnn_trains_on_the_rows_it_reads_and_evaluates_on_the_baselines_window(monkeypatch):
+    """`eval_window`: validation, the table and the checkpoint use --eval-history rows when the
+    network reads only the newest --cnn-rows of its training window, else the training window."""
+    ppo = _ppo_module(monkeypatch)
+    args = ppo.with_recipe(ppo.Args())
+    assert (args.history, args.cnn_rows, ppo.eval_window(args)) == (10, 10, 100)
+    for changed in ({"cnn_rows": 0}, {"cnn_rows": 20}, {"plan_inputs": True}, {"belief_inputs": True}):
+        assert ppo.eval_window(dataclasses.replace(args, **changed)) == 10, changed
+    residual = ppo.with_recipe(ppo.Args(recipe="residual"))
+    assert residual.history == 100 and ppo.eval_window(residual) == 100 and residual.cnn_channels == 32
 
 
 def _result(mean: float, ci: float, **paired: tuple[float, float]) -> dict:

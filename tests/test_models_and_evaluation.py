@@ -405,3 +405,23 @@ def test_the_learning_curve_zooms_on_belief_the_oracle_and_the_best_rule(tmp_pat
                               baselines, tmp_path / "one.png", paired=references)  # fmt: skip
     # an old run's curve has no paired points: one panel, as before
     assert Image.open(two).size[0] > 1.5 * Image.open(one).size[0]
+
+
+def test_a_cnn_over_its_newest_rows_plays_the_same_on_any_longer_window():
+    """The main job trains on 10-row windows and is validated and evaluated on 100-row ones
+    (`ppo_cnn.eval_window`): with `cnn_rows` rows read and no belief inputs, the network's
+    actions and values depend only on those rows and the counters, never on older rows."""
+    torch.manual_seed(0)
+    model = ActorCritic(player_keys=True, cnn_rows=10, counter_flights=100, counter_bins=16, channels=16)
+    model.trunk.norm.update(torch.randn(64, 10, 9) * 3 + 5, torch.ones(64, 10, dtype=torch.bool))
+    short, long = make_env(num_envs=32, seed=4, history=10), make_env(num_envs=32, seed=4, history=100)
+    a, b = short.reset(), long.reset()
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(40):
+        with torch.no_grad():
+            _, _, _, value_a = model.get_action_and_value(a, torch.zeros(32, dtype=torch.long))
+            _, _, _, value_b = model.get_action_and_value(b, torch.zeros(32, dtype=torch.long))
+        assert torch.equal(model.act(a), model.act(b)) and torch.allclose(value_a, value_b, atol=1e-6)
+        actions = torch.multinomial(torch.tensor([0.85, 0.1, 0.05]), 32, replacement=True, generator=gen)
+        a, b = short.step(actions), long.step(actions)
+    assert bool(b["valid"][:, :-10].any())  # the long window did hold older rows the network ignored
