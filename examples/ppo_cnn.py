@@ -1,6 +1,6 @@
 """PPO with a 1D-CNN actor-critic over sensor windows, on the embedded simulator (the main job).
 
-    python examples/ppo_cnn.py                       # defaults: about 11 min on a 2-core CPU (README)
+    python examples/ppo_cnn.py                       # defaults: about 7 min on a 2-core CPU (README)
     python examples/ppo_cnn.py --device cuda --num-envs 1024 --total-steps 5000000
     python examples/ppo_cnn.py --resume              # continue from <out>/checkpoint.pt
     torchrun --nproc-per-node 2 examples/ppo_cnn.py --distributed   # DDP, one env shard per rank
