@@ -46,8 +46,8 @@ def test_two_gloo_ranks_train_one_sharded_env_and_resume(tmp_path):
 
     # the ranks' first rollouts, side by side, are one 16-engine env's rollout under the same actions
     rollout = torch.load(tmp_path / "first_rollout.pt", weights_only=True)
-    assert rollout["observation"].shape == (16, 16, 100, 9)  # the main job's window: 100 rows
-    env = make_env(num_envs=16, seed=5, history=100)
+    assert rollout["observation"].shape == (16, 16, 10, 9)  # the main job's training window: 10 rows
+    env = make_env(num_envs=16, seed=5, history=10)
     td = env.reset()
     for t in range(16):
         assert torch.equal(td["observation"], rollout["observation"][t]), t
