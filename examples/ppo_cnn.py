@@ -445,7 +445,8 @@ def optimise(args, agent, learner, optimizer, rollout, advantages, returns, kick
     """PPO's clipped policy and value optimisation over the rollout; the last minibatch's losses."""
     batch_size = args.num_envs * args.num_steps
     minibatch_size = batch_size // args.num_minibatches
-    b_obs = rollout.storage.reshape(-1)
+    # the trunk's inputs, prepared once for all epochs (the normalisation is fixed during an update)
+    b_inputs = agent.inputs(rollout.storage.reshape(-1))
     b_actions, b_logprobs = rollout.actions.reshape(-1), rollout.logprobs.reshape(-1)
     b_teacher = rollout.teacher_actions.reshape(-1)
     b_advantages, b_returns, b_values = advantages.reshape(-1), returns.reshape(-1), rollout.values.reshape(-1)
@@ -455,7 +456,7 @@ def optimise(args, agent, learner, optimizer, rollout, advantages, returns, kick
         for begin in range(0, batch_size, minibatch_size):
             mb = order[begin : begin + minibatch_size]
             newlogprob, entropy, newvalue, teacher_logprob = learner(
-                b_obs[mb], b_actions[mb], b_teacher[mb] if kick > 0 else None
+                tuple(t[mb] for t in b_inputs), b_actions[mb], b_teacher[mb] if kick > 0 else None
             )
             logratio = newlogprob - b_logprobs[mb]
             ratio = logratio.exp()

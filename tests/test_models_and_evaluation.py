@@ -271,14 +271,14 @@ def test_update_pass_scores_the_stored_and_the_teachers_actions():
     stored = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     teacher = torch.tensor([1, 1, 0, 2, 2, 0, 0, 1])
     log_probs = torch.log_softmax(model.actor(model.features(td)), dim=-1)
-    logp, entropy, value, teacher_logp = model(td, stored, teacher)
+    logp, entropy, value, teacher_logp = model(model.inputs(td), stored, teacher)
     assert torch.allclose(logp, log_probs[torch.arange(8), stored])
     assert torch.allclose(teacher_logp, log_probs[torch.arange(8), teacher])
     assert torch.allclose(entropy, -(log_probs.exp() * log_probs).sum(-1))
     assert torch.allclose(value, model.get_value(td))
     _, sampled_logp, _, _ = model.get_action_and_value(td, stored)  # the rollout's pass agrees
     assert torch.allclose(sampled_logp, logp)
-    assert torch.equal(model(td, stored)[3], torch.zeros(8))  # no teacher: no kickstarting term
+    assert torch.equal(model(model.inputs(td), stored)[3], torch.zeros(8))  # no teacher: no kickstarting term
 
 
 def test_cnn_rows_convolves_the_newest_rows_only():

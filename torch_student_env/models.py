@@ -112,17 +112,28 @@ class SensorCNN(nn.Module):
     def forward(self, observation: torch.Tensor, valid: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
         """Any leading batch dims: (*B, W, 9), (*B, W), (*B, S) -> (*B, hidden)."""
         batch = observation.shape[:-2]
+        x, mask, scalars = self.prepare(observation, valid, scalars)
+        return self.network(x, mask, scalars).reshape(*batch, -1)
+
+    def prepare(
+        self, observation: torch.Tensor, valid: torch.Tensor, scalars: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What `network` reads, flat: standardised rows (N, W, IN_CHANNELS), zero where padding, the
+        mask (N, W, 1) and the scalars (N, S). No parameter is involved (the statistics are
+        buffers), so an update can prepare a whole rollout once for all its epochs."""
         observation = observation.reshape(-1, *observation.shape[-2:])
         valid, scalars = valid.reshape(-1, valid.shape[-1]), scalars.reshape(-1, scalars.shape[-1])
         mask = valid.unsqueeze(-1).to(observation.dtype)  # (N, W, 1)
-        x = self.norm(observation) * mask  # padding is exactly zero whatever it held
+        return self.norm(observation) * mask, mask, scalars  # padding is exactly zero whatever it held
+
+    def network(self, x: torch.Tensor, mask: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
+        """The learned part, on `prepare`'s outputs: (N, hidden)."""
         h = self.conv(x.transpose(1, 2)).transpose(1, 2) * mask  # (N, W, C)
         count = mask.sum(1).clamp(min=1.0)
         mean = h.sum(1) / count
         maxed = h.masked_fill(mask == 0, float("-inf")).amax(1)
         maxed = torch.where(torch.isfinite(maxed), maxed, 0.0)
-        features = self.head(torch.cat((mean, maxed, x[:, -1], scalars), dim=-1))
-        return features.reshape(*batch, -1)
+        return self.head(torch.cat((mean, maxed, x[:, -1], scalars), dim=-1))
 
 
 class Checkpointable(nn.Module):
@@ -245,6 +256,17 @@ class ActorCritic(Checkpointable):
         return torch.cat(extra, dim=-1).to(flat["observation"].dtype).reshape(*td.batch_size, -1)
 
     def features(self, td: TensorDict) -> torch.Tensor:
+        obs, valid, scalars = self._trunk_arguments(td)
+        return self.trunk(obs, valid, scalars)
+
+    def inputs(self, td: TensorDict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The trunk's prepared inputs for a flat batch `td` (`SensorCNN.prepare`): what `forward`
+        takes, computed once per rollout for all of PPO's epochs and minibatches (indexing three
+        tensors, not a TensorDict, and no normalising again)."""
+        with torch.no_grad():
+            return self.trunk.prepare(*self._trunk_arguments(td))
+
+    def _trunk_arguments(self, td: TensorDict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         obs, valid, scalars = window_inputs(td, self.max_flights, self.player_keys, self.counter_flights)
         if self.cnn_rows:  # the convolution's cost grows with the rows; the estimate reads them all
             obs, valid = obs[..., -self.cnn_rows :, :], valid[..., -self.cnn_rows :]
@@ -253,7 +275,7 @@ class ActorCritic(Checkpointable):
             scalars = torch.cat((scalars, extra.to(scalars.dtype)), dim=-1)
         if self.counter_bins:
             scalars = torch.cat((scalars, counter_one_hot(td, self.step_size, self.counter_bins).to(scalars.dtype)), -1)
-        return self.trunk(obs, valid, scalars)
+        return obs, valid, scalars
 
     def get_value(self, td: TensorDict) -> torch.Tensor:
         return self.critic(self.features(td)).squeeze(-1)
@@ -270,11 +292,16 @@ class ActorCritic(Checkpointable):
         log_prob = log_probs.gather(-1, action.unsqueeze(-1)).squeeze(-1)
         return action, log_prob, -(probs * log_probs).sum(-1), self.critic(h).squeeze(-1)
 
-    def forward(self, td: TensorDict, action: torch.Tensor, teacher_action: torch.Tensor | None = None):
-        """PPO's update pass, what a `DistributedDataParallel` wrapper calls: (log_prob of `action`,
-        entropy, value, log_prob of `teacher_action`) in one pass over the trunk. The last is
-        the kickstarting term's (zeros without a teacher)."""
-        h = self.features(td)
+    def forward(
+        self,
+        inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        action: torch.Tensor,
+        teacher_action: torch.Tensor | None = None,
+    ):
+        """PPO's update pass, what a `DistributedDataParallel` wrapper calls, on `inputs(td)` of a
+        minibatch: (log_prob of `action`, entropy, value, log_prob of `teacher_action`) in one pass
+        over the trunk. The last is the kickstarting term's (zeros without a teacher)."""
+        h = self.trunk.network(*inputs)
         log_probs = torch.log_softmax(self.actor(h), dim=-1)
         entropy = -(log_probs.exp() * log_probs).sum(-1)
         teacher = log_probs.gather(-1, teacher_action.unsqueeze(-1)).squeeze(-1) if teacher_action is not None else None
