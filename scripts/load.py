@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
-import os
 import random
 import subprocess
 import sys
@@ -35,40 +34,13 @@ STEP_SIZE = 10  # the seed client's default
 ENGINES = 4  # the seed's vectorized example
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far, from /proc (0 for one that is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-def process_tree(root: int) -> list[int]:
-    """`root` and every descendant of it, from /proc's parent links."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
-
-
 def _role(pid: int) -> str:
     """What a server process is: nginx, a worker (--workers), the front's supervisor, a build, the server."""
-    try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
+    from torch_student_env.server import procs
+
+    text = " ".join(procs.command_line(pid))
+    if not text:
         return "gone"
-    text = b" ".join(command).decode(errors="replace")
     if "nginx" in text:
         return "nginx"
     if "--uds" in text:
@@ -173,9 +145,9 @@ def _process(clients: list[int], host: str, port: int, window: tuple[float, floa
 
     async def cpu_in_window() -> float:
         await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
-        before = cpu_seconds(os.getpid())
+        before = time.process_time()  # this process's CPU, all its threads
         await asyncio.sleep(max(0.0, window[1] - time.monotonic()))
-        return cpu_seconds(os.getpid()) - before
+        return time.process_time() - before
 
     async def run() -> float:
         cpu, *_ = await asyncio.gather(cpu_in_window(), *(_client(k, host, port, window, record) for k in clients))
@@ -201,6 +173,8 @@ def run_load(
 ) -> dict:
     """Drive `clients` students against `url`; the report (server CPU needs its pid). `profile`:
     a py-spy profile of the server's processes over the window, as raw stacks in that file."""
+    from torch_student_env.server import procs  # here: the generator's processes never import torch
+
     host, port = url.removeprefix("http://").split(":")
     start = time.monotonic() + 1.0  # every process started and connected
     window = (start + warmup, start + warmup + seconds)
@@ -213,8 +187,8 @@ def run_load(
     for w in workers:
         w.start()
     time.sleep(max(0.0, window[0] - time.monotonic()))  # waiting for the window, not timing anything
-    tree = process_tree(server_pid) if server_pid else []
-    cpu_before = {pid: cpu_seconds(pid) for pid in tree}
+    tree = procs.process_tree(server_pid) if server_pid else []
+    cpu_before = {pid: procs.cpu_seconds(pid) or 0.0 for pid in tree}
     spy = None
     if profile and server_pid:
         command = ["py-spy", "record", "--subprocesses", "-p", str(server_pid), "-d", str(int(seconds))]
@@ -223,7 +197,8 @@ def run_load(
     time.sleep(max(0.0, window[1] - time.monotonic()))
     by_role: dict[str, float] = {}
     for pid in tree:
-        by_role[_role(pid)] = by_role.get(_role(pid), 0.0) + cpu_seconds(pid) - cpu_before[pid]
+        used = (procs.cpu_seconds(pid) or cpu_before[pid]) - cpu_before[pid]  # a process gone since: its share is lost
+        by_role[_role(pid)] = by_role.get(_role(pid), 0.0) + used
     server_cpu = sum(by_role.values()) if tree else None
     records = [out.get(timeout=120) for _ in workers]
     if spy is not None:

@@ -32,27 +32,7 @@ from pathlib import Path
 import requests
 import torch
 
-from torch_student_env.server import server_process
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of a process so far, from /proc (Linux); None elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _rss_mib(pid: int) -> float | None:
-    """Resident memory of a process from /proc (Linux); None elsewhere."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+from torch_student_env.server import procs, server_process
 
 
 def _same(a, b) -> bool:
@@ -142,32 +122,32 @@ def soak(args: argparse.Namespace) -> dict:
     db += ("--durable",) if args.durable else ()
     threads = ("--threads", str(args.server_threads))
     with server_process([f"soak-{k}" for k in range(args.clients)], *db, *threads) as server:
-        rss_before = _rss_mib(server.process.pid)
+        rss_before = procs.rss_mib(server.process.pid)
         ctx = mp.get_context("spawn")
         ready, start, results, progress = ctx.Value("l", 0), ctx.Event(), ctx.Queue(), ctx.Value("l", 0)
-        procs = [
+        clients = [
             ctx.Process(target=_client, args=(k, server.url, args, ready, start, results, progress))
             for k in range(args.clients)
         ]
-        for p in procs:
+        for p in clients:
             p.start()
         print(f"{args.clients} clients starting (each imports torch and builds its envs) ...", flush=True)
         while ready.value < args.clients:  # the clock starts when every client is ready
-            if not all(p.is_alive() for p in procs):
+            if not all(p.is_alive() for p in clients):
                 raise RuntimeError("a client process died before the start")
             time.sleep(0.1)
-        cpu_before = _cpu_seconds(server.process.pid)
+        cpu_before = procs.cpu_seconds(server.process.pid)
         start.set()
         t0 = time.monotonic()
         while (left := args.seconds - (time.monotonic() - t0)) > 0:
             time.sleep(min(5.0, left))
-            rss = _rss_mib(server.process.pid) or 0
+            rss = procs.rss_mib(server.process.pid) or 0
             print(f"  {time.monotonic() - t0:5.0f} s  {progress.value:,} steps  server RSS {rss:.0f} MiB", flush=True)
-        reports = [results.get(timeout=args.seconds + 120) for _ in procs]
-        cpu_after = _cpu_seconds(server.process.pid)
-        for p in procs:
+        reports = [results.get(timeout=args.seconds + 120) for _ in clients]
+        cpu_after = procs.cpu_seconds(server.process.pid)
+        for p in clients:
             p.join(timeout=30)
-        rss_after = _rss_mib(server.process.pid)
+        rss_after = procs.rss_mib(server.process.pid)
     latencies = [x for r in reports for x in r["latencies"]]
     steps = len(latencies)
     steps_per_s = sum(len(r["latencies"]) / r["elapsed"] for r in reports if r["elapsed"] > 0)
@@ -200,7 +180,7 @@ def fill_one_token() -> dict:
 
     state = ServerState()
     limits = state.limits
-    before = _rss_mib(os.getpid())
+    before = procs.rss_mib(os.getpid())
     sessions = [state.create_session("t") for _ in range(limits.max_sessions_per_token)]
     groups, refused = [], None
     try:
@@ -218,7 +198,7 @@ def fill_one_token() -> dict:
     return {
         "engines_held": sum(len(g.episode_ids) for g in groups),
         "refused": refused,
-        "rss_mib": {"before": _round(before), "after": _round(_rss_mib(os.getpid()))},
+        "rss_mib": {"before": _round(before), "after": _round(procs.rss_mib(os.getpid()))},
         "largest_request_holds_its_group_s": round((time.perf_counter() - start) / max(len(groups), 1), 3),
     }
 

@@ -38,6 +38,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from torch_student_env.server import procs
+
 log = logging.getLogger("torch_student_env.server")
 
 _START_TIMEOUT_S = 120.0  # a cold worker imports torch and loads (or starts building) its step
@@ -268,17 +270,11 @@ def worker_processes(supervisor: int) -> dict[int, int]:
     """Worker index -> pid of the front whose supervisor process is `supervisor`, from /proc
     (Linux): how a test or a fault script finds the worker to kill."""
     found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError, IndexError):
-            continue
-        if parent == supervisor and b"--uds" in command:
-            name = Path(command[command.index(b"--uds") + 1].decode()).name  # worker-<i>.sock
-            found[int(name.removeprefix("worker-").removesuffix(".sock"))] = int(entry.name)
+    for pid in procs.children().get(supervisor, []):
+        command = procs.command_line(pid)
+        if "--uds" in command:
+            name = Path(command[command.index("--uds") + 1]).name  # worker-<i>.sock
+            found[int(name.removeprefix("worker-").removesuffix(".sock"))] = pid
     return found
 
 

@@ -151,7 +151,7 @@ async def vectorized_reset(body: VectorizedReset, state: StateDep, token: TokenD
 async def vectorized_step(body: VectorizedStep, state: StateDep, token: TokenDep) -> Response:
     asked = body.episode_actions
     actions = [_action(a) for a in asked]
-    flights = sum(a["step_size"] or state.limits.default_step_size for a in actions)
+    flights = sum(state.step_size(a["step_size"]) for a in actions)
     results = await _simulate(flights, state.step, token, actions)
     return json_answer(
         {

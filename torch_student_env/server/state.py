@@ -141,8 +141,7 @@ class ServerState:
         counters, episodes never reset. What a finished episode does is the group env's rule.
         """
         for a in actions:
-            if a.get("step_size") is None:  # the client's default, within this server's limit
-                a["step_size"] = self.limits.default_step_size
+            a["step_size"] = self.step_size(a.get("step_size"))
             _check_range("step_size", a["step_size"], self.limits.max_step_size)
         # JSON Schema cannot say "no episode twice" of a list of objects: a repeat is a conflict.
         located = self.registry.locate(token, [a["episode_id"] for a in actions], repeat_status=409)
@@ -163,6 +162,11 @@ class ServerState:
                 for j in js:
                     results[j] = answers[located[j][1]]
         return results  # type: ignore[return-value]
+
+    def step_size(self, asked: int | None) -> int:
+        """The flights a step request asks for: a left-out step size is the client's default,
+        within this server's limit (checked by `step`)."""
+        return self.limits.default_step_size if asked is None else asked
 
     def _step_group(self, token: str, group: Group, step_size: int, asked: dict[int, dict[str, Any]]) -> dict:
         """One partial step of a held group: commit its finished episodes, then start the next
