@@ -36,9 +36,9 @@ ENGINES = 4  # the seed's vectorized example
 
 def _role(pid: int) -> str:
     """What a server process is: nginx, a worker (--workers), the front's supervisor, a build, the server."""
-    from torch_student_env.server import procs
+    from torch_student_env.server import procs as procfs
 
-    text = " ".join(procs.command_line(pid))
+    text = " ".join(procfs.command_line(pid))
     if not text:
         return "gone"
     if "nginx" in text:
@@ -173,7 +173,7 @@ def run_load(
 ) -> dict:
     """Drive `clients` students against `url`; the report (server CPU needs its pid). `profile`:
     a py-spy profile of the server's processes over the window, as raw stacks in that file."""
-    from torch_student_env.server import procs  # here: the generator's processes never import torch
+    from torch_student_env.server import procs as procfs  # here: the generator's processes never import torch
 
     host, port = url.removeprefix("http://").split(":")
     start = time.monotonic() + 1.0  # every process started and connected
@@ -187,8 +187,8 @@ def run_load(
     for w in workers:
         w.start()
     time.sleep(max(0.0, window[0] - time.monotonic()))  # waiting for the window, not timing anything
-    tree = procs.process_tree(server_pid) if server_pid else []
-    cpu_before = {pid: procs.cpu_seconds(pid) or 0.0 for pid in tree}
+    tree = procfs.process_tree(server_pid) if server_pid else []
+    cpu_before = {pid: procfs.cpu_seconds(pid) or 0.0 for pid in tree}
     spy = None
     if profile and server_pid:
         command = ["py-spy", "record", "--subprocesses", "-p", str(server_pid), "-d", str(int(seconds))]
@@ -197,7 +197,7 @@ def run_load(
     time.sleep(max(0.0, window[1] - time.monotonic()))
     by_role: dict[str, float] = {}
     for pid in tree:
-        used = (procs.cpu_seconds(pid) or cpu_before[pid]) - cpu_before[pid]  # a process gone since: its share is lost
+        used = (procfs.cpu_seconds(pid) or cpu_before[pid]) - cpu_before[pid]  # a process gone since: its share is lost
         by_role[_role(pid)] = by_role.get(_role(pid), 0.0) + used
     server_cpu = sum(by_role.values()) if tree else None
     records = [out.get(timeout=120) for _ in workers]

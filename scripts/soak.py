@@ -203,10 +203,13 @@ def fill_one_token() -> dict:
     }
 
 
-def _kill_client(k: int, url: str, args: argparse.Namespace, stop, acknowledged: list, outcome: dict) -> None:
-    """One client thread until `stop` or an error: every finished episode whose step answer it
-    received goes to `acknowledged` as (token, return, flights); the error that ended it (the
-    server was killed) goes to `outcome`, by type name."""
+def _kill_client(
+    k: int, url: str, args: argparse.Namespace, stop, acknowledged: list, outcome: dict, stepping: list
+) -> None:
+    """One client thread until `stop` or an error: it joins `stepping` once its episodes have
+    started; every finished episode whose step answer it received goes to `acknowledged` as
+    (token, return, flights); the error that ended it (the server was killed) goes to `outcome`,
+    by type name."""
     from torch_student_env import make_env
     from torch_student_env.backends.remote import RemoteError
 
@@ -219,6 +222,7 @@ def _kill_client(k: int, url: str, args: argparse.Namespace, stop, acknowledged:
         gen = torch.Generator().manual_seed(args.seed + k)
         probs = torch.tensor([0.8, 0.05, 0.15])  # sales: episodes end every few steps
         env.reset()
+        stepping.append(k)
         while not stop.is_set():
             td = env.step(torch.multinomial(probs, args.envs, replacement=True, generator=gen))
             for i in torch.nonzero(td["episode_ended"]).flatten().tolist():
@@ -254,13 +258,17 @@ def kill_soak(args: argparse.Namespace) -> dict:
         flags += ["--workers", str(args.workers)]
     for _ in range(args.rounds):
         with server_process(tokens, *flags) as server:
-            stop, outcome = threading.Event(), {}
+            stop, outcome, stepping = threading.Event(), {}, []
             threads = [
-                threading.Thread(target=_kill_client, args=(k, server.url, args, stop, acknowledged, outcome))
+                threading.Thread(target=_kill_client, args=(k, server.url, args, stop, acknowledged, outcome, stepping))
                 for k in range(args.clients)
             ]
             for t in threads:
                 t.start()
+            # every client's session exists before the kill, however slowly a loaded machine starts them
+            deadline = time.monotonic() + args.timeout * 4 + 60
+            while len(stepping) + len(outcome) < args.clients and time.monotonic() < deadline:
+                time.sleep(0.05)  # waiting for the clients' sessions, not timing anything
             time.sleep(args.seconds)  # the load runs for this long before the kill (not a timing check)
             if args.workers:  # one worker: its clients get an error, the others go on until stopped
                 os.kill(worker_processes(server.process.pid)[0], signal.SIGKILL)
