@@ -27,6 +27,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import requests
@@ -204,7 +205,7 @@ def fill_one_token() -> dict:
 
 
 def _kill_client(
-    k: int, url: str, args: argparse.Namespace, stop, acknowledged: list, outcome: dict, stepping: list
+    k: int, token: str, url: str, args: argparse.Namespace, stop, acknowledged: list, outcome: dict, stepping: list
 ) -> None:
     """One client thread until `stop` or an error: it joins `stepping` once its episodes have
     started; every finished episode whose step answer it received goes to `acknowledged` as
@@ -213,7 +214,6 @@ def _kill_client(
     from torch_student_env import make_env
     from torch_student_env.backends.remote import RemoteError
 
-    token = f"soak-{k}"
     try:
         env = make_env(
             num_envs=args.envs, step_size=args.step_size, seed=args.seed + k, backend="remote",
@@ -234,6 +234,44 @@ def _kill_client(
         outcome[k] = f"unnamed {type(err).__name__}: {err}"
 
 
+def _unix_status(socket_path: str, method: str, path: str, token: str) -> int:
+    """The HTTP status of one bodiless request sent straight to a worker's Unix socket."""
+    import http.client
+    import socket
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(self.timeout)
+            self.sock.connect(socket_path)
+
+    connection = UnixConnection("worker", timeout=30)
+    try:
+        connection.request(method, path, headers={"User-Token": token})
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def tokens_by_worker(url: str, front_pid: int, candidates: list[str]) -> dict[int, list[str]]:
+    """Worker index -> the candidate tokens nginx routes to it. nginx's consistent hash places
+    each worker by its socket path, which is new for every front, so the split is asked, not
+    computed: a session is created through the front, then deleted on the worker that has it."""
+    from torch_student_env.server.front import worker_sockets
+
+    sockets = worker_sockets(front_pid)
+    routed: dict[int, list[str]] = {i: [] for i in sockets}
+    for token in candidates:
+        answer = requests.post(f"{url}/api/v1/session/create", headers={"User-Token": token}, timeout=30)
+        answer.raise_for_status()
+        session = answer.json()["session_id"]
+        path = f"/api/v1/session/{session}"
+        owners = [i for i, s in sockets.items() if _unix_status(s, "DELETE", path, token) == 200]
+        assert len(owners) == 1, f"session of {token} found on workers {owners}"
+        routed[owners[0]].append(token)
+    return routed
+
+
 def kill_soak(args: argparse.Namespace) -> dict:
     """`--rounds` times: K client threads step a server on the `--db` file, the server is killed
     with SIGKILL mid-load, and restarted on the same file. With `--workers N`, a front of N
@@ -243,25 +281,35 @@ def kill_soak(args: argparse.Namespace) -> dict:
     import signal
     import tempfile
     import threading
-    from collections import Counter
 
     from torch_student_env.server.front import worker_processes
     from torch_student_env.server.store import ScoreStore, integrity
 
-    tokens = [f"soak-{k}" for k in range(args.clients)]
+    # with a front, a pool of tokens from which each round picks clients spread over the workers
+    tokens = [f"soak-{k}" for k in range(args.clients * (8 if args.workers else 1))]
     folder = tempfile.TemporaryDirectory() if args.db is None else None
     db = str(args.db or Path(folder.name) / "scores.sqlite")
     acknowledged: list = []
     outcomes: list[str] = []
+    on_killed: list[str] = []  # with a front: the outcomes of the killed worker's clients
     flags = ["--db", db, *(["--durable"] if args.durable else [])]
     if args.workers:
         flags += ["--workers", str(args.workers)]
     for _ in range(args.rounds):
         with server_process(tokens, *flags) as server:
+            chosen = tokens[: args.clients]
+            if args.workers:  # round-robin over the workers, so the killed one and the others all have clients
+                routed = tokens_by_worker(server.url, server.process.pid, tokens)
+                if not all(routed.values()):
+                    raise RuntimeError(f"no token of {len(tokens)} routed to some worker: {routed}")
+                lists = [routed[i] for i in sorted(routed)]
+                chosen = [lists[k % len(lists)][k // len(lists)] for k in range(args.clients)]
             stop, outcome, stepping = threading.Event(), {}, []
             threads = [
-                threading.Thread(target=_kill_client, args=(k, server.url, args, stop, acknowledged, outcome, stepping))
-                for k in range(args.clients)
+                threading.Thread(
+                    target=_kill_client, args=(k, t, server.url, args, stop, acknowledged, outcome, stepping)
+                )
+                for k, t in enumerate(chosen)
             ]
             for t in threads:
                 t.start()
@@ -282,7 +330,10 @@ def kill_soak(args: argparse.Namespace) -> dict:
             for t in threads:
                 t.join(timeout=args.timeout * 4 + 30)
             hung = sum(t.is_alive() for t in threads)
-            outcomes += [outcome.get(k, "no answer") for k in range(args.clients)] + ["hung"] * hung
+            ended = [outcome.get(k, "no answer") for k in range(args.clients)]
+            if args.workers:
+                on_killed += [o for o, t in zip(ended, chosen, strict=True) if t in routed[0]]
+            outcomes += ended + ["hung"] * hung
     with server_process(tokens, "--db", db) as server:  # restarted once more: what does it serve?
         served = sum(
             (requests.get(f"{server.url}/api/v1/user/{t}/score", params={"limit": 1000}, timeout=30).json()["metrics"]
@@ -306,6 +357,7 @@ def kill_soak(args: argparse.Namespace) -> dict:
         "acknowledged_but_missing": sum(missing.values()),
         "integrity_check": check,
         "client_outcomes": dict(Counter(outcomes)),
+        **({"outcomes_on_the_killed_worker": dict(Counter(on_killed))} if args.workers else {}),
     }
 
 
@@ -340,6 +392,10 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps(figures, indent=2) + "\n")
         # a killed worker's clients: unavailable while it restarts, or unknown episodes once it is back
         named = all(o in ("ServerUnavailable", "NotFoundError", "stopped") for o in figures["client_outcomes"])
+        if args.workers:  # the killed worker's clients saw a named error; every other client was stopped
+            killed = figures["outcomes_on_the_killed_worker"]
+            others = Counter(figures["client_outcomes"]) - Counter(killed)
+            named = named and "stopped" not in killed and set(others) == {"stopped"}
         sound = figures["integrity_check"] == "ok" and not figures["acknowledged_but_missing"]
         return 0 if named and sound and figures["episodes_acknowledged"] > 0 else 1
     if not 1 <= args.clients <= 256:

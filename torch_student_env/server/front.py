@@ -266,16 +266,28 @@ class Front:
         return [w.process.pid for w in self._workers if w.process is not None]
 
 
-def worker_processes(supervisor: int) -> dict[int, int]:
-    """Worker index -> pid of the front whose supervisor process is `supervisor`, from /proc
-    (Linux): how a test or a fault script finds the worker to kill."""
+def _workers(supervisor: int) -> dict[int, tuple[int, str]]:
+    """Worker index -> (pid, socket path) of the front whose supervisor process is `supervisor`,
+    from the workers' command lines in /proc (Linux)."""
     found = {}
     for pid in procs.children().get(supervisor, []):
         command = procs.command_line(pid)
         if "--uds" in command:
-            name = Path(command[command.index("--uds") + 1]).name  # worker-<i>.sock
-            found[int(name.removeprefix("worker-").removesuffix(".sock"))] = pid
+            path = command[command.index("--uds") + 1]
+            found[int(Path(path).name.removeprefix("worker-").removesuffix(".sock"))] = (pid, path)
     return found
+
+
+def worker_processes(supervisor: int) -> dict[int, int]:
+    """Worker index -> pid of the front whose supervisor process is `supervisor`: how a test or a
+    fault script finds the worker to kill."""
+    return {i: pid for i, (pid, _) in _workers(supervisor).items()}
+
+
+def worker_sockets(supervisor: int) -> dict[int, str]:
+    """Worker index -> the Unix socket it serves on, for the front whose supervisor process is
+    `supervisor`: how a fault script asks a worker directly, past nginx."""
+    return {i: path for i, (_, path) in _workers(supervisor).items()}
 
 
 def _accepts_tcp(host: str, port: int) -> bool:
