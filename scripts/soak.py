@@ -234,30 +234,11 @@ def _kill_client(
         outcome[k] = f"unnamed {type(err).__name__}: {err}"
 
 
-def _unix_status(socket_path: str, method: str, path: str, token: str) -> int:
-    """The HTTP status of one bodiless request sent straight to a worker's Unix socket."""
-    import http.client
-    import socket
-
-    class UnixConnection(http.client.HTTPConnection):
-        def connect(self) -> None:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.sock.settimeout(self.timeout)
-            self.sock.connect(socket_path)
-
-    connection = UnixConnection("worker", timeout=30)
-    try:
-        connection.request(method, path, headers={"User-Token": token})
-        return connection.getresponse().status
-    finally:
-        connection.close()
-
-
 def tokens_by_worker(url: str, front_pid: int, candidates: list[str]) -> dict[int, list[str]]:
     """Worker index -> the candidate tokens nginx routes to it. nginx's consistent hash places
     each worker by its socket path, which is new for every front, so the split is asked, not
     computed: a session is created through the front, then deleted on the worker that has it."""
-    from torch_student_env.server.front import worker_sockets
+    from torch_student_env.server.front import ask_worker, worker_sockets
 
     sockets = worker_sockets(front_pid)
     routed: dict[int, list[str]] = {i: [] for i in sockets}
@@ -266,7 +247,7 @@ def tokens_by_worker(url: str, front_pid: int, candidates: list[str]) -> dict[in
         answer.raise_for_status()
         session = answer.json()["session_id"]
         path = f"/api/v1/session/{session}"
-        owners = [i for i, s in sockets.items() if _unix_status(s, "DELETE", path, token) == 200]
+        owners = [i for i, s in sockets.items() if ask_worker(s, "DELETE", path, token) == 200]
         assert len(owners) == 1, f"session of {token} found on workers {owners}"
         routed[owners[0]].append(token)
     return routed

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -19,7 +18,7 @@ import requests
 pytest.importorskip("fastapi", reason="server tests need the [server] extra")
 
 from torch_student_env.server import server_process  # noqa: E402
-from torch_student_env.server.front import FrontError, find_nginx, nginx_config, worker_processes  # noqa: E402
+from torch_student_env.server.front import FrontError, ask_worker, find_nginx, nginx_config, worker_processes  # noqa: E402
 
 try:
     NGINX = find_nginx()
@@ -55,15 +54,6 @@ def test_workers_need_a_shared_score_file():
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert run.returncode != 0 and "--workers needs a --db file" in run.stderr
-
-
-def _ask_worker(sock: Path, path: str, token: str) -> int:
-    """The status a worker answers on its own socket, past nginx: which worker owns a token."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(10)
-        s.connect(str(sock))
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: worker\r\nUser-Token: {token}\r\nConnection: close\r\n\r\n".encode())
-        return int(s.recv(64).split()[1])
 
 
 class Student:
@@ -148,10 +138,11 @@ def test_kill_9_of_one_worker_its_clients_start_again_the_others_never_notice(tm
             # which worker owns which token, asked past nginx on the workers' own sockets
             sockets = [run_dir / f"worker-{i}.sock" for i in (0, 1)]
             doomed = next(
-                i for i in (0, 1) if _ask_worker(sockets[i], f"{API}/episode/{seed_episode}", tokens[0]) == 200
+                i for i in (0, 1) if ask_worker(sockets[i], "GET", f"{API}/episode/{seed_episode}", tokens[0]) == 200
             )
             owned = {
-                s.token: _ask_worker(sockets[doomed], f"{API}/episode/{s.ids[0]}", s.token) == 200 for s in students
+                s.token: ask_worker(sockets[doomed], "GET", f"{API}/episode/{s.ids[0]}", s.token) == 200
+                for s in students
             }
             victims = [s for s in students if owned[s.token]]
             survivors = [s for s in students if not owned[s.token]]

@@ -25,6 +25,7 @@ configuration (`nginx_config`) into the run folder, with the workers' logs and n
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import os
 import pwd
@@ -288,6 +289,24 @@ def worker_sockets(supervisor: int) -> dict[int, str]:
     """Worker index -> the Unix socket it serves on, for the front whose supervisor process is
     `supervisor`: how a fault script asks a worker directly, past nginx."""
     return {i: path for i, (_, path) in _workers(supervisor).items()}
+
+
+def ask_worker(socket_path: str | Path, method: str, path: str, token: str) -> int:
+    """The HTTP status a worker answers to one bodiless request on its own socket, past nginx:
+    how a test or a fault script finds which worker owns a token's session or episode."""
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(self.timeout)
+            self.sock.connect(str(socket_path))
+
+    connection = UnixConnection("worker", timeout=30)
+    try:
+        connection.request(method, path, headers={"User-Token": token})
+        return connection.getresponse().status
+    finally:
+        connection.close()
 
 
 def _accepts_tcp(host: str, port: int) -> bool:
