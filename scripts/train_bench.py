@@ -53,7 +53,7 @@ def measure(updates: int, overrides: dict) -> dict[str, float]:
     env = ppo.make_train_env(args, device)
     td = env.reset()
     agent = ppo.make_agent(args, env, device)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    optimizer = ppo.make_optimizer(args, agent)
     rollout, td = ppo.new_rollout(td, agent, args.num_steps)
     collector = ppo.Collector(env, agent, None, 1, returns=torch.zeros(2, device=device))
     next_done = torch.zeros(args.num_envs, device=device)

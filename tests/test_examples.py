@@ -191,6 +191,10 @@ def test_a_recipe_sets_its_flags_where_they_are_left_at_their_defaults(monkeypat
     assert residual.plan_inputs and residual.teacher == "belief" and residual.gamma == 0.99  # the plan and its teacher
     assert residual.counter_flights == 0 and residual.counter_bins == 0
     assert default.total_steps == 5_400_000 and residual.total_steps == 3_600_000
+    # both learn from minibatches of 512 samples: the default from rollouts of 128 engines x 64
+    # steps, the residual recipe from the 64 x 64 it was measured with
+    assert (default.num_envs, default.num_steps, default.num_minibatches) == (128, 64, 16)
+    assert (residual.num_envs, residual.num_steps, residual.num_minibatches) == (64, 64, 8)
     assert module.with_recipe(module.Args(recipe="residual", teacher="threshold")).teacher == "threshold"
     with pytest.raises(SystemExit, match="--recipe must be one of \\['scratch', 'residual'\\], got 'best'"):
         module.with_recipe(module.Args(recipe="best"))
@@ -213,6 +217,7 @@ def test_ppo_main_returns_its_results_for_sweeps(tmp_path, monkeypatch):
         (["--teacher", "expert"], "unknown policy 'expert'"),
         (["--no-player-keys"], "--counter-bins reads the player-side counters"),
         (["--recipe", "residual", "--no-player-keys"], "--plan-inputs reads the player-side counters"),
+        (["--num-minibatches", "129"], "--num-minibatches must be in [1, 128] (--num-envs x --num-steps"),
     ],
 )
 def test_ppo_refuses_inputs_a_player_cannot_have(tmp_path, flags, message):
