@@ -15,7 +15,8 @@ from torch_student_env import make_env
 pytestmark = pytest.mark.slow  # end to end: two torchrun ranks
 
 ROOT = Path(__file__).resolve().parents[1]
-FLAGS = ["--distributed", "--no-fast", "--num-envs", "8", "--num-steps", "16", "--eval-every", "2"]
+FLAGS = ["--distributed", "--no-fast", "--num-envs", "8", "--num-steps", "16", "--num-minibatches", "8"]
+FLAGS += ["--eval-every", "2"]
 FLAGS += ["--checkpoint-every", "2", "--eval-envs", "16", "--final-eval-envs", "16", "--seed", "5"]
 FLAGS += ["--no-variant-eval"]  # the plausible models are evaluated once, in test_examples
 FLAGS += ["--score-episodes", "8"]  # a short stream for the challenge score: the rest is the test

@@ -58,8 +58,8 @@ def _check_outputs(out: Path, name: str, logged: bool = True) -> dict:
 
 
 def tiny_ppo(total_steps: int, variants: bool = False) -> list[str]:
-    """PPO flags for a few updates of 8 envs x 16 steps (128 env steps per update); the plausible
-    models' evaluation only when asked (`variants`: it is most of a tiny run's time)."""
+    """PPO flags for a few updates of 8 envs x 16 steps (128 env steps per update, 8 minibatches);
+    the plausible models' evaluation only when asked (`variants`: it is most of a tiny run's time)."""
     return [
         "--variant-eval" if variants else "--no-variant-eval",
         "--no-fast",  # eager: a smoke test should not pay the one-off compile
@@ -67,6 +67,8 @@ def tiny_ppo(total_steps: int, variants: bool = False) -> list[str]:
         "8",
         "--num-steps",
         "16",
+        "--num-minibatches",
+        "8",
         "--total-steps",
         str(total_steps),
         "--eval-every",

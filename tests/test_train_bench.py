@@ -32,7 +32,7 @@ def test_time_to_belief_is_the_first_validation_point_within_the_margin(train_be
 def test_the_parts_of_an_update_add_up(train_bench):
     """Collection and update are each slower than the whole loop is fast: end to end is their
     harmonic sum, and the env's share of it is a share."""
-    figures = train_bench.measure(1, {"num_envs": 4, "num_steps": 8, "fast": False})
+    figures = train_bench.measure(1, {"num_envs": 4, "num_steps": 8, "num_minibatches": 4, "fast": False})
     collect, update, whole = (figures[k] for k in ("collection (env + policy)", "update (advantages + PPO epochs)",
                                                     "end to end"))  # fmt: skip
     assert whole == pytest.approx(1 / (1 / collect + 1 / update), rel=1e-9)

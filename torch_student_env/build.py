@@ -22,8 +22,8 @@ from typing import Any
 # seed client's envs (compat) and the reference server's groups with the client's default
 # auto-reset: the client's view of an env (`client_view.client_env_options`) is one configuration.
 COMMON: dict[str, dict[str, Any]] = {
-    # the main job trains on 64 engines' 10-row windows: make_env's own configuration
-    "make_env() at 4 and 64 engines, and the main job (examples/ppo_cnn.py)": {"num_envs": 4},
+    # the main job trains on 128 engines' 10-row windows: make_env's own configuration
+    "make_env() below 256 engines (4, 64, ...), and the main job (examples/ppo_cnn.py)": {"num_envs": 4},
     "compat (the seed client's envs) and the reference server's groups": {"client": True, "num_envs": 4},
 }
 _MAX_SPEC_BYTES = 1 << 20  # a spec is a few kB: bounded before parsing
