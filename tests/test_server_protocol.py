@@ -47,8 +47,8 @@ def test_every_endpoint_shapes(server_url):
     assert [len(o) for o in body["observations"]] == [5, 10, 5]
     assert body["truncateds"] == [True, False, True] and body["rewards"][1] > 0
     assert body["infos"][1]["step"] == 10 and body["infos"][1]["total_reward"] == body["rewards"][1]
-    # return_all_states=False: one row per episode
-    api_post(server_url, "/episode/vectorized_reset", json={"episode_ids": ids})
+    # return_all_states=False: one row per episode (seeded: the step below reaches flight 10)
+    api_post(server_url, "/episode/vectorized_reset", json={"episode_ids": ids, "seeds": [1, 2, 3]})
     flat = {"episode_actions": [{"episode_id": e, "action": 0, "return_all_states": False} for e in ids]}
     body = api_post(server_url, "/episode/vectorized_step", json=flat).json()
     assert all(len(o) == 9 and isinstance(o[0], float) for o in body["observations"])
@@ -123,7 +123,7 @@ def test_tokens_and_isolation(server_url):
     r = api_post(server_url, "/session/create", token="intruder")
     assert r.status_code == 401 and "User-Token" in r.json()["detail"]
     sid, ids = api_group(server_url, 2)
-    api_post(server_url, "/episode/vectorized_reset", json={"episode_ids": ids})
+    api_post(server_url, "/episode/vectorized_reset", json={"episode_ids": ids, "seeds": [1, 2]})
     # token B sees nothing of token A's
     step = {"episode_actions": [{"episode_id": ids[0], "action": 0}]}
     assert api_post(server_url, "/episode/vectorized_step", TOKEN_B, json=step).status_code == 404
