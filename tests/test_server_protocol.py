@@ -91,7 +91,7 @@ def test_sessions_are_released_by_close_and_by_delete(tmp_path):
 
 def test_finished_episode_without_auto_reset_flies_nothing(server_url):
     _, ids = api_group(server_url, 2, auto_reset=False)
-    api_post(server_url, "/episode/vectorized_reset", json={"episode_ids": ids})
+    api_post(server_url, "/episode/vectorized_reset", json={"episode_ids": ids, "seeds": [1, 2]})  # flies 20
     sell = {"episode_actions": [{"episode_id": e, "action": a} for e, a in zip(ids, [2, 0], strict=True)]}
     assert api_post(server_url, "/episode/vectorized_step", json=sell).json()["terminateds"] == [True, False]
     body = api_post(server_url, "/episode/vectorized_step", json=sell).json()
