@@ -322,10 +322,11 @@ def make_agent(args: Args, env: TorchStudentEnv, device: torch.device) -> ActorC
 def make_optimizer(args: Args, agent: torch.nn.Module) -> torch.optim.Adam:
     """PPO's Adam. Fused where torch has it (CPU since torch 2.4): one kernel updates every
     parameter, where the default runs a dozen small ops per parameter, 32 times an update."""
+    settings = {"lr": args.learning_rate, "eps": 1e-5}
     try:
-        return torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
+        return torch.optim.Adam(agent.parameters(), **settings, fused=True)
     except RuntimeError:  # an older torch, or a device without a fused Adam
-        return torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+        return torch.optim.Adam(agent.parameters(), **settings)
 
 
 @dataclasses.dataclass

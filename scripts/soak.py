@@ -248,7 +248,8 @@ def tokens_by_worker(url: str, front_pid: int, candidates: list[str]) -> dict[in
         session = answer.json()["session_id"]
         path = f"/api/v1/session/{session}"
         owners = [i for i, s in sockets.items() if ask_worker(s, "DELETE", path, token) == 200]
-        assert len(owners) == 1, f"session of {token} found on workers {owners}"
+        if len(owners) != 1:
+            raise RuntimeError(f"the session of {token} was found on workers {owners}, not on one")
         routed[owners[0]].append(token)
     return routed
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib.util
 import json
 import statistics
@@ -34,6 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@functools.cache
 def _ppo_module():
     """examples/ppo_cnn.py as a module, its helpers importable beside it as when run as a script."""
     sys.path.insert(0, str(ROOT / "examples"))

@@ -280,17 +280,20 @@ class ActorCritic(Checkpointable):
     def get_value(self, td: TensorDict) -> torch.Tensor:
         return self.critic(self.features(td)).squeeze(-1)
 
-    def get_action_and_value(self, td: TensorDict, action: torch.Tensor | None = None):
-        """(action, log_prob, entropy, value); samples an action unless one is given."""
-        h = self.features(td)
-        # by hand rather than torch.distributions.Categorical, whose checks and caching cost more
-        # than this small network's forward at a rollout step's batch
+    def _heads(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log-probabilities (N, A), probabilities, entropy, value) of trunk features `h`. By hand
+        rather than torch.distributions.Categorical, whose checks and caching cost more than this
+        small network's forward at a rollout step's batch."""
         log_probs = torch.log_softmax(self.actor(h), dim=-1)
         probs = log_probs.exp()
+        return log_probs, probs, -(probs * log_probs).sum(-1), self.critic(h).squeeze(-1)
+
+    def get_action_and_value(self, td: TensorDict, action: torch.Tensor | None = None):
+        """(action, log_prob, entropy, value); samples an action unless one is given."""
+        log_probs, probs, entropy, value = self._heads(self.features(td))
         if action is None:
             action = torch.multinomial(probs, 1, replacement=True).squeeze(-1)
-        log_prob = log_probs.gather(-1, action.unsqueeze(-1)).squeeze(-1)
-        return action, log_prob, -(probs * log_probs).sum(-1), self.critic(h).squeeze(-1)
+        return action, log_probs.gather(-1, action.unsqueeze(-1)).squeeze(-1), entropy, value
 
     def forward(
         self,
@@ -301,16 +304,13 @@ class ActorCritic(Checkpointable):
         """PPO's update pass, what a `DistributedDataParallel` wrapper calls, on `inputs(td)` of a
         minibatch: (log_prob of `action`, entropy, value, log_prob of `teacher_action`) in one pass
         over the trunk. The last is the kickstarting term's (zeros without a teacher)."""
-        h = self.trunk.network(*inputs)
-        log_probs = torch.log_softmax(self.actor(h), dim=-1)
-        entropy = -(log_probs.exp() * log_probs).sum(-1)
-        teacher = log_probs.gather(-1, teacher_action.unsqueeze(-1)).squeeze(-1) if teacher_action is not None else None
-        return (
-            log_probs.gather(-1, action.unsqueeze(-1)).squeeze(-1),
-            entropy,
-            self.critic(h).squeeze(-1),
-            teacher if teacher is not None else torch.zeros_like(entropy),
+        log_probs, _, entropy, value = self._heads(self.trunk.network(*inputs))
+        teacher = (
+            log_probs.gather(-1, teacher_action.unsqueeze(-1)).squeeze(-1)
+            if teacher_action is not None
+            else torch.zeros_like(entropy)
         )
+        return log_probs.gather(-1, action.unsqueeze(-1)).squeeze(-1), entropy, value, teacher
 
     @torch.no_grad()
     def act(self, td: TensorDict) -> torch.Tensor:

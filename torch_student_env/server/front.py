@@ -291,17 +291,23 @@ def worker_sockets(supervisor: int) -> dict[int, str]:
     return {i: path for i, (_, path) in _workers(supervisor).items()}
 
 
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP over a worker's Unix socket."""
+
+    def __init__(self, socket_path: str | Path, timeout: float) -> None:
+        super().__init__("worker", timeout=timeout)
+        self.socket_path = str(socket_path)
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socket_path)
+
+
 def ask_worker(socket_path: str | Path, method: str, path: str, token: str) -> int:
     """The HTTP status a worker answers to one bodiless request on its own socket, past nginx:
     how a test or a fault script finds which worker owns a token's session or episode."""
-
-    class UnixConnection(http.client.HTTPConnection):
-        def connect(self) -> None:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.sock.settimeout(self.timeout)
-            self.sock.connect(str(socket_path))
-
-    connection = UnixConnection("worker", timeout=30)
+    connection = _UnixConnection(socket_path, timeout=30)
     try:
         connection.request(method, path, headers={"User-Token": token})
         return connection.getresponse().status
